@@ -1,0 +1,45 @@
+"""sss: Sparse Structure Selection for PyTorch.
+
+Learn a scaling factor per structure with an L1 penalty and a proximal optimizer, then
+remove the structures whose factor is exactly zero::
+
+    model = sss.models.create("resnet56", num_classes=10)
+    gated = sss.attach(model, structures=("block",))
+    ...train with sss.build_optimizers(gated, lr=0.1, gamma=0.01)...
+    compact = sss.prune(gated)          # plain nn.Module, same outputs, fewer blocks
+    macs, params = sss.count(compact, torch.randn(1, 3, 32, 32))
+"""
+
+from sss import models
+from sss.errors import CheckpointError, DataError, SSSError, TrainingDivergedError, UnsupportedModelError
+from sss.measure import compare_latency, count, evaluate
+from sss.optim import APG, ISTA, L1SGD, build_optimizers
+from sss.serialization import load, save
+from sss.structures import Gate, GateRef, attach, gates
+from sss.surgery import prune, zero_small_factors
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "APG",
+    "ISTA",
+    "L1SGD",
+    "CheckpointError",
+    "DataError",
+    "Gate",
+    "GateRef",
+    "SSSError",
+    "TrainingDivergedError",
+    "UnsupportedModelError",
+    "attach",
+    "build_optimizers",
+    "compare_latency",
+    "count",
+    "evaluate",
+    "gates",
+    "load",
+    "models",
+    "prune",
+    "save",
+    "zero_small_factors",
+]

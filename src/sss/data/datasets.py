@@ -1,0 +1,59 @@
+"""Named datasets: Fashion-MNIST (the embedded default), MNIST-format folders and CIFAR."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from sss.data.cifar import load_cifar
+from sss.data.idx import read_idx
+from sss.data.loader import ArrayDataset
+from sss.errors import DataError
+
+#: Where Debian's ``dataset-fashion-mnist`` package puts the four IDX files.
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+
+# Per-dataset channel mean/std of the training images in [0, 1].
+_STATS = {
+    "fashion-mnist": ((0.2860,), (0.3530,)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+DATASETS = tuple(_STATS)
+
+
+def _load_idx_folder(root: Path, train: bool) -> tuple[np.ndarray, np.ndarray]:
+    prefix = "train" if train else "t10k"
+    images, labels = (f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte")
+    for suffix in (".gz", ""):
+        if (root / (images + suffix)).is_file():
+            x = read_idx(root / (images + suffix))[:, None]
+            y = read_idx(root / (labels + suffix)).astype(np.int64)
+            if len(x) != len(y):
+                raise DataError(f"{root}: {len(x)} images but {len(y)} labels")
+            return x, y
+    hint = (
+        " (install it with: apt-get install dataset-fashion-mnist)" if str(root) == FASHION_MNIST_DIR else ""
+    )
+    raise DataError(f"no {images}[.gz] in {root}{hint}")
+
+
+def load_dataset(name: str, train: bool, data_dir: str | Path | None = None) -> ArrayDataset:
+    """Loads a split of a named dataset into memory.
+
+    Args:
+        name: ``"fashion-mnist"``, ``"cifar10"`` or ``"cifar100"``.
+        train: The training split (else the test split).
+        data_dir: Folder with the files; Fashion-MNIST defaults to the Debian package's.
+    """
+    if name not in _STATS:
+        raise DataError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
+    if name == "fashion-mnist":
+        x, y = _load_idx_folder(Path(data_dir or FASHION_MNIST_DIR), train)
+    else:
+        if data_dir is None:
+            raise DataError(f"{name} needs --data-dir: a folder with the official CIFAR archive extracted")
+        x, y = load_cifar(data_dir, name, train)
+    mean, std = _STATS[name]
+    return ArrayDataset(x, y, mean=mean, std=std)

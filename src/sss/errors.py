@@ -1,0 +1,21 @@
+"""Exceptions with messages that name the problem and the fix."""
+
+
+class SSSError(Exception):
+    """Base class of every error this library raises on purpose."""
+
+
+class UnsupportedModelError(SSSError, ValueError):
+    """The model has a layer or structure that cannot be gated or removed."""
+
+
+class CheckpointError(SSSError, OSError):
+    """A checkpoint or saved model is missing, truncated or not an sss file."""
+
+
+class TrainingDivergedError(SSSError, RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+class DataError(SSSError, ValueError):
+    """A dataset folder or file is missing or malformed."""

@@ -1,0 +1,26 @@
+"""MACs and parameter counts from torch's own FLOP counter."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def count(model: nn.Module, example_inputs: torch.Tensor | tuple[torch.Tensor, ...]) -> tuple[int, int]:
+    """Returns ``(MACs, parameters)`` of one forward pass on ``example_inputs``.
+
+    MACs are half of the FLOPs that ``torch.utils.flop_counter`` attributes to matrix
+    multiplies and convolutions (the usual "FLOPs = multiply-adds" of pruning papers);
+    elementwise ops, BN and pooling are not counted. Use a batch of 1 for per-image MACs.
+    """
+    inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(*inputs)
+    finally:
+        model.train(was_training)
+    params = sum(p.numel() for p in model.parameters())
+    return counter.get_total_flops() // 2, params

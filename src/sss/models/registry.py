@@ -1,0 +1,37 @@
+"""Name → builder registry, in the style of timm's ``create_model``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+_BUILDERS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """Decorator that registers a builder under its function name."""
+    _BUILDERS[fn.__name__] = fn
+    return fn
+
+
+def list_models() -> list[str]:
+    """Names accepted by :func:`create`, sorted."""
+    return sorted(_BUILDERS)
+
+
+def create(name: str, **kwargs) -> nn.Module:
+    """Builds a zoo model by name.
+
+    The model remembers how it was built (``model.sss_spec``), which is what lets
+    :func:`sss.save` store a pruned model as weights plus a small JSON description.
+
+    Args:
+        name: One of :func:`list_models`, e.g. ``"resnet56"``.
+        **kwargs: Builder keywords such as ``num_classes``, ``in_channels``, ``shortcut``.
+    """
+    if name not in _BUILDERS:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
+    model = _BUILDERS[name](**kwargs)
+    model.sss_spec = {"name": name, "kwargs": dict(kwargs), "removed": []}
+    return model

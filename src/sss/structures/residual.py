@@ -1,0 +1,65 @@
+"""The residual-block protocol: what a block is, and what is left of it when λ = 0."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from sss.structures.gate import Gate
+
+
+class ResidualBlock(nn.Module):
+    """A residual block ``out = post(shortcut(x) + λ · branch(x))`` whose λ can remove it.
+
+    Subclasses build ``branch`` and ``shortcut`` and say what survives removal. ``gate`` is
+    ``nn.Identity`` until :func:`sss.attach` puts a :class:`Gate` there.
+    """
+
+    gate: nn.Module
+
+    def removed_form(self) -> nn.Module | None:
+        """The module that computes this block's output when λ = 0 (``None``: identity)."""
+        raise NotImplementedError
+
+    def fold_scale(self, scale: torch.Tensor) -> None:
+        """Multiplies the branch's output by ``scale`` in its own weights (no gate needed)."""
+        raise NotImplementedError
+
+    def factor(self) -> torch.Tensor | None:
+        """The block's λ, or ``None`` if it carries no gate."""
+        return self.gate.weight.detach() if isinstance(self.gate, Gate) else None
+
+    def compact(self, threshold: float = 0.0) -> nn.Module | None:
+        """A plain module equal to this gated block: its removed form if ``|λ| <= threshold``,
+        else a gate-free copy with λ folded into the branch."""
+        lam = self.factor()
+        if lam is None:
+            return copy.deepcopy(self)
+        if float(lam.abs().max()) <= threshold:
+            return copy.deepcopy(self.removed_form())
+        kept = copy.deepcopy(self)
+        kept.gate = nn.Identity()
+        kept.fold_scale(lam)
+        return kept
+
+
+def fold_output_scale(layer: nn.Module, scale: torch.Tensor) -> None:
+    """Scales the output of an affine ``layer`` (BatchNorm, conv or linear) by ``scale`` in place.
+
+    For BatchNorm this scales γ and β (``λ·(γx̂+β) = (λγ)x̂ + λβ``); for conv/linear the
+    weight and bias. The result is the same function up to float rounding.
+    """
+    with torch.no_grad():
+        if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+            if not layer.affine:
+                raise ValueError(f"cannot fold a factor into non-affine {layer}; use affine=True")
+            layer.weight.mul_(scale)
+            layer.bias.mul_(scale)
+        elif isinstance(layer, nn.Conv2d | nn.Linear | nn.Conv1d):
+            layer.weight.mul_(scale)
+            if layer.bias is not None:
+                layer.bias.mul_(scale)
+        else:
+            raise TypeError(f"cannot fold a scaling factor into {type(layer).__name__}")

@@ -1,0 +1,110 @@
+"""Training configuration: a dataclass, read from YAML and overridden from the command line."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on. Field names are the YAML keys.
+
+    ``sparsity`` is the factor optimizer: ``apg`` (the paper's), ``ista``, ``sgd`` (L1
+    subgradient, pruned at ``prune_threshold``), or ``none`` (a dense model, no factors).
+    """
+
+    model: str = "resnet20"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    dataset: str = "fashion-mnist"
+    data_dir: str | None = None
+    train_subset: int | None = None
+    val_size: int = 5000
+    augment_pad: int = 2
+    structures: list[str] = field(default_factory=lambda: ["block"])
+    sparsity: str = "apg"
+    gamma: float = 0.01
+    prune_threshold: float = 0.0
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"
+    milestones: list[int] = field(default_factory=lambda: [])
+    lr_decay: float = 0.1
+    seed: int = 0
+    channels_last: bool = True
+    eval_batch_size: int = 500
+    out_dir: str = "runs/train"
+
+    def lr_factor(self, epoch: int) -> float:
+        """Multiplier of ``lr`` during ``epoch`` (0-based): step decays or per-epoch cosine."""
+        if self.schedule == "step":
+            return self.lr_decay ** sum(epoch >= m for m in self.milestones)
+        if self.schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * epoch / self.epochs))
+        if self.schedule == "constant":
+            return 1.0
+        raise ValueError(f"schedule must be step, cosine or constant, got {self.schedule!r}")
+
+    def validate(self) -> None:
+        from sss.data import DATASETS
+        from sss.models import list_models
+
+        problems = []
+        if self.model not in list_models():
+            problems.append(f"model {self.model!r} is not one of {list_models()}")
+        if self.dataset not in DATASETS:
+            problems.append(f"dataset {self.dataset!r} is not one of {list(DATASETS)}")
+        if self.sparsity not in ("apg", "ista", "sgd", "none"):
+            problems.append(f"sparsity {self.sparsity!r} is not apg, ista, sgd or none")
+        if self.sparsity == "sgd" and self.prune_threshold <= 0:
+            problems.append("sparsity 'sgd' makes no exact zeros: set prune_threshold > 0 (e.g. 0.01)")
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.gamma < 0:
+            problems.append("need epochs >= 1, batch_size >= 1, lr > 0, gamma >= 0")
+        if problems:
+            raise ValueError("invalid training config: " + "; ".join(problems))
+        self.lr_factor(0)
+
+
+def _coerce(name: str, value: Any) -> Any:
+    if isinstance(value, str):
+        value = yaml.safe_load(value)
+    if name == "model_kwargs" and not isinstance(value, dict):
+        raise ValueError(f"model_kwargs must be a mapping, got {value!r}")
+    return value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """Reads a YAML config (or the defaults) and applies ``key=value`` overrides.
+
+    Values are parsed as YAML (``epochs=3``, ``milestones=[80,120]``); a nested builder
+    keyword is set with a dot (``model_kwargs.shortcut=pad``).
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        loaded = yaml.safe_load(Path(path).read_text())
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path} must hold a YAML mapping of config keys")
+        data.update(loaded)
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"override {item!r} must look like key=value")
+        if key.startswith("model_kwargs."):
+            data.setdefault("model_kwargs", {})[key.split(".", 1)[1]] = yaml.safe_load(value)
+        else:
+            data[key] = _coerce(key, value)
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown config key(s) {unknown}; known keys: {sorted(known)}")
+    cfg = TrainConfig(**data)
+    cfg.validate()
+    return cfg

@@ -1,0 +1,221 @@
+"""The training loop: one pass that trains weights and factors, with atomic checkpoints."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from sss.data import ArrayDataset, iterate_batches, load_dataset, split_validation
+from sss.errors import TrainingDivergedError
+from sss.measure import count, evaluate
+from sss.models import create
+from sss.optim import build_optimizers
+from sss.serialization import load_state, save, save_state
+from sss.structures import attach, gates
+from sss.surgery import prune, zero_small_factors
+from sss.train.config import TrainConfig
+
+CHECKPOINT = "checkpoint.safetensors"
+METRICS = "metrics.jsonl"
+#: Factor snapshots per epoch kept for the plot of λ over training.
+SNAPSHOTS_PER_EPOCH = 10
+
+
+@dataclass
+class TrainResult:
+    """What a finished run leaves: the (gated) model, its compact form and the history."""
+
+    model: nn.Module
+    compact: nn.Module
+    history: list[dict] = field(default_factory=list)
+    factor_trace: list[dict] = field(default_factory=list)
+
+
+class Trainer:
+    """Trains a zoo model with SSS (or densely) from a :class:`TrainConfig`.
+
+    Every epoch it logs one line, appends a JSON record to ``metrics.jsonl`` and writes
+    ``checkpoint.safetensors`` atomically. ``fit(resume=True)`` continues from that
+    checkpoint at the same epoch with the same optimizer state (APG momentum included);
+    data order and augmentation depend only on (seed, epoch), so a resumed run matches an
+    uninterrupted one.
+    """
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        *,
+        train_data: ArrayDataset | None = None,
+        log: Callable[[str], None] = print,
+        progress: bool = True,
+    ) -> None:
+        cfg.validate()
+        self.cfg, self.log, self.progress = cfg, log, progress
+        self.out = Path(cfg.out_dir)
+        full = train_data if train_data is not None else load_dataset(cfg.dataset, True, cfg.data_dir)
+        if cfg.train_subset:
+            full = full.subset(torch.randperm(len(full), generator=torch.Generator().manual_seed(cfg.seed))
+                               [: cfg.train_subset].sort().values.numpy())  # fmt: skip
+        self.train_data, self.val_data = split_validation(full, cfg.val_size, seed=cfg.seed)
+        torch.manual_seed(cfg.seed)
+        kwargs = {"num_classes": full.num_classes, "in_channels": full.shape[0], **cfg.model_kwargs}
+        model = create(cfg.model, **kwargs)
+        if cfg.sparsity != "none":
+            model = attach(model, structures=cfg.structures, inplace=True)
+        self.model = model.to(memory_format=torch.channels_last) if cfg.channels_last else model
+        self.weights_opt, self.factors_opt = build_optimizers(
+            self.model, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+            method=cfg.sparsity if cfg.sparsity != "none" else "apg", gamma=cfg.gamma,
+        )  # fmt: skip
+        self.example = torch.zeros(1, *full.shape)
+        self.dense_macs = count(self.model, self.example)[0]
+        self.epoch = 0
+        self.history: list[dict] = []
+        self.factor_trace: list[dict] = []
+
+    # -- state --------------------------------------------------------------------------
+    def state(self) -> dict:
+        return {
+            "epoch": self.epoch,
+            "config": dataclasses.asdict(self.cfg),
+            "model": self.model.state_dict(),
+            "weights_opt": self.weights_opt.state_dict(),
+            "factors_opt": self.factors_opt.state_dict() if self.factors_opt else None,
+            "history": self.history,
+            "factor_trace": self.factor_trace,
+        }
+
+    def load(self, path: Path) -> None:
+        state = load_state(path)
+        saved = {k: v for k, v in state["config"].items() if k not in ("epochs", "out_dir")}
+        current = {k: v for k, v in dataclasses.asdict(self.cfg).items() if k not in ("epochs", "out_dir")}
+        if saved != current:
+            diff = sorted(k for k in current if saved.get(k) != current[k])
+            raise ValueError(f"cannot resume {path}: the config differs in {diff}; only 'epochs' may change")
+        self.model.load_state_dict(state["model"])
+        self.weights_opt.load_state_dict(state["weights_opt"])
+        if self.factors_opt is not None:
+            self.factors_opt.load_state_dict(state["factors_opt"])
+        self.epoch, self.history, self.factor_trace = state["epoch"], state["history"], state["factor_trace"]
+
+    # -- loop -----------------------------------------------------------------------------
+    def _set_lr(self) -> float:
+        lr = self.cfg.lr * self.cfg.lr_factor(self.epoch)
+        for opt in (self.weights_opt, self.factors_opt):
+            for group in opt.param_groups if opt else []:
+                group["lr"] = lr
+        return lr
+
+    def _snapshot(self, step: int) -> None:
+        values = [float(v) for ref in gates(self.model) for v in ref.weight.detach().flatten()]
+        if values:
+            self.factor_trace.append({"epoch": self.epoch + step / self.steps_per_epoch, "values": values})
+
+    def _train_epoch(self) -> tuple[float, float]:
+        cfg, model = self.cfg, self.model
+        model.train()
+        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + self.epoch)
+        batches = iterate_batches(self.train_data, cfg.batch_size, shuffle=True, augment_pad=cfg.augment_pad,
+                                  generator=gen, drop_last=True)  # fmt: skip
+        loss_sum, correct, seen = 0.0, 0, 0
+        every = max(1, self.steps_per_epoch // SNAPSHOTS_PER_EPOCH)
+        bar = tqdm(batches, total=self.steps_per_epoch, desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
+                   leave=False, disable=None if self.progress else True)  # fmt: skip
+        for step, (x, y) in enumerate(bar):
+            if cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+            value = loss.item()
+            if not math.isfinite(value):
+                raise TrainingDivergedError(
+                    f"loss became {value} at epoch {self.epoch + 1}, step {step + 1}. The last good checkpoint "
+                    f"({self.out / CHECKPOINT}, epoch {self.epoch}) is kept. Lower lr or gamma, check the "
+                    "input data for NaN/inf, then rerun with --resume."
+                )
+            self.weights_opt.zero_grad(set_to_none=True)
+            if self.factors_opt:
+                self.factors_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.weights_opt.step()
+            if self.factors_opt:
+                self.factors_opt.step()
+            loss_sum += value * len(y)
+            correct += int((logits.argmax(1) == y).sum())
+            seen += len(y)
+            if step % every == 0:
+                self._snapshot(step)
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}")
+        return loss_sum / seen, 100.0 * correct / seen
+
+    def fit(self, resume: bool = False) -> TrainResult:
+        """Trains until ``cfg.epochs``; with ``resume`` starts from the run's checkpoint."""
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        ckpt, metrics = self.out / CHECKPOINT, self.out / METRICS
+        if resume:
+            self.load(ckpt)
+            self.log(f"resumed {ckpt} after epoch {self.epoch}")
+        # Drop metric lines of epochs the checkpoint does not contain (a crash in between).
+        kept = [r for r in (json.loads(s) for s in metrics.read_text().splitlines()) if r["epoch"] <= self.epoch] \
+            if metrics.exists() else []  # fmt: skip
+        metrics.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        self.steps_per_epoch = len(self.train_data) // cfg.batch_size
+        if self.steps_per_epoch == 0:
+            raise ValueError(
+                f"batch_size {cfg.batch_size} exceeds the {len(self.train_data)} training images"
+            )
+        while self.epoch < cfg.epochs:
+            start = time.perf_counter()
+            lr = self._set_lr()
+            train_loss, train_acc = self._train_epoch()
+            val_acc, val_loss = evaluate(self.model, self.val_data, cfg.eval_batch_size)
+            self.epoch += 1
+            record = self._record(lr, train_loss, train_acc, val_loss, val_acc, time.perf_counter() - start)
+            self.history.append(record)
+            with metrics.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+            save_state(self.state(), ckpt)
+        return self._finish()
+
+    def _record(self, lr, train_loss, train_acc, val_loss, val_acc, seconds) -> dict:
+        refs = gates(self.model)
+        zeros = sum(r.num_zero for r in refs)
+        total = sum(r.weight.numel() for r in refs)
+        macs = (
+            count(prune(self.model, self.cfg.prune_threshold), self.example)[0] if refs else self.dense_macs
+        )
+        record = {
+            "epoch": self.epoch, "lr": lr, "train_loss": train_loss, "train_acc": train_acc,
+            "val_loss": val_loss, "val_acc": val_acc, "zero_factors": zeros, "factors": total,
+            "compact_macs": macs, "dense_macs": self.dense_macs, "seconds": seconds,
+        }  # fmt: skip
+        factors = f"  zero factors {zeros}/{total}" if refs else ""
+        self.log(
+            f"epoch {self.epoch}/{self.cfg.epochs}  lr {lr:.4f}  loss {train_loss:.4f}  train {train_acc:.2f}%  "
+            f"val {val_acc:.2f}%{factors}  compact MACs {macs / 1e6:.2f}M "
+            f"({100 * (1 - macs / self.dense_macs):.1f}% fewer)  {seconds:.0f}s"
+        )
+        return record
+
+    def _finish(self) -> TrainResult:
+        model = self.model.to(memory_format=torch.contiguous_format)
+        if self.cfg.sparsity == "sgd":
+            n = zero_small_factors(model, self.cfg.prune_threshold)
+            self.log(
+                f"zeroed {n} factor(s) with |λ| <= {self.cfg.prune_threshold} (L1-SGD pruning threshold)"
+            )
+        compact = prune(model)
+        save(model, self.out / "model")
+        save(compact, self.out / "compact")
+        return TrainResult(model, compact, self.history, self.factor_trace)
