@@ -63,9 +63,7 @@ def _binary_split(root: Path, name: str, train: bool) -> tuple[np.ndarray, np.nd
     for fname in files:
         raw = np.fromfile(root / fname, np.uint8)
         if raw.size % record:
-            raise DataError(
-                f"{root / fname} has {raw.size} bytes, not a multiple of the {record}-byte record"
-            )
+            raise DataError(f"{root / fname} has {raw.size} bytes, not a multiple of the {record}-byte record")
         rows = raw.reshape(-1, record)
         ys.append(rows[:, label_idx].astype(np.int64))
         xs.append(rows[:, label_bytes:].reshape(-1, 3, 32, 32))

@@ -33,9 +33,7 @@ def _load_idx_folder(root: Path, train: bool) -> tuple[np.ndarray, np.ndarray]:
             if len(x) != len(y):
                 raise DataError(f"{root}: {len(x)} images but {len(y)} labels")
             return x, y
-    hint = (
-        " (install it with: apt-get install dataset-fashion-mnist)" if str(root) == FASHION_MNIST_DIR else ""
-    )
+    hint = " (install it with: apt-get install dataset-fashion-mnist)" if str(root) == FASHION_MNIST_DIR else ""
     raise DataError(f"no {images}[.gz] in {root}{hint}")
 
 

@@ -69,9 +69,7 @@ class CifarResNet(nn.Module):
         cin = width
         for i, cout in enumerate(widths):
             stride = 1 if i == 0 else 2
-            blocks = [
-                BasicBlock(cin if j == 0 else cout, cout, stride if j == 0 else 1, shortcut) for j in range(n)
-            ]
+            blocks = [BasicBlock(cin if j == 0 else cout, cout, stride if j == 0 else 1, shortcut) for j in range(n)]
             self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
             cin = cout
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -87,9 +85,7 @@ def _builder(depth: int):
     def build(
         *, num_classes: int = 10, in_channels: int = 3, shortcut: Shortcut = "projection", width: int = 16
     ) -> CifarResNet:
-        return CifarResNet(
-            depth, num_classes=num_classes, in_channels=in_channels, shortcut=shortcut, width=width
-        )
+        return CifarResNet(depth, num_classes=num_classes, in_channels=in_channels, shortcut=shortcut, width=width)
 
     build.__name__ = f"resnet{depth}"
     build.__doc__ = f"CIFAR ResNet-{depth}: {(depth - 2) // 6} basic blocks per stage, {width_doc}."

@@ -15,9 +15,7 @@ class L1SGD(SGD):
     (``sss.prune(model, threshold=...)`` after :func:`sss.surgery.zero_small_factors`).
     """
 
-    def __init__(
-        self, params: Iterable[torch.Tensor], lr: float, gamma: float, momentum: float = 0.9
-    ) -> None:
+    def __init__(self, params: Iterable[torch.Tensor], lr: float, gamma: float, momentum: float = 0.9) -> None:
         super().__init__(params, lr=lr, momentum=momentum)
         for group in self.param_groups:
             group["gamma"] = gamma

@@ -48,9 +48,7 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Modul
     weights_path, spec_path = _paths(path)
     for p in (weights_path, spec_path):
         if not p.is_file():
-            raise CheckpointError(
-                f"{p} not found; sss.save writes both {weights_path.name} and {spec_path.name}"
-            )
+            raise CheckpointError(f"{p} not found; sss.save writes both {weights_path.name} and {spec_path.name}")
     try:
         spec = json.loads(spec_path.read_text())
         model = create(spec["name"], **spec["kwargs"])

@@ -35,9 +35,7 @@ def _encode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
         return [_encode(v, tensors) for v in obj]
     if obj is None or isinstance(obj, bool | int | float | str):
         return obj
-    raise TypeError(
-        f"cannot store a {type(obj).__name__} in a checkpoint; use tensors, numbers, str, dict, list"
-    )
+    raise TypeError(f"cannot store a {type(obj).__name__} in a checkpoint; use tensors, numbers, str, dict, list")
 
 
 def _decode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
@@ -70,9 +68,7 @@ def save_state(state: Any, path: str | Path) -> None:
     """Writes nested ``state`` to ``path`` atomically."""
     tensors: dict[str, torch.Tensor] = {}
     skeleton = json.dumps(_encode(state, tensors))
-    atomic_write(
-        Path(path), lambda tmp: save_file(tensors, tmp, metadata={"format": _FORMAT, "state": skeleton})
-    )
+    atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata={"format": _FORMAT, "state": skeleton}))
 
 
 def load_state(path: str | Path) -> Any:

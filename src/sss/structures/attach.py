@@ -40,9 +40,7 @@ def attach(
         raise ValueError(f"unknown structure kind(s) {unknown}; choose from {KINDS}")
     unsupported = [s for s in structures if s not in SUPPORTED]
     if unsupported:
-        raise UnsupportedModelError(
-            f"structure kind(s) {unsupported} are not supported yet; use structures=('block',)"
-        )
+        raise UnsupportedModelError(f"structure kind(s) {unsupported} are not supported yet; use structures=('block',)")
     if not inplace:
         model = copy.deepcopy(model)
     blocks = [m for m in model.modules() if isinstance(m, ResidualBlock)]

@@ -67,9 +67,7 @@ def prune(model: nn.Module, threshold: float = 0.0) -> nn.Module:
     """
     was_training = model.training
     compact = copy.deepcopy(model).eval()
-    blocks = {
-        n: m for n, m in compact.named_modules() if isinstance(m, ResidualBlock) and m.factor() is not None
-    }
+    blocks = {n: m for n, m in compact.named_modules() if isinstance(m, ResidualBlock) and m.factor() is not None}
     replacement = {name: block.compact(threshold) for name, block in blocks.items()}
     removed = [name for name, new in replacement.items() if new is None or not isinstance(new, ResidualBlock)]
     _replace_blocks(compact, replacement)

@@ -17,6 +17,9 @@ class TrainConfig:
 
     ``sparsity`` is the factor optimizer: ``apg`` (the paper's), ``ista``, ``sgd`` (L1
     subgradient, pruned at ``prune_threshold``), or ``none`` (a dense model, no factors).
+    ``freeze_epoch`` (optional) ends the selection after that many epochs: the zero-factor
+    structures are removed there, the other factors folded into the weights, and the rest of
+    the same schedule trains the compact model (docs/design.md, "freezing the selection").
     """
 
     model: str = "resnet20"
@@ -30,6 +33,7 @@ class TrainConfig:
     sparsity: str = "apg"
     gamma: float = 0.01
     prune_threshold: float = 0.0
+    freeze_epoch: int | None = None
     epochs: int = 10
     batch_size: int = 128
     lr: float = 0.1
@@ -66,6 +70,8 @@ class TrainConfig:
             problems.append(f"sparsity {self.sparsity!r} is not apg, ista, sgd or none")
         if self.sparsity == "sgd" and self.prune_threshold <= 0:
             problems.append("sparsity 'sgd' makes no exact zeros: set prune_threshold > 0 (e.g. 0.01)")
+        if self.freeze_epoch is not None and not 0 < self.freeze_epoch < self.epochs:
+            problems.append(f"freeze_epoch must be between 1 and epochs - 1 ({self.epochs - 1}), got {self.freeze_epoch}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.gamma < 0:
             problems.append("need epochs >= 1, batch_size >= 1, lr > 0, gamma >= 0")
         if problems:

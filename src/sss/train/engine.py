@@ -79,6 +79,8 @@ class Trainer:
         )  # fmt: skip
         self.example = torch.zeros(1, *full.shape)
         self.dense_macs = count(self.model, self.example)[0]
+        self.num_factors = sum(ref.weight.numel() for ref in gates(self.model))
+        self.frozen = False
         self.epoch = 0
         self.history: list[dict] = []
         self.factor_trace: list[dict] = []
@@ -91,6 +93,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "weights_opt": self.weights_opt.state_dict(),
             "factors_opt": self.factors_opt.state_dict() if self.factors_opt else None,
+            "frozen_removed": self.model.sss_spec["removed"] if self.frozen else None,
             "history": self.history,
             "factor_trace": self.factor_trace,
         }
@@ -102,11 +105,26 @@ class Trainer:
         if saved != current:
             diff = sorted(k for k in current if saved.get(k) != current[k])
             raise ValueError(f"cannot resume {path}: the config differs in {diff}; only 'epochs' may change")
+        if state["frozen_removed"] is not None:
+            self._freeze(state["frozen_removed"])
         self.model.load_state_dict(state["model"])
         self.weights_opt.load_state_dict(state["weights_opt"])
         if self.factors_opt is not None:
             self.factors_opt.load_state_dict(state["factors_opt"])
         self.epoch, self.history, self.factor_trace = state["epoch"], state["history"], state["factor_trace"]
+
+    def _freeze(self, removed: list[str] | None = None) -> None:
+        """Ends the selection: the model becomes its compact form (the named blocks removed,
+        else those with a zero factor), trained from here on by SGD alone."""
+        with torch.no_grad():
+            if removed is not None:
+                for ref in gates(self.model):
+                    ref.weight.fill_(0.0 if ref.name.rpartition(".")[0] in removed else 1.0)
+        self.model = prune(self.model, self.cfg.prune_threshold)
+        self.weights_opt, self.factors_opt = build_optimizers(
+            self.model, lr=self.cfg.lr, momentum=self.cfg.momentum, weight_decay=self.cfg.weight_decay
+        )
+        self.frozen = True
 
     # -- loop -----------------------------------------------------------------------------
     def _set_lr(self) -> float:
@@ -172,10 +190,14 @@ class Trainer:
         metrics.write_text("".join(json.dumps(r) + "\n" for r in kept))
         self.steps_per_epoch = len(self.train_data) // cfg.batch_size
         if self.steps_per_epoch == 0:
-            raise ValueError(
-                f"batch_size {cfg.batch_size} exceeds the {len(self.train_data)} training images"
-            )
+            raise ValueError(f"batch_size {cfg.batch_size} exceeds the {len(self.train_data)} training images")
         while self.epoch < cfg.epochs:
+            if self.epoch == cfg.freeze_epoch and not self.frozen:
+                before = evaluate(self.model, self.val_data, cfg.eval_batch_size)[0]
+                self._freeze()
+                after = evaluate(self.model, self.val_data, cfg.eval_batch_size)[0]
+                self.log(f"selection frozen after epoch {self.epoch}: removed {len(self.model.sss_spec['removed'])} "
+                         f"block(s); validation accuracy {before:.2f}% gated, {after:.2f}% compact")  # fmt: skip
             start = time.perf_counter()
             lr = self._set_lr()
             train_loss, train_acc = self._train_epoch()
@@ -190,17 +212,15 @@ class Trainer:
 
     def _record(self, lr, train_loss, train_acc, val_loss, val_acc, seconds) -> dict:
         refs = gates(self.model)
-        zeros = sum(r.num_zero for r in refs)
-        total = sum(r.weight.numel() for r in refs)
-        macs = (
-            count(prune(self.model, self.cfg.prune_threshold), self.example)[0] if refs else self.dense_macs
-        )
+        zeros = len(self.model.sss_spec["removed"]) if self.frozen else sum(r.num_zero for r in refs)
+        total = self.num_factors
+        macs = count(prune(self.model, self.cfg.prune_threshold), self.example)[0]
         record = {
             "epoch": self.epoch, "lr": lr, "train_loss": train_loss, "train_acc": train_acc,
             "val_loss": val_loss, "val_acc": val_acc, "zero_factors": zeros, "factors": total,
             "compact_macs": macs, "dense_macs": self.dense_macs, "seconds": seconds,
         }  # fmt: skip
-        factors = f"  zero factors {zeros}/{total}" if refs else ""
+        factors = f"  zero factors {zeros}/{total}" if total else ""
         self.log(
             f"epoch {self.epoch}/{self.cfg.epochs}  lr {lr:.4f}  loss {train_loss:.4f}  train {train_acc:.2f}%  "
             f"val {val_acc:.2f}%{factors}  compact MACs {macs / 1e6:.2f}M "
@@ -212,9 +232,7 @@ class Trainer:
         model = self.model.to(memory_format=torch.contiguous_format)
         if self.cfg.sparsity == "sgd":
             n = zero_small_factors(model, self.cfg.prune_threshold)
-            self.log(
-                f"zeroed {n} factor(s) with |λ| <= {self.cfg.prune_threshold} (L1-SGD pruning threshold)"
-            )
+            self.log(f"zeroed {n} factor(s) with |λ| <= {self.cfg.prune_threshold} (L1-SGD pruning threshold)")
         compact = prune(model)
         save(model, self.out / "model")
         save(compact, self.out / "compact")

@@ -1,0 +1,5 @@
+import sys
+
+from sss.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Command-line interface: ``sss train | prune | eval | demo | models``."""

@@ -1,0 +1,135 @@
+"""Entry point of the ``sss`` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from sss.errors import SSSError
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    from sss.data import load_dataset
+    from sss.measure import count, evaluate
+    from sss.train import Trainer, load_config
+
+    overrides = list(args.set)
+    for key in ("model", "dataset", "data_dir", "epochs", "gamma", "sparsity", "out_dir"):
+        if getattr(args, key) is not None:
+            overrides.append(f"{key}={getattr(args, key)}")
+    if args.structures:
+        overrides.append(f"structures=[{args.structures}]")
+    cfg = load_config(args.config, overrides)
+    result = Trainer(cfg).fit(resume=args.resume)
+    test = load_dataset(cfg.dataset, False, cfg.data_dir)
+    example = torch.zeros(1, *test.shape)
+    gated_acc, compact_acc = evaluate(result.model, test)[0], evaluate(result.compact, test)[0]
+    (dm, dp), (cm, cp) = count(result.model, example), count(result.compact, example)
+    print(f"test accuracy {gated_acc:.2f}% (compact {compact_acc:.2f}%); MACs {dm / 1e6:.2f}M -> {cm / 1e6:.2f}M, "
+          f"params {dp / 1e3:.1f}k -> {cp / 1e3:.1f}k; models in {cfg.out_dir}/")  # fmt: skip
+
+
+def _cmd_prune(args: argparse.Namespace) -> None:
+    from sss.measure import count
+    from sss.serialization import load, save
+    from sss.structures import gates
+    from sss.surgery import prune, zero_small_factors
+
+    model = load(args.model)
+    if not gates(model):
+        raise SystemExit(f"{args.model} has no scaling factors: nothing to prune (is it already compact?)")
+    if args.threshold > 0:
+        zero_small_factors(model, args.threshold)
+    compact = prune(model)
+    shape = args.input_shape or [model.sss_spec["kwargs"].get("in_channels", 3), 32, 32]
+    example = torch.zeros(1, *shape)
+    (dm, dp), (cm, cp) = count(model, example), count(compact, example)
+    save(compact, args.out)
+    print(f"removed {len(compact.sss_spec['removed'])} block(s): MACs {dm / 1e6:.2f}M -> {cm / 1e6:.2f}M, "
+          f"params {dp / 1e3:.1f}k -> {cp / 1e3:.1f}k; saved {args.out}")  # fmt: skip
+
+
+def _cmd_eval(args: argparse.Namespace) -> None:
+    from sss.cli.report import compare_models, format_table
+    from sss.data import load_dataset
+    from sss.serialization import load
+
+    test = load_dataset(args.dataset, False, args.data_dir)
+    models = {Path(p).stem: load(p) for p in args.models}
+    print(format_table(compare_models(models, test, latency_of=tuple(models) if args.latency else ())))
+
+
+def _cmd_demo(args: argparse.Namespace) -> None:
+    from sss.cli.demo import run_demo
+
+    run_demo(args.out, quick=args.quick, data_dir=args.data_dir)
+
+
+def _cmd_models(_: argparse.Namespace) -> None:
+    from sss.models import list_models
+
+    print("\n".join(list_models()))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sss", description="Sparse Structure Selection: train, prune, measure.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model with SSS (or densely with --sparsity none)")
+    p.add_argument("--config", help="YAML config (see configs/); defaults apply to missing keys")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set epochs=3 --set model_kwargs.shortcut=pad")  # fmt: skip
+    p.add_argument("--model")
+    p.add_argument("--dataset")
+    p.add_argument("--data-dir", dest="data_dir")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--gamma", type=float)
+    p.add_argument("--sparsity", choices=["apg", "ista", "sgd", "none"])
+    p.add_argument("--structures", help="comma-separated structure kinds (this release: block)")
+    p.add_argument("--out", dest="out_dir")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("prune", help="remove the zero-factor structures of a saved gated model")
+    p.add_argument("model", help="a model saved by sss (e.g. runs/train/model)")
+    p.add_argument("--out", required=True, help="where to save the compact model")
+    p.add_argument("--threshold", type=float, default=0.0, help="treat |λ| <= this as zero (L1-SGD runs)")
+    p.add_argument("--input-shape", type=int, nargs=3, metavar=("C", "H", "W"), help="for MAC counts")
+    p.set_defaults(func=_cmd_prune)
+
+    p = sub.add_parser("eval", help="test accuracy, MACs, params (and latency) of saved models")
+    p.add_argument("models", nargs="+")
+    p.add_argument("--dataset", default="fashion-mnist")
+    p.add_argument("--data-dir")
+    p.add_argument("--latency", action="store_true", help="also time batch 1 and 64 on this CPU")
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("demo", help="SSS on Fashion-MNIST end to end (about 10 minutes on 2 cores)")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--data-dir", help="Fashion-MNIST IDX folder (default: the Debian package's)")
+    p.add_argument("--quick", action="store_true", help="a seconds-long smoke run")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("models", help="list the model zoo")
+    p.set_defaults(func=_cmd_models)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (SSSError, ValueError) as e:
+        print(f"sss {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; rerun with --resume to continue from the last checkpoint", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

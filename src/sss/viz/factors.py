@@ -1,0 +1,47 @@
+"""The scaling factors λ over training, one line per structure."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def plot_factor_trace(trace: Sequence[dict], names: Sequence[str], path: str | Path, title: str = "") -> Path:
+    """Draws each factor's value against the epoch and saves a PNG.
+
+    Args:
+        trace: Snapshots ``{"epoch": float, "values": [λ...]}`` (``TrainResult.factor_trace``).
+        names: A label per factor (gate names), in the order of ``values``.
+        path: Output PNG path.
+        title: Figure title.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [s["epoch"] for s in trace]
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
+    stages = sorted({n.split(".")[0] for n in names})
+    cmap = plt.get_cmap("viridis", max(len(stages), 2))
+    seen: set[str] = set()
+    for i, name in enumerate(names):
+        stage = name.split(".")[0]
+        ax.plot(
+            epochs, [s["values"][i] for s in trace], color=cmap(stages.index(stage)), lw=1.4,
+            label=stage if stage not in seen else None,
+        )  # fmt: skip
+        seen.add(stage)
+    final_zero = sum(v == 0 for v in trace[-1]["values"]) if trace else 0
+    ax.axhline(0, color="0.6", lw=0.8)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("scaling factor λ")
+    ax.set_title(title or f"SSS factors over training ({final_zero}/{len(names)} exactly zero at the end)")
+    ax.legend(title="stage", frameon=False)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -1,0 +1,49 @@
+"""The `sss` command: train → prune → eval on real data, and clear errors."""
+
+import subprocess
+import sys
+
+import pytest
+
+from sss.cli.main import main
+
+TINY = ["--set", "train_subset=1200", "--set", "val_size=200", "--set", "model_kwargs.width=4", "--set",
+        "batch_size=64", "--epochs", "1"]  # fmt: skip
+
+
+def test_train_prune_eval(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--model", "resnet20", "--gamma", "5", "--out", str(out), *TINY]) == 0
+    assert "test accuracy" in capsys.readouterr().out
+    assert (out / "checkpoint.safetensors").is_file() and (out / "metrics.jsonl").is_file()
+    assert main(["train", "--model", "resnet20", "--gamma", "5", "--out", str(out), *TINY[:-1], "2", "--resume"]) == 0
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+    assert main(["prune", str(out / "model"), "--out", str(tmp_path / "small"), "--input-shape", "1", "28", "28"]) == 0
+    assert "removed" in capsys.readouterr().out
+    assert main(["eval", str(tmp_path / "small"), str(out / "compact")]) == 0
+    table = capsys.readouterr().out
+    assert "| test accuracy |" in table and "small" in table
+
+
+def test_config_file_and_bad_input(tmp_path, capsys):
+    assert main(["train", "--model", "resnet57", "--out", str(tmp_path)]) == 2
+    assert "resnet57" in capsys.readouterr().err
+    assert main(["train", "--set", "epoch=3"]) == 2
+    assert "unknown config key" in capsys.readouterr().err
+    assert main(["eval", str(tmp_path / "missing")]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert main(["train", "--dataset", "cifar10", "--out", str(tmp_path)]) == 2
+    assert "--data-dir" in capsys.readouterr().err
+
+
+def test_console_script_lists_models():
+    done = subprocess.run([sys.executable, "-m", "sss", "models"], capture_output=True, text=True, check=True)
+    assert "resnet56" in done.stdout.split()
+
+
+@pytest.mark.parametrize("command", ["train", "prune", "eval", "demo"])
+def test_help(command, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--help"])
+    assert exc.value.code == 0
+    assert command in capsys.readouterr().out

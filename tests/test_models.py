@@ -1,0 +1,55 @@
+"""Every zoo model: builds, runs, has the documented size (golden counts)."""
+
+import pytest
+import torch
+
+import sss
+from sss.models.resnet_cifar import BasicBlock
+
+ALL = sss.models.list_models()
+
+# MACs at 3x32x32 / params with 10 classes. ResNet-56 with the option-A pad shortcut has
+# 125.49M MACs and 0.85M params, the figures GAL reports for its baseline.
+GOLDEN = {
+    ("resnet20", "pad"): (40_551_040, 269_722),
+    ("resnet56", "pad"): (125_485_696, 853_018),
+    ("resnet56", "projection"): (125_747_840, 855_770),
+    ("resnet110", "pad"): (252_887_680, 1_727_962),
+    ("preact_resnet164", None): (247_646_720, 1_703_258),
+}
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_forward_shape(name):
+    model = sss.models.create(name, num_classes=7, in_channels=1).eval()
+    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 7)
+
+
+@pytest.mark.parametrize(("name", "shortcut"), list(GOLDEN))
+def test_golden_size(name, shortcut):
+    kwargs = {"shortcut": shortcut} if shortcut else {}
+    model = sss.models.create(name, num_classes=10, **kwargs)
+    assert sss.count(model, torch.zeros(1, 3, 32, 32)) == GOLDEN[(name, shortcut)]
+
+
+def test_block_counts_and_shortcut_type():
+    model = sss.models.create("resnet56", shortcut="pad")
+    blocks = [m for m in model.modules() if isinstance(m, BasicBlock)]
+    assert len(blocks) == 27
+    assert type(blocks[9].shortcut).__name__ == "PadShortcut"
+    assert isinstance(blocks[1].shortcut, torch.nn.Identity)
+    projection = sss.models.create("resnet56")
+    assert isinstance(projection.layer2[0].shortcut, torch.nn.Sequential)
+
+
+def test_he_init():
+    model = sss.models.create("resnet56")
+    w = model.layer2[1].branch[0].weight
+    assert abs(w.std().item() - (2 / (9 * 32)) ** 0.5) < 0.01
+
+
+def test_unknown_model_names_choices():
+    with pytest.raises(ValueError, match="resnet56"):
+        sss.models.create("resnet57")
+    with pytest.raises(ValueError, match="6n\\+2"):
+        sss.models.resnet_cifar.CifarResNet(21)

@@ -1,0 +1,80 @@
+"""Pickle-free checkpoints and model files: round trips, atomic writes, clear errors."""
+
+import json
+
+import pytest
+import torch
+
+import sss
+from conftest import randomise
+from sss.serialization import load_state, save_state
+
+
+def test_state_roundtrip_keeps_types(tmp_path):
+    model = sss.attach(sss.models.create("resnet20", width=4))
+    weights, factors = sss.build_optimizers(model, lr=0.1, gamma=0.1)
+    model(torch.randn(2, 3, 8, 8)).sum().backward()
+    weights.step()
+    factors.step()
+    state = {"epoch": 3, "t": (1, "a"), "none": None, "model": model.state_dict(), "opt": factors.state_dict()}
+    save_state(state, tmp_path / "ck.safetensors")
+    back = load_state(tmp_path / "ck.safetensors")
+    assert back["epoch"] == 3 and back["t"] == (1, "a") and back["none"] is None
+    assert all(torch.equal(back["model"][k], v) for k, v in model.state_dict().items())
+    assert list(back["opt"]["state"]) == list(factors.state_dict()["state"])  # int keys survive
+    fresh = sss.APG(sss.structures.factor_parameters(model), lr=0.1, gamma=0.1)
+    fresh.load_state_dict(back["opt"])
+    assert [f.name for f in tmp_path.iterdir()] == ["ck.safetensors"]  # no temp file left behind
+
+
+def test_corrupt_or_missing_checkpoint(tmp_path):
+    save_state({"a": torch.ones(3)}, tmp_path / "ck.safetensors")
+    raw = (tmp_path / "ck.safetensors").read_bytes()
+    (tmp_path / "ck.safetensors").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(sss.CheckpointError, match="truncated"):
+        load_state(tmp_path / "ck.safetensors")
+    with pytest.raises(sss.CheckpointError, match="does not exist"):
+        load_state(tmp_path / "nope.safetensors")
+
+
+def test_unsupported_objects_are_refused(tmp_path):
+    with pytest.raises(TypeError, match="cannot store a object"):
+        save_state({"x": object()}, tmp_path / "ck.safetensors")
+    assert not (tmp_path / "ck.safetensors").exists()
+
+
+@pytest.mark.parametrize("name", ["resnet20", "preact_resnet164"])
+def test_save_load_compact_model(tmp_path, name):
+    gated = randomise(sss.attach(sss.models.create(name, num_classes=5, in_channels=1)))
+    compact = sss.prune(gated)
+    sss.save(compact, tmp_path / "compact")
+    spec = json.loads((tmp_path / "compact.json").read_text())
+    assert spec["removed"] == compact.sss_spec["removed"] and not spec["gated"]
+    loaded = sss.load(tmp_path / "compact")
+    x = torch.randn(2, 1, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), compact(x))
+    assert sss.count(loaded, x[:1]) == sss.count(compact, x[:1])
+
+
+def test_save_load_gated_model(tmp_path):
+    gated = randomise(sss.attach(sss.models.create("resnet20", shortcut="pad")))
+    sss.save(gated, tmp_path / "gated.safetensors")
+    loaded = sss.load(tmp_path / "gated.json")
+    assert len(sss.gates(loaded)) == 9
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), gated(x))
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(sss.CheckpointError, match="not found"):
+        sss.load(tmp_path / "missing")
+    sss.save(sss.models.create("resnet20"), tmp_path / "m")
+    spec = json.loads((tmp_path / "m.json").read_text())
+    spec["removed"] = ["layer1.0"]  # the weights no longer fit this architecture
+    (tmp_path / "m.json").write_text(json.dumps(spec))
+    with pytest.raises(sss.CheckpointError, match="cannot load"):
+        sss.load(tmp_path / "m")
+    with pytest.raises(ValueError, match=r"sss\.models\.create"):
+        sss.save(torch.nn.Linear(2, 2), tmp_path / "x")
