@@ -9,10 +9,12 @@ from torch import nn
 
 from sss.data import ArrayDataset
 
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
     np.random.seed(0)
+
 
 def synthetic_dataset(n: int = 256, shape=(1, 12, 12), classes: int = 4, seed: int = 0) -> ArrayDataset:
     """Images whose label is readable from the pixels (the mean brightness of a quadrant)."""
@@ -24,6 +26,7 @@ def synthetic_dataset(n: int = 256, shape=(1, 12, 12), classes: int = 4, seed: i
         r, c = divmod(int(y), 2)
         images[i, :, r * h : (r + 1) * h, c * w : (c + 1) * w] += 150
     return ArrayDataset(images, labels.astype(np.int64), mean=(0.4,) * shape[0], std=(0.3,) * shape[0])
+
 
 def randomise(model: nn.Module, zero_prob: float = 0.5, seed: int = 0) -> nn.Module:
     """Random BN statistics/affines and a random gate pattern, so equality tests are not trivial."""

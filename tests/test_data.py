@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-
 from sss.data import iterate_batches, load_dataset, split_validation
 from sss.data.cifar import load_cifar
 from sss.data.idx import read_idx
@@ -135,7 +134,6 @@ def test_split_validation_is_disjoint():
     train, val = split_validation(data, 20, seed=3)
     assert len(train) == 80 and len(val) == 20
     assert not set(train.labels) & set(val.labels)
-
 
 
 def test_fashion_mnist_real_files():

@@ -12,20 +12,20 @@ from sss.cli.demo import run_demo
 def quick_demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
     lines: list[str] = []
-    return out, run_demo(out, quick=True, log=lines.append, progress=False), lines
+    return out, run_demo(out, quick=True, baseline=True, log=lines.append, progress=False), lines
 
 
 def test_sss_removes_blocks_exactly_on_real_data(quick_demo):
     out, report, _ = quick_demo
     rows = report["models"]
     assert report["zero_factors"] >= 1
-    assert rows["SSS compact"]["macs"] < rows["dense"]["macs"]
-    assert sum(rows["SSS compact"]["blocks"]) == 9 - report["zero_factors"]
+    assert rows["SSS after removal"]["macs"] < rows["dense"]["macs"]
+    assert sum(rows["SSS after removal"]["blocks"]) == 9 - report["zero_factors"]
     # Exact removal: the same predictions on all 10k test images, outputs equal to rounding.
-    assert report["gated_vs_compact_accuracy_diff"] == 0.0
-    assert report["gated_vs_compact_max_rel_diff"] <= 1e-5
+    assert report["removal_accuracy_diff"] == 0.0
+    assert report["removal_max_rel_diff"] <= 1e-5
     # A 4-epoch, 8k-image run of a width-8 ResNet-20 reaches ~76% (dense: about the same).
-    assert rows["SSS compact"]["accuracy"] >= 70.0
+    assert rows["SSS after removal"]["accuracy"] >= 70.0
     assert rows["dense"]["accuracy"] >= 70.0
 
 
@@ -37,4 +37,4 @@ def test_demo_writes_its_artifacts(quick_demo):
     compact = sss.load(out / "compact")
     assert sss.gates(compact) == []
     assert any("blocks removed" in line for line in lines)
-    assert {"1", "64"} == set(report["models"]["SSS compact"]["latency_ms"])
+    assert {"1", "64"} == set(report["models"]["SSS after removal"]["latency_ms"])

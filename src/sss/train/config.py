@@ -71,7 +71,9 @@ class TrainConfig:
         if self.sparsity == "sgd" and self.prune_threshold <= 0:
             problems.append("sparsity 'sgd' makes no exact zeros: set prune_threshold > 0 (e.g. 0.01)")
         if self.freeze_epoch is not None and not 0 < self.freeze_epoch < self.epochs:
-            problems.append(f"freeze_epoch must be between 1 and epochs - 1 ({self.epochs - 1}), got {self.freeze_epoch}")
+            problems.append(
+                f"freeze_epoch must be between 1 and epochs - 1 ({self.epochs - 1}), got {self.freeze_epoch}"
+            )
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.gamma < 0:
             problems.append("need epochs >= 1, batch_size >= 1, lr > 0, gamma >= 0")
         if problems:

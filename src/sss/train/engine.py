@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -33,10 +34,16 @@ SNAPSHOTS_PER_EPOCH = 10
 
 @dataclass
 class TrainResult:
-    """What a finished run leaves: the (gated) model, its compact form and the history."""
+    """What a finished run leaves.
+
+    ``model`` is the trained model (gated, or already compact after a freeze), ``compact`` its
+    compact form, and ``selected`` the gated model at the moment of a freeze (``None`` without
+    one): the model whose removal the freeze performed, for exactness checks and reports.
+    """
 
     model: nn.Module
     compact: nn.Module
+    selected: nn.Module | None = None
     history: list[dict] = field(default_factory=list)
     factor_trace: list[dict] = field(default_factory=list)
 
@@ -81,6 +88,7 @@ class Trainer:
         self.dense_macs = count(self.model, self.example)[0]
         self.num_factors = sum(ref.weight.numel() for ref in gates(self.model))
         self.frozen = False
+        self.selected: nn.Module | None = None
         self.epoch = 0
         self.history: list[dict] = []
         self.factor_trace: list[dict] = []
@@ -137,7 +145,7 @@ class Trainer:
     def _snapshot(self, step: int) -> None:
         values = [float(v) for ref in gates(self.model) for v in ref.weight.detach().flatten()]
         if values:
-            self.factor_trace.append({"epoch": self.epoch + step / self.steps_per_epoch, "values": values})
+            self.factor_trace.append({"epoch": self.epoch + (step + 1) / self.steps_per_epoch, "values": values})
 
     def _train_epoch(self) -> tuple[float, float]:
         cfg, model = self.cfg, self.model
@@ -191,9 +199,12 @@ class Trainer:
         self.steps_per_epoch = len(self.train_data) // cfg.batch_size
         if self.steps_per_epoch == 0:
             raise ValueError(f"batch_size {cfg.batch_size} exceeds the {len(self.train_data)} training images")
+        if not self.factor_trace:
+            self._snapshot(step=-1)  # the initial factors, before the first update
         while self.epoch < cfg.epochs:
             if self.epoch == cfg.freeze_epoch and not self.frozen:
                 before = evaluate(self.model, self.val_data, cfg.eval_batch_size)[0]
+                self.selected = copy.deepcopy(self.model).to(memory_format=torch.contiguous_format)
                 self._freeze()
                 after = evaluate(self.model, self.val_data, cfg.eval_batch_size)[0]
                 self.log(f"selection frozen after epoch {self.epoch}: removed {len(self.model.sss_spec['removed'])} "
@@ -236,4 +247,4 @@ class Trainer:
         compact = prune(model)
         save(model, self.out / "model")
         save(compact, self.out / "compact")
-        return TrainResult(model, compact, self.history, self.factor_trace)
+        return TrainResult(model, compact, self.selected, self.history, self.factor_trace)

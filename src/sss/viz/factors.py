@@ -6,7 +6,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 
-def plot_factor_trace(trace: Sequence[dict], names: Sequence[str], path: str | Path, title: str = "") -> Path:
+def plot_factor_trace(
+    trace: Sequence[dict], names: Sequence[str], path: str | Path, title: str = "", freeze_epoch: int | None = None
+) -> Path:
     """Draws each factor's value against the epoch and saves a PNG.
 
     Args:
@@ -14,6 +16,7 @@ def plot_factor_trace(trace: Sequence[dict], names: Sequence[str], path: str | P
         names: A label per factor (gate names), in the order of ``values``.
         path: Output PNG path.
         title: Figure title.
+        freeze_epoch: Where the selection was frozen (drawn as a dashed line), if it was.
     """
     import matplotlib
 
@@ -34,10 +37,12 @@ def plot_factor_trace(trace: Sequence[dict], names: Sequence[str], path: str | P
         seen.add(stage)
     final_zero = sum(v == 0 for v in trace[-1]["values"]) if trace else 0
     ax.axhline(0, color="0.6", lw=0.8)
+    if freeze_epoch is not None:
+        ax.axvline(freeze_epoch, color="0.3", ls="--", lw=1, label="selection frozen")
     ax.set_xlabel("epoch")
     ax.set_ylabel("scaling factor λ")
-    ax.set_title(title or f"SSS factors over training ({final_zero}/{len(names)} exactly zero at the end)")
-    ax.legend(title="stage", frameon=False)
+    ax.set_title(title or f"SSS block factors over training ({final_zero}/{len(names)} exactly zero at the end)")
+    ax.legend(frameon=False)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     path = Path(path)
