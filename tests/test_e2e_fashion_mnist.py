@@ -16,7 +16,7 @@ def quick_demo(tmp_path_factory):
 
 
 def test_sss_removes_blocks_exactly_on_real_data(quick_demo):
-    out, report, _ = quick_demo
+    _, report, _ = quick_demo
     rows = report["models"]
     assert report["zero_factors"] >= 1
     assert rows["SSS after removal"]["macs"] < rows["dense"]["macs"]

@@ -22,6 +22,10 @@ def _cfg(tmp_path, **kw):
     return dataclasses.replace(base, **kw)
 
 
+# Resume tests use a step schedule: cosine depends on `epochs`, which a resume may extend.
+RESUMABLE = {"schedule": "step", "milestones": [2]}
+
+
 def _quiet(msg):
     pass
 
@@ -42,9 +46,9 @@ def test_fit_logs_checkpoints_and_saves(tmp_path):
 
 def test_resume_matches_uninterrupted_run(tmp_path):
     data = synthetic_dataset(256)
-    straight = Trainer(_cfg(tmp_path / "a", epochs=3), train_data=data, log=_quiet, progress=False).fit()
-    Trainer(_cfg(tmp_path / "b", epochs=1), train_data=data, log=_quiet, progress=False).fit()
-    resumed_trainer = Trainer(_cfg(tmp_path / "b", epochs=3), train_data=data, log=_quiet, progress=False)
+    straight = Trainer(_cfg(tmp_path / "a", epochs=3, **RESUMABLE), train_data=data, log=_quiet, progress=False).fit()
+    Trainer(_cfg(tmp_path / "b", epochs=1, **RESUMABLE), train_data=data, log=_quiet, progress=False).fit()
+    resumed_trainer = Trainer(_cfg(tmp_path / "b", epochs=3, **RESUMABLE), train_data=data, log=_quiet, progress=False)
     resumed = resumed_trainer.fit(resume=True)
     a, b = straight.model.state_dict(), resumed.model.state_dict()
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
@@ -127,7 +131,7 @@ def test_evaluate_counts_correctly():
 def test_freeze_removes_blocks_and_resume_crosses_it(tmp_path):
     data = synthetic_dataset(256)
     lines = []
-    cfg = _cfg(tmp_path / "a", epochs=3, freeze_epoch=1, gamma=2.0)
+    cfg = _cfg(tmp_path / "a", epochs=3, freeze_epoch=1, gamma=2.0, **RESUMABLE)
     straight = Trainer(cfg, train_data=data, log=lines.append, progress=False).fit()
     assert sss.gates(straight.model) == []  # a plain compact model trains after the freeze
     removed = straight.model.sss_spec["removed"]
@@ -136,10 +140,10 @@ def test_freeze_removes_blocks_and_resume_crosses_it(tmp_path):
     frozen_line = next(line for line in lines if "selection frozen" in line)
     gated_acc, compact_acc = (part.split("%")[0].split()[-1] for part in frozen_line.split(";")[1].split(","))
     assert gated_acc == compact_acc
-    Trainer(_cfg(tmp_path / "b", epochs=2, freeze_epoch=1, gamma=2.0), train_data=data, log=_quiet,
-            progress=False).fit()  # fmt: skip
-    resumed = Trainer(_cfg(tmp_path / "b", epochs=3, freeze_epoch=1, gamma=2.0), train_data=data, log=_quiet,
-                      progress=False).fit(resume=True)  # fmt: skip
+    frozen = {"freeze_epoch": 1, "gamma": 2.0, **RESUMABLE}
+    Trainer(_cfg(tmp_path / "b", epochs=2, **frozen), train_data=data, log=_quiet, progress=False).fit()
+    resumed = Trainer(_cfg(tmp_path / "b", epochs=3, **frozen), train_data=data, log=_quiet, progress=False)
+    resumed = resumed.fit(resume=True)
     assert resumed.model.sss_spec["removed"] == removed
     a, b = straight.model.state_dict(), resumed.model.state_dict()
     assert a.keys() == b.keys()

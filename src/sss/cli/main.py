@@ -111,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--data-dir", help="Fashion-MNIST IDX folder (default: the Debian package's)")
     p.add_argument("--quick", action="store_true", help="a 40-second smoke run")
-    p.add_argument("--baseline", action="store_true", help="also train a dense model with the same schedule")
+    p.add_argument("--no-baseline", dest="baseline", action="store_false",
+                   help="skip the dense model trained with the same schedule for comparison")  # fmt: skip
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("models", help="list the model zoo")

@@ -1,7 +1,8 @@
 """Optimizers for the scaling factors (APG, ISTA, L1-subgradient SGD) and the weights."""
 
 from sss.optim.apg import APG, ISTA, soft_threshold
+from sss.optim.fista import FISTA
 from sss.optim.l1sgd import L1SGD
 from sss.optim.param_groups import build_optimizers, weight_param_groups
 
-__all__ = ["APG", "ISTA", "L1SGD", "build_optimizers", "soft_threshold", "weight_param_groups"]
+__all__ = ["APG", "FISTA", "ISTA", "L1SGD", "build_optimizers", "soft_threshold", "weight_param_groups"]

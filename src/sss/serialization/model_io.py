@@ -13,7 +13,9 @@ from sss.errors import CheckpointError
 from sss.models import create
 from sss.serialization.state import atomic_write
 from sss.structures.attach import attach
+from sss.structures.gate import gates
 from sss.surgery.prune import remove_blocks
+from sss.surgery.shapes import apply_layer_shapes
 
 
 def _paths(path: str | Path) -> tuple[Path, Path]:
@@ -33,7 +35,7 @@ def save(model: nn.Module, path: str | Path) -> None:
     if spec is None:
         raise ValueError("sss.save needs a model built by sss.models.create (it carries model.sss_spec)")
     weights_path, spec_path = _paths(path)
-    spec = {**spec, "gated": any(k.endswith("gate.weight") for k in model.state_dict())}
+    spec = {**spec, "gated": sorted({g.kind for g in gates(model)})}  # the gate kinds to re-attach
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     atomic_write(weights_path, lambda tmp: save_file(tensors, tmp, metadata={"format": "sss-model/1"}))
     atomic_write(spec_path, lambda tmp: Path(tmp).write_text(json.dumps(spec, indent=2) + "\n"))
@@ -53,13 +55,16 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Modul
         spec = json.loads(spec_path.read_text())
         model = create(spec["name"], **spec["kwargs"])
         if spec.get("gated"):
-            model = attach(model, inplace=True)
+            shape = spec.get("attach_input_shape")
+            example = torch.zeros(1, *shape) if shape else None
+            model = attach(model, example, spec["gated"], inplace=True)
         remove_blocks(model, spec.get("removed", []))
+        apply_layer_shapes(model, spec.get("shapes", {}))
         state = load_file(str(weights_path), device=str(map_location))
         model.load_state_dict(state, strict=True)
     except CheckpointError:
         raise
     except Exception as e:
         raise CheckpointError(f"cannot load the model saved at {weights_path.with_suffix('')}: {e}") from e
-    model.sss_spec = {k: spec[k] for k in ("name", "kwargs", "removed")}
+    model.sss_spec = {k: spec[k] for k in ("name", "kwargs", "removed", "shapes", "attach_input_shape") if k in spec}
     return model.to(map_location).eval()

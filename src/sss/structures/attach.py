@@ -9,10 +9,11 @@ import torch
 from torch import nn
 
 from sss.errors import UnsupportedModelError
+from sss.structures.channels import attach_channel_gates
 from sss.structures.gate import KINDS, Gate
 from sss.structures.residual import ResidualBlock
 
-SUPPORTED = ("block",)
+SUPPORTED = ("block", "channel")
 
 
 def attach(
@@ -25,32 +26,45 @@ def attach(
     """Returns ``model`` with a scaling factor λ = 1 on each chosen structure.
 
     Args:
-        model: A model whose residual blocks are :class:`sss.structures.ResidualBlock`
-            (every model of :mod:`sss.models`).
-        example_inputs: Reserved for tracing arbitrary models; unused for zoo models.
-        structures: Which structures get factors. This release supports ``"block"``.
+        model: For ``"block"``, a model whose residual blocks are
+            :class:`sss.structures.ResidualBlock` (the ResNets of :mod:`sss.models`). For
+            ``"channel"``, any model ``torch.fx`` can trace: every conv/linear output that
+            reaches a single conv/linear layer through BN, activation, pooling or flatten
+            gets one factor per channel (see :mod:`sss.structures.channels`).
+        example_inputs: An input batch; required for ``"channel"`` (shapes are traced).
+        structures: Which structures get factors: ``"block"``, ``"channel"`` or both.
         inplace: Modify ``model`` itself instead of a copy.
 
     Raises:
         UnsupportedModelError: A structure kind is unknown or not supported on this model.
     """
-    del example_inputs  # zoo blocks declare themselves; tracing arrives with channel/group gates
     unknown = [s for s in structures if s not in KINDS]
     if unknown:
         raise ValueError(f"unknown structure kind(s) {unknown}; choose from {KINDS}")
     unsupported = [s for s in structures if s not in SUPPORTED]
     if unsupported:
-        raise UnsupportedModelError(f"structure kind(s) {unsupported} are not supported yet; use structures=('block',)")
+        raise UnsupportedModelError(
+            f"structure kind(s) {unsupported} are not supported yet; use 'block' and/or 'channel'"
+        )
     if not inplace:
         model = copy.deepcopy(model)
-    blocks = [m for m in model.modules() if isinstance(m, ResidualBlock)]
-    if not blocks:
-        raise UnsupportedModelError(
-            f"{type(model).__name__} has no sss.structures.ResidualBlock to gate; build it from "
-            "sss.models (sss.models.create) or subclass ResidualBlock in your model"
-        )
-    ref = next(iter(model.parameters()))
-    for block in blocks:
-        if not isinstance(block.gate, Gate):
-            block.gate = Gate("block").to(device=ref.device, dtype=ref.dtype)
+    if "channel" in structures:
+        if example_inputs is None:
+            raise ValueError("channel factors need example_inputs (one input batch) to trace the model")
+        if not attach_channel_gates(model, example_inputs):
+            raise UnsupportedModelError(f"{type(model).__name__} has no removable channels (see find_channel_sites)")
+        spec = getattr(model, "sss_spec", None)
+        if spec is not None:
+            spec["attach_input_shape"] = list(example_inputs.shape[1:])
+    if "block" in structures:
+        blocks = [m for m in model.modules() if isinstance(m, ResidualBlock)]
+        if not blocks:
+            raise UnsupportedModelError(
+                f"{type(model).__name__} has no sss.structures.ResidualBlock to gate; build it from "
+                "sss.models (sss.models.create) or subclass ResidualBlock in your model"
+            )
+        ref = next(iter(model.parameters()))
+        for block in blocks:
+            if not isinstance(block.gate, Gate):
+                block.gate = Gate("block").to(device=ref.device, dtype=ref.dtype)
     return model

@@ -8,8 +8,10 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
+from sss.structures.channels import prune_channels
 from sss.structures.gate import gates
 from sss.structures.residual import ResidualBlock
+from sss.surgery.shapes import layer_shapes
 
 
 def _replace_blocks(model: nn.Module, replacement: dict[str, nn.Module | None]) -> None:
@@ -55,8 +57,9 @@ def remove_blocks(model: nn.Module, names: list[str]) -> None:
 def prune(model: nn.Module, threshold: float = 0.0) -> nn.Module:
     """Returns a plain copy of ``model`` without the structures whose factor is zero.
 
-    Blocks with ``|λ| <= threshold`` are replaced by what remains of them (nothing, or their
-    shortcut); surviving factors are folded into the weights, so the result has no gates
+    Channels with ``|λ| <= threshold`` lose their filter, BN entry and the consumer's input
+    slice; blocks are replaced by what remains of them (nothing, or their shortcut).
+    Surviving factors are folded into the weights, so the result has no gates
     and computes the same function as the gated model (up to float rounding). ``model``
     is left unchanged.
 
@@ -67,6 +70,7 @@ def prune(model: nn.Module, threshold: float = 0.0) -> nn.Module:
     """
     was_training = model.training
     compact = copy.deepcopy(model).eval()
+    prune_channels(compact, threshold)
     blocks = {n: m for n, m in compact.named_modules() if isinstance(m, ResidualBlock) and m.factor() is not None}
     replacement = {name: block.compact(threshold) for name, block in blocks.items()}
     removed = [name for name, new in replacement.items() if new is None or not isinstance(new, ResidualBlock)]
@@ -76,7 +80,10 @@ def prune(model: nn.Module, threshold: float = 0.0) -> nn.Module:
         raise NotImplementedError(f"cannot fold gate(s) {[g.name for g in leftover]} of this kind yet")
     spec = getattr(model, "sss_spec", None)
     if spec is not None:
-        compact.sss_spec = {**spec, "removed": sorted(set(spec.get("removed", [])) | set(removed))}
+        compact.sss_spec = {
+            **spec, "removed": sorted(set(spec.get("removed", [])) | set(removed)), "shapes": layer_shapes(compact)
+        }  # fmt: skip
+        compact.sss_spec.pop("attach_input_shape", None)
     return compact.train(was_training)
 
 

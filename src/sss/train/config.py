@@ -18,8 +18,10 @@ class TrainConfig:
     ``sparsity`` is the factor optimizer: ``apg`` (the paper's), ``ista``, ``sgd`` (L1
     subgradient, pruned at ``prune_threshold``), or ``none`` (a dense model, no factors).
     ``freeze_epoch`` (optional) ends the selection after that many epochs: the zero-factor
-    structures are removed there, the other factors folded into the weights, and the rest of
-    the same schedule trains the compact model (docs/design.md, "freezing the selection").
+    structures are removed there and the rest of the same schedule trains the compact model.
+    ``after_freeze`` says what the compact model starts from: ``continue`` keeps the trained
+    weights (surviving factors folded in), ``rewind`` resets them to their initial values, as
+    lottery-ticket rewinding does (docs/design.md, "freezing the selection").
     """
 
     model: str = "resnet20"
@@ -34,6 +36,7 @@ class TrainConfig:
     gamma: float = 0.01
     prune_threshold: float = 0.0
     freeze_epoch: int | None = None
+    after_freeze: str = "continue"
     epochs: int = 10
     batch_size: int = 128
     lr: float = 0.1
@@ -74,6 +77,8 @@ class TrainConfig:
             problems.append(
                 f"freeze_epoch must be between 1 and epochs - 1 ({self.epochs - 1}), got {self.freeze_epoch}"
             )
+        if self.after_freeze not in ("continue", "rewind"):
+            problems.append(f"after_freeze must be 'continue' or 'rewind', got {self.after_freeze!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.gamma < 0:
             problems.append("need epochs >= 1, batch_size >= 1, lr > 0, gamma >= 0")
         if problems:

@@ -77,17 +77,19 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         kwargs = {"num_classes": full.num_classes, "in_channels": full.shape[0], **cfg.model_kwargs}
         model = create(cfg.model, **kwargs)
+        self.example = torch.zeros(1, *full.shape)
         if cfg.sparsity != "none":
-            model = attach(model, structures=cfg.structures, inplace=True)
+            model = attach(model, self.example, structures=cfg.structures, inplace=True)
         self.model = model.to(memory_format=torch.channels_last) if cfg.channels_last else model
+        # Seeded, hence the same on resume: what `after_freeze: rewind` resets the weights to.
+        self.init_state = copy.deepcopy(self.model.state_dict()) if cfg.after_freeze == "rewind" else None
         self.weights_opt, self.factors_opt = build_optimizers(
             self.model, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
             method=cfg.sparsity if cfg.sparsity != "none" else "apg", gamma=cfg.gamma,
         )  # fmt: skip
-        self.example = torch.zeros(1, *full.shape)
         self.dense_macs = count(self.model, self.example)[0]
         self.num_factors = sum(ref.weight.numel() for ref in gates(self.model))
-        self.frozen = False
+        self.frozen_masks: dict[str, torch.Tensor] | None = None
         self.selected: nn.Module | None = None
         self.epoch = 0
         self.history: list[dict] = []
@@ -101,7 +103,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "weights_opt": self.weights_opt.state_dict(),
             "factors_opt": self.factors_opt.state_dict() if self.factors_opt else None,
-            "frozen_removed": self.model.sss_spec["removed"] if self.frozen else None,
+            "frozen_masks": self.frozen_masks,
             "history": self.history,
             "factor_trace": self.factor_trace,
         }
@@ -113,28 +115,54 @@ class Trainer:
         if saved != current:
             diff = sorted(k for k in current if saved.get(k) != current[k])
             raise ValueError(f"cannot resume {path}: the config differs in {diff}; only 'epochs' may change")
-        if state["frozen_removed"] is not None:
-            self._freeze(state["frozen_removed"])
+        if state["frozen_masks"] is not None:
+            self._freeze(state["frozen_masks"])
         self.model.load_state_dict(state["model"])
         self.weights_opt.load_state_dict(state["weights_opt"])
         if self.factors_opt is not None:
             self.factors_opt.load_state_dict(state["factors_opt"])
         self.epoch, self.history, self.factor_trace = state["epoch"], state["history"], state["factor_trace"]
 
-    def _freeze(self, removed: list[str] | None = None) -> None:
-        """Ends the selection: the model becomes its compact form (the named blocks removed,
-        else those with a zero factor), trained from here on by SGD alone."""
-        with torch.no_grad():
-            if removed is not None:
-                for ref in gates(self.model):
-                    ref.weight.fill_(0.0 if ref.name.rpartition(".")[0] in removed else 1.0)
+    @property
+    def frozen(self) -> bool:
+        return self.frozen_masks is not None
+
+    def _freeze(self, masks: dict[str, torch.Tensor] | None = None) -> None:
+        """Ends the selection: the model becomes its compact form, trained from here on by SGD.
+
+        ``masks`` (gate name → 1 kept / 0 removed, as stored in a checkpoint) rebuild a frozen
+        structure on resume; without them the current zero factors decide, and with
+        ``after_freeze: rewind`` the weights return to their initial values first.
+        """
+        refs = gates(self.model)
+        restore = masks is not None
+        if masks is None:
+            masks = {r.name: (r.weight.detach().abs() > self.cfg.prune_threshold).float() for r in refs}
+            if self.init_state is not None:
+                self.model.load_state_dict(self.init_state)
+                restore = True
+        if restore:
+            with torch.no_grad():
+                for ref in refs:
+                    ref.weight.copy_(masks[ref.name])
         self.model = prune(self.model, self.cfg.prune_threshold)
         self.weights_opt, self.factors_opt = build_optimizers(
             self.model, lr=self.cfg.lr, momentum=self.cfg.momentum, weight_decay=self.cfg.weight_decay
         )
-        self.frozen = True
+        self.frozen_masks = masks
 
     # -- loop -----------------------------------------------------------------------------
+    def _freeze_and_log(self) -> None:
+        self.selected = copy.deepcopy(self.model).to(memory_format=torch.contiguous_format)
+        gated_acc = evaluate(self.selected, self.val_data, self.cfg.eval_batch_size)[0]
+        compact_acc = evaluate(prune(self.selected, self.cfg.prune_threshold), self.val_data,
+                               self.cfg.eval_batch_size)[0]  # fmt: skip
+        self._freeze()
+        zeros = sum(int((m == 0).sum()) for m in self.frozen_masks.values())
+        rewound = "; weights rewound to their initial values" if self.init_state is not None else ""
+        self.log(f"selection frozen after epoch {self.epoch}: {zeros} zero factor(s) removed; validation accuracy "
+                 f"{gated_acc:.2f}% gated, {compact_acc:.2f}% compact{rewound}")  # fmt: skip
+
     def _set_lr(self) -> float:
         lr = self.cfg.lr * self.cfg.lr_factor(self.epoch)
         for opt in (self.weights_opt, self.factors_opt):
@@ -203,12 +231,7 @@ class Trainer:
             self._snapshot(step=-1)  # the initial factors, before the first update
         while self.epoch < cfg.epochs:
             if self.epoch == cfg.freeze_epoch and not self.frozen:
-                before = evaluate(self.model, self.val_data, cfg.eval_batch_size)[0]
-                self.selected = copy.deepcopy(self.model).to(memory_format=torch.contiguous_format)
-                self._freeze()
-                after = evaluate(self.model, self.val_data, cfg.eval_batch_size)[0]
-                self.log(f"selection frozen after epoch {self.epoch}: removed {len(self.model.sss_spec['removed'])} "
-                         f"block(s); validation accuracy {before:.2f}% gated, {after:.2f}% compact")  # fmt: skip
+                self._freeze_and_log()
             start = time.perf_counter()
             lr = self._set_lr()
             train_loss, train_acc = self._train_epoch()
@@ -223,7 +246,10 @@ class Trainer:
 
     def _record(self, lr, train_loss, train_acc, val_loss, val_acc, seconds) -> dict:
         refs = gates(self.model)
-        zeros = len(self.model.sss_spec["removed"]) if self.frozen else sum(r.num_zero for r in refs)
+        if self.frozen_masks is not None:
+            zeros = sum(int((m == 0).sum()) for m in self.frozen_masks.values())
+        else:
+            zeros = sum(r.num_zero for r in refs)
         total = self.num_factors
         macs = count(prune(self.model, self.cfg.prune_threshold), self.example)[0]
         record = {

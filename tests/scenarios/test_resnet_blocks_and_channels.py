@@ -1,0 +1,27 @@
+"""Post-activation ResNet with block and inner-channel factors together."""
+
+import pytest
+import torch
+
+import sss
+
+from .helpers import assert_exact_and_smaller, random_gated
+
+
+@pytest.mark.parametrize("shortcut", ["projection", "pad"])
+def test_blocks_and_channels_jointly(shortcut):
+    x = torch.randn(2, 3, 16, 16)
+    gated = random_gated(sss.models.create("resnet20", shortcut=shortcut), x, ("block", "channel"), seed=3)
+    kinds = [r.kind for r in sss.gates(gated)]
+    assert kinds.count("block") == 9 and kinds.count("channel") == 9  # conv1 of each block
+    compact = assert_exact_and_smaller(gated, x)
+    assert compact.sss_spec["removed"]
+
+
+def test_preact_bottleneck_channels():
+    x = torch.randn(2, 3, 8, 8)
+    model = sss.models.create("preact_resnet164")
+    gated = random_gated(model, x, ("block", "channel"), seed=1)
+    # conv1 and conv2 of each bottleneck; conv3 feeds the residual add.
+    assert sum(r.kind == "channel" for r in sss.gates(gated)) == 2 * 54
+    assert_exact_and_smaller(gated, x)
