@@ -28,17 +28,24 @@ def synthetic_dataset(n: int = 256, shape=(1, 12, 12), classes: int = 4, seed: i
     return ArrayDataset(images, labels.astype(np.int64), mean=(0.4,) * shape[0], std=(0.3,) * shape[0])
 
 
+@torch.no_grad()
+def randomise_batchnorm(model: nn.Module, gen: torch.Generator) -> None:
+    """Random BN statistics and affines (β ≠ 0 in particular), so equality tests are not trivial."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.running_mean.uniform_(-0.5, 0.5, generator=gen)
+            m.running_var.uniform_(0.5, 2.0, generator=gen)
+            m.weight.uniform_(0.5, 1.5, generator=gen)
+            m.bias.uniform_(-0.3, 0.3, generator=gen)
+
+
 def randomise(model: nn.Module, zero_prob: float = 0.5, seed: int = 0) -> nn.Module:
-    """Random BN statistics/affines and a random gate pattern, so equality tests are not trivial."""
+    """Random BN statistics/affines and a random block-gate pattern."""
     gen = torch.Generator().manual_seed(seed)
+    randomise_batchnorm(model, gen)
     with torch.no_grad():
         for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.running_mean.uniform_(-0.5, 0.5, generator=gen)
-                m.running_var.uniform_(0.5, 2.0, generator=gen)
-                m.weight.uniform_(0.5, 1.5, generator=gen)
-                m.bias.uniform_(-0.3, 0.3, generator=gen)
-            elif type(m).__name__ == "Gate":
+            if type(m).__name__ == "Gate":
                 keep = torch.rand(m.weight.shape, generator=gen) >= zero_prob
                 m.weight.copy_(keep * torch.empty(m.weight.shape).uniform_(0.2, 2.0, generator=gen))
     return model.eval()

@@ -106,3 +106,24 @@ def test_gates_listing():
     assert [r.name for r in refs[:2]] == ["layer1.0.gate", "layer1.1.gate"]
     assert {r.kind for r in refs} == {"block"}
     assert all(isinstance(r.weight, nn.Parameter) and float(r.weight) == 1.0 for r in refs)
+
+
+@pytest.mark.parametrize("name", ["resnet20", "preact_resnet164"])
+def test_fused_gate_matches_output_scaling(name):
+    # The gate scales the branch's last layer; it must equal multiplying the branch output,
+    # in the forward pass and in the gradients of λ and the weights (training mode: batch BN).
+    gated = sss.attach(sss.models.create(name, num_classes=4)).train()
+    block = next(m for m in gated.modules() if isinstance(m, ResidualBlock))
+    with torch.no_grad():
+        block.gate.weight.fill_(0.37)
+    x = torch.randn(4, block.branch[0].in_channels, 8, 8, requires_grad=True)
+    fused = block.gated_branch(x)
+    reference_block = __import__("copy").deepcopy(block)
+    reference = reference_block.branch(x) * reference_block.gate.weight
+    assert torch.allclose(fused, reference, atol=1e-6)
+    g = torch.randn_like(fused)
+    (fused * g).sum().backward()
+    (reference * g).sum().backward()
+    assert torch.allclose(block.gate.weight.grad, reference_block.gate.weight.grad, rtol=1e-4)
+    w_fused, w_ref = block.branch[0].weight.grad, reference_block.branch[0].weight.grad
+    assert float((w_fused - w_ref).abs().max()) <= 1e-5 * float(w_ref.abs().max())

@@ -78,3 +78,17 @@ def test_load_errors(tmp_path):
         sss.load(tmp_path / "m")
     with pytest.raises(ValueError, match=r"sss\.models\.create"):
         sss.save(torch.nn.Linear(2, 2), tmp_path / "x")
+
+
+def test_save_load_channel_pruned_model(tmp_path):
+    x = torch.randn(2, 3, 32, 32)
+    gated = sss.attach(sss.models.create("vgg16_bn", width=0.25), x, structures=("channel",))
+    with torch.no_grad():
+        for ref in sss.gates(gated):
+            ref.weight[::3] = 0.0
+    compact = sss.prune(gated.eval())
+    sss.save(compact, tmp_path / "vgg")
+    loaded = sss.load(tmp_path / "vgg")
+    with torch.no_grad():
+        assert torch.equal(loaded(x), compact(x))
+    assert sss.count(loaded, x[:1]) == sss.count(compact, x[:1])

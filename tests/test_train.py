@@ -150,3 +150,36 @@ def test_freeze_removes_blocks_and_resume_crosses_it(tmp_path):
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
     with pytest.raises(ValueError, match="freeze_epoch"):
         _cfg(tmp_path, epochs=3, freeze_epoch=3).validate()
+
+
+def test_rewind_restarts_the_compact_model_from_initial_weights(tmp_path):
+    data = synthetic_dataset(256)
+    cfg = _cfg(tmp_path, epochs=2, freeze_epoch=1, after_freeze="rewind", gamma=0.5)
+    trainer = Trainer(cfg, train_data=data, log=_quiet, progress=False)
+    init = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.steps_per_epoch = len(trainer.train_data) // cfg.batch_size
+    trainer._train_epoch()
+    trainer.epoch = 1
+    trainer._freeze_and_log()
+    kept = [n for n, m in trainer.model.named_modules() if isinstance(m, sss.structures.ResidualBlock)]
+    assert kept
+    for block in kept:
+        key = f"{block}.branch.0.weight"
+        assert torch.equal(trainer.model.state_dict()[key], init[key])
+    assert trainer.selected is not None and sss.gates(trainer.selected)  # the gated model at removal
+
+
+def test_channel_factors_train_and_prune(tmp_path):
+    cfg = _cfg(tmp_path, model="lenet5", model_kwargs={"image_size": 12}, structures=["channel"], gamma=0.3,
+               epochs=2)  # fmt: skip
+    result = Trainer(cfg, train_data=synthetic_dataset(256), log=_quiet, progress=False).fit()
+    assert {g.kind for g in sss.gates(result.model)} == {"channel"}
+    assert sss.gates(result.compact) == []
+    x = torch.randn(4, 1, 12, 12)
+    with torch.no_grad():
+        assert torch.allclose(result.model.eval()(x), result.compact(x), atol=1e-5)
+    loaded = sss.load(tmp_path / "run" / "compact")
+    with torch.no_grad():
+        assert torch.equal(loaded(x), result.compact(x))
+    gated = sss.load(tmp_path / "run" / "model")
+    assert [g.name for g in sss.gates(gated)] == [g.name for g in sss.gates(result.model)]

@@ -6,19 +6,15 @@ import torch
 from torch import nn
 
 import sss
+from conftest import randomise_batchnorm
 
 
 def random_gated(model: nn.Module, example: torch.Tensor, structures, zero_prob: float = 0.5, seed: int = 0):
     """Attaches factors, randomises BN statistics and the gate pattern (with at least one zero)."""
     gated = sss.attach(model, example, structures=structures)
     gen = torch.Generator().manual_seed(seed)
+    randomise_batchnorm(gated, gen)
     with torch.no_grad():
-        for m in gated.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.running_mean.uniform_(-0.5, 0.5, generator=gen)
-                m.running_var.uniform_(0.5, 2.0, generator=gen)
-                m.weight.uniform_(0.5, 1.5, generator=gen)
-                m.bias.uniform_(-0.3, 0.3, generator=gen)
         for ref in sss.gates(gated):
             keep = torch.rand(ref.weight.shape, generator=gen) >= zero_prob
             keep.view(-1)[0] = False

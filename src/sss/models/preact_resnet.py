@@ -36,7 +36,7 @@ class PreActBottleneck(ResidualBlock):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.preact(x)
         skip = self.shortcut(h) if self.projection else x
-        return skip + self.gate(self.branch(h))
+        return skip + self.gated_branch(h)
 
     def removed_form(self) -> nn.Module | None:
         return nn.Sequential(*self.preact, self.shortcut) if self.projection else None

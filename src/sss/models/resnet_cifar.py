@@ -40,7 +40,7 @@ class BasicBlock(ResidualBlock):
         self.post = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.post(self.shortcut(x) + self.gate(self.branch(x)))
+        return self.post(self.shortcut(x) + self.gated_branch(x))
 
     def removed_form(self) -> nn.Module | None:
         if isinstance(self.shortcut, nn.Identity):

@@ -13,11 +13,32 @@ from sss.structures.gate import Gate
 class ResidualBlock(nn.Module):
     """A residual block ``out = post(shortcut(x) + λ · branch(x))`` whose λ can remove it.
 
-    Subclasses build ``branch`` and ``shortcut`` and say what survives removal. ``gate`` is
-    ``nn.Identity`` until :func:`sss.attach` puts a :class:`Gate` there.
+    Subclasses build ``branch`` (an ``nn.Sequential`` ending in a BatchNorm, conv or linear
+    layer) and ``shortcut``, and say what survives removal. ``gate`` is ``nn.Identity`` until
+    :func:`sss.attach` puts a :class:`Gate` there.
     """
 
     gate: nn.Module
+    branch: nn.Sequential
+
+    def gated_branch(self, x: torch.Tensor) -> torch.Tensor:
+        """``λ · branch(x)``, with λ applied to the weight and bias of the branch's last layer.
+
+        ``λ·BN(x)`` is BN with affine ``(λγ, λβ)`` and ``λ·conv(x)`` is a conv with weight ``λW``,
+        so scaling those few parameters gives the same function (and the same gradients) as
+        multiplying the output, without a pass over the whole activation tensor forward and
+        two backward. :func:`fold_output_scale` makes the same scaling permanent at prune time.
+        """
+        if not isinstance(self.gate, Gate):
+            return self.branch(x)
+        *body, last = self.branch
+        for layer in body:
+            x = layer(x)
+        lam = self.gate.weight
+        params = {"weight": last.weight * lam}
+        if last.bias is not None:
+            params["bias"] = last.bias * lam
+        return torch.func.functional_call(last, params, (x,))
 
     def removed_form(self) -> nn.Module | None:
         """The module that computes this block's output when λ = 0 (``None``: identity)."""
