@@ -8,8 +8,8 @@ import sss
 from conftest import randomise
 from sss.structures import ResidualBlock
 
-ALL = sss.models.list_models()
-CASES = [(n, s) for n in ALL for s in ((None,) if n.startswith("preact") else ("projection", "pad"))]
+RESNETS = [n for n in sss.models.list_models() if "resnet" in n]
+CASES = [(n, s) for n in RESNETS for s in ((None,) if n.startswith("preact") else ("projection", "pad"))]
 
 
 def _gated(name, shortcut, seed=0, zero_prob=0.5):
@@ -95,7 +95,9 @@ def test_attach_errors_are_clear():
     with pytest.raises(sss.UnsupportedModelError, match="ResidualBlock"):
         sss.attach(nn.Sequential(nn.Linear(2, 2)))
     with pytest.raises(sss.UnsupportedModelError, match="not supported yet"):
-        sss.attach(sss.models.create("resnet20"), structures=("channel",))
+        sss.attach(sss.models.create("resnet20"), structures=("group",))
+    with pytest.raises(sss.UnsupportedModelError, match=r"no sss\.structures\.ResidualBlock"):
+        sss.attach(sss.models.create("lenet5"), structures=("block",))
     with pytest.raises(ValueError, match="unknown structure"):
         sss.attach(sss.models.create("resnet20"), structures=("neuron",))
 

@@ -170,12 +170,13 @@ def test_rewind_restarts_the_compact_model_from_initial_weights(tmp_path):
 
 
 def test_channel_factors_train_and_prune(tmp_path):
-    cfg = _cfg(tmp_path, model="lenet5", model_kwargs={"image_size": 12}, structures=["channel"], gamma=0.3,
+    cfg = _cfg(tmp_path, model="lenet5", model_kwargs={"image_size": 16}, structures=["channel"], gamma=0.3,
                epochs=2)  # fmt: skip
-    result = Trainer(cfg, train_data=synthetic_dataset(256), log=_quiet, progress=False).fit()
+    data = synthetic_dataset(256, shape=(1, 16, 16))
+    result = Trainer(cfg, train_data=data, log=_quiet, progress=False).fit()
     assert {g.kind for g in sss.gates(result.model)} == {"channel"}
     assert sss.gates(result.compact) == []
-    x = torch.randn(4, 1, 12, 12)
+    x = torch.randn(4, 1, 16, 16)
     with torch.no_grad():
         assert torch.allclose(result.model.eval()(x), result.compact(x), atol=1e-5)
     loaded = sss.load(tmp_path / "run" / "compact")

@@ -27,10 +27,11 @@ DEMO_CONFIG = TrainConfig(
     model="resnet20", dataset="fashion-mnist", train_subset=30_000, val_size=5000, epochs=8, gamma=0.15,
     freeze_epoch=1, after_freeze="rewind", lr=0.1, batch_size=128, schedule="cosine", augment_pad=2,
 )  # fmt: skip
-#: A short variant for tests and smoke runs: narrow net, 8k images, 4 epochs, no freeze.
+#: A short variant for tests and smoke runs: narrow net, 8k images, 4 epochs, no freeze
+#: (6 of 9 blocks removed at ~76% test accuracy; a margin for the end-to-end test).
 QUICK_CONFIG = dataclasses.replace(
     DEMO_CONFIG, model_kwargs={"width": 8}, train_subset=8000, val_size=1000, epochs=4, batch_size=64,
-    gamma=0.1, freeze_epoch=None,
+    freeze_epoch=None,
 )  # fmt: skip
 
 
