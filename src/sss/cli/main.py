@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency", action="store_true", help="also time batch 1 and 64 on this CPU")
     p.set_defaults(func=_cmd_eval)
 
-    p = sub.add_parser("demo", help="SSS on Fashion-MNIST end to end (about 8 minutes on 2 cores)")
+    p = sub.add_parser("demo", help="SSS on Fashion-MNIST end to end (about 6 minutes on 2 cores)")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--data-dir", help="Fashion-MNIST IDX folder (default: the Debian package's)")
     p.add_argument("--quick", action="store_true", help="a 40-second smoke run")
