@@ -41,9 +41,24 @@ def test_console_script_lists_models():
     assert "resnet56" in done.stdout.split()
 
 
-@pytest.mark.parametrize("command", ["train", "prune", "eval", "demo"])
+@pytest.mark.parametrize("command", ["train", "gal", "finetune", "prune", "eval", "demo"])
 def test_help(command, capsys):
     with pytest.raises(SystemExit) as exc:
         main([command, "--help"])
     assert exc.value.code == 0
     assert command in capsys.readouterr().out
+
+
+def test_gal_then_finetune(tmp_path, capsys):
+    teacher = tmp_path / "dense"
+    assert main(["train", "--model", "resnet20", "--sparsity", "none", "--out", str(teacher), *TINY]) == 0
+    gal = tmp_path / "gal"
+    args = ["gal", "--teacher", str(teacher / "model"), "--gamma", "5", "--out", str(gal), "--epochs", "1",
+            "--set", "train_subset=1200", "--set", "val_size=200", "--set", "batch_size=64"]  # fmt: skip
+    assert main(args) == 0
+    assert "d_loss" in (gal / "metrics.jsonl").read_text()
+    assert main(["finetune", str(gal / "compact"), "--out", str(tmp_path / "ft"), "--epochs", "1",
+                 "--set", "train_subset=1200", "--set", "val_size=200"]) == 0  # fmt: skip
+    assert (tmp_path / "ft" / "compact.safetensors").is_file()
+    assert "test accuracy" in capsys.readouterr().out
+    assert main(["gal", "--teacher", str(tmp_path / "missing"), "--out", str(gal)]) == 2

@@ -11,25 +11,55 @@ import torch
 from sss.errors import SSSError
 
 
-def _cmd_train(args: argparse.Namespace) -> None:
+def _overrides(args: argparse.Namespace, keys: tuple[str, ...]) -> list[str]:
+    overrides = list(args.set)
+    for key in keys:
+        if getattr(args, key, None) is not None:
+            overrides.append(f"{key}={getattr(args, key)}")
+    if getattr(args, "structures", None):
+        overrides.append(f"structures=[{args.structures}]")
+    return overrides
+
+
+def _report(cfg, result) -> None:
     from sss.data import load_dataset
     from sss.measure import count, evaluate
-    from sss.train import Trainer, load_config
 
-    overrides = list(args.set)
-    for key in ("model", "dataset", "data_dir", "epochs", "gamma", "sparsity", "out_dir"):
-        if getattr(args, key) is not None:
-            overrides.append(f"{key}={getattr(args, key)}")
-    if args.structures:
-        overrides.append(f"structures=[{args.structures}]")
-    cfg = load_config(args.config, overrides)
-    result = Trainer(cfg).fit(resume=args.resume)
     test = load_dataset(cfg.dataset, False, cfg.data_dir)
     example = torch.zeros(1, *test.shape)
     gated_acc, compact_acc = evaluate(result.model, test)[0], evaluate(result.compact, test)[0]
     (dm, dp), (cm, cp) = count(result.model, example), count(result.compact, example)
     print(f"test accuracy {gated_acc:.2f}% (compact {compact_acc:.2f}%); MACs {dm / 1e6:.2f}M -> {cm / 1e6:.2f}M, "
           f"params {dp / 1e3:.1f}k -> {cp / 1e3:.1f}k; models in {cfg.out_dir}/")  # fmt: skip
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    from sss.train import Trainer, load_config
+
+    keys = ("model", "dataset", "data_dir", "epochs", "gamma", "sparsity", "out_dir")
+    cfg = load_config(args.config, _overrides(args, keys))
+    _report(cfg, Trainer(cfg).fit(resume=args.resume))
+
+
+def _cmd_gal(args: argparse.Namespace) -> None:
+    from sss.gal import GALConfig, GALTrainer
+    from sss.serialization import load
+    from sss.train import load_config
+
+    keys = ("teacher", "dataset", "data_dir", "epochs", "gamma", "mu", "out_dir")
+    cfg = load_config(args.config, _overrides(args, keys), cls=GALConfig)
+    cfg.model = load(cfg.teacher).sss_spec["name"]
+    _report(cfg, GALTrainer(cfg).fit(resume=args.resume))
+
+
+def _cmd_finetune(args: argparse.Namespace) -> None:
+    from sss.serialization import load
+    from sss.train import Trainer, load_config
+
+    model = load(args.model)
+    keys = ("dataset", "data_dir", "epochs", "lr", "out_dir")
+    cfg = load_config(args.config, [f"model={model.sss_spec['name']}", "sparsity=none", *_overrides(args, keys)])
+    _report(cfg, Trainer(cfg, model=model.train()).fit(resume=args.resume))
 
 
 def _cmd_prune(args: argparse.Namespace) -> None:
@@ -92,6 +122,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", dest="out_dir")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("gal", help="GAL: prune a trained teacher without labels, adversarially")
+    p.add_argument("--teacher", required=True, help="a model saved by `sss train` (e.g. runs/dense/model)")
+    p.add_argument("--config", help="YAML config; keys as for train, plus mu, d_lr, mask_interval, restart")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--dataset")
+    p.add_argument("--data-dir", dest="data_dir")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--gamma", type=float, help="λ, the masks' L1 strength")
+    p.add_argument("--mu", type=float, help="weight of the teacher-student MSE")
+    p.add_argument("--structures", help="comma-separated: block, channel")
+    p.add_argument("--out", dest="out_dir", default="runs/gal")
+    p.add_argument("--resume", action="store_true")
+    p.set_defaults(func=_cmd_gal)
+
+    p = sub.add_parser("finetune", help="train a saved (compact) model further with cross-entropy")
+    p.add_argument("model", help="a model saved by sss (e.g. runs/gal/compact)")
+    p.add_argument("--config", help="YAML config (training keys)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--dataset")
+    p.add_argument("--data-dir", dest="data_dir")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--out", dest="out_dir", default="runs/finetune")
+    p.add_argument("--resume", action="store_true")
+    p.set_defaults(func=_cmd_finetune)
 
     p = sub.add_parser("prune", help="remove the zero-factor structures of a saved gated model")
     p.add_argument("model", help="a model saved by sss (e.g. runs/train/model)")

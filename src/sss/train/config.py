@@ -94,7 +94,9 @@ def _coerce(name: str, value: Any) -> Any:
     return value
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | None = None, cls: type[TrainConfig] = TrainConfig
+) -> TrainConfig:
     """Reads a YAML config (or the defaults) and applies ``key=value`` overrides.
 
     Values are parsed as YAML (``epochs=3``, ``milestones=[80,120]``); a nested builder
@@ -114,10 +116,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             data.setdefault("model_kwargs", {})[key.split(".", 1)[1]] = yaml.safe_load(value)
         else:
             data[key] = _coerce(key, value)
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ValueError(f"unknown config key(s) {unknown}; known keys: {sorted(known)}")
-    cfg = TrainConfig(**data)
+    cfg = cls(**data)
     cfg.validate()
     return cfg

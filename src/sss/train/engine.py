@@ -63,9 +63,18 @@ class Trainer:
         cfg: TrainConfig,
         *,
         train_data: ArrayDataset | None = None,
+        model: nn.Module | None = None,
         log: Callable[[str], None] = print,
         progress: bool = True,
     ) -> None:
+        """Args:
+        cfg: The run's configuration.
+        train_data: Training images (default: ``cfg.dataset`` loaded from disk).
+        model: A model to train instead of building ``cfg.model`` (e.g. a compact model to
+            fine-tune); it must be the same on resume.
+        log: Where the per-epoch lines go.
+        progress: Show progress bars (on a terminal).
+        """
         cfg.validate()
         self.cfg, self.log, self.progress = cfg, log, progress
         self.out = Path(cfg.out_dir)
@@ -75,22 +84,18 @@ class Trainer:
                                [: cfg.train_subset].sort().values.numpy())  # fmt: skip
         self.train_data, self.val_data = split_validation(full, cfg.val_size, seed=cfg.seed)
         torch.manual_seed(cfg.seed)
-        kwargs = {"num_classes": full.num_classes, "in_channels": full.shape[0], **cfg.model_kwargs}
-        model = create(cfg.model, **kwargs)
         self.example = torch.zeros(1, *full.shape)
-        if cfg.sparsity != "none":
-            model = attach(model, self.example, structures=cfg.structures, inplace=True)
+        if model is None:
+            model = self._build_model(full)
         self.model = model.to(memory_format=torch.channels_last) if cfg.channels_last else model
         # Seeded, hence the same on resume: what `after_freeze: rewind` resets the weights to.
         self.init_state = copy.deepcopy(self.model.state_dict()) if cfg.after_freeze == "rewind" else None
-        self.weights_opt, self.factors_opt = build_optimizers(
-            self.model, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-            method=cfg.sparsity if cfg.sparsity != "none" else "apg", gamma=cfg.gamma,
-        )  # fmt: skip
+        self.weights_opt, self.factors_opt = self._build_optimizers()
         self.dense_macs = count(self.model, self.example)[0]
         self.num_factors = sum(ref.weight.numel() for ref in gates(self.model))
         self.frozen_masks: dict[str, torch.Tensor] | None = None
         self.selected: nn.Module | None = None
+        self.epoch_extras: dict[str, float] = {}  # subclasses' per-epoch figures for the log
         self.epoch = 0
         self.history: list[dict] = []
         self.factor_trace: list[dict] = []
@@ -123,6 +128,19 @@ class Trainer:
             self.factors_opt.load_state_dict(state["factors_opt"])
         self.epoch, self.history, self.factor_trace = state["epoch"], state["history"], state["factor_trace"]
 
+    def _build_model(self, data: ArrayDataset) -> nn.Module:
+        cfg = self.cfg
+        model = create(cfg.model, num_classes=data.num_classes, in_channels=data.shape[0], **cfg.model_kwargs)
+        if cfg.sparsity != "none":
+            model = attach(model, self.example, structures=cfg.structures, inplace=True)
+        return model
+
+    def _build_optimizers(self) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer | None]:
+        cfg = self.cfg
+        method = cfg.sparsity if cfg.sparsity != "none" else "apg"
+        return build_optimizers(self.model, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                                method=method, gamma=cfg.gamma)  # fmt: skip
+
     @property
     def frozen(self) -> bool:
         return self.frozen_masks is not None
@@ -146,9 +164,7 @@ class Trainer:
                 for ref in refs:
                     ref.weight.copy_(masks[ref.name])
         self.model = prune(self.model, self.cfg.prune_threshold)
-        self.weights_opt, self.factors_opt = build_optimizers(
-            self.model, lr=self.cfg.lr, momentum=self.cfg.momentum, weight_decay=self.cfg.weight_decay
-        )
+        self.weights_opt, self.factors_opt = self._build_optimizers()
         self.frozen_masks = masks
 
     # -- loop -----------------------------------------------------------------------------
@@ -255,9 +271,10 @@ class Trainer:
         record = {
             "epoch": self.epoch, "lr": lr, "train_loss": train_loss, "train_acc": train_acc,
             "val_loss": val_loss, "val_acc": val_acc, "zero_factors": zeros, "factors": total,
-            "compact_macs": macs, "dense_macs": self.dense_macs, "seconds": seconds,
+            "compact_macs": macs, "dense_macs": self.dense_macs, "seconds": seconds, **self.epoch_extras,
         }  # fmt: skip
         factors = f"  zero factors {zeros}/{total}" if total else ""
+        factors += "".join(f"  {k} {v:.3f}" for k, v in self.epoch_extras.items())
         self.log(
             f"epoch {self.epoch}/{self.cfg.epochs}  lr {lr:.4f}  loss {train_loss:.4f}  train {train_acc:.2f}%  "
             f"val {val_acc:.2f}%{factors}  compact MACs {macs / 1e6:.2f}M "
@@ -266,7 +283,7 @@ class Trainer:
         return record
 
     def _finish(self) -> TrainResult:
-        model = self.model.to(memory_format=torch.contiguous_format)
+        model = self.model.to(memory_format=torch.contiguous_format).eval()  # returned ready for inference
         if self.cfg.sparsity == "sgd":
             n = zero_small_factors(model, self.cfg.prune_threshold)
             self.log(f"zeroed {n} factor(s) with |λ| <= {self.cfg.prune_threshold} (L1-SGD pruning threshold)")

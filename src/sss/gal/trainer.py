@@ -1,0 +1,172 @@
+"""GAL training: a frozen teacher, a masked student (the generator) and a discriminator."""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.optim import SGD
+from tqdm.auto import tqdm
+
+from sss.data import ArrayDataset, iterate_batches
+from sss.errors import TrainingDivergedError
+from sss.gal.discriminator import Discriminator
+from sss.optim import FISTA, weight_param_groups
+from sss.serialization import load, load_state
+from sss.structures import attach, factor_parameters
+from sss.train.config import TrainConfig
+from sss.train.engine import CHECKPOINT, Trainer
+
+
+@dataclass
+class GALConfig(TrainConfig):
+    """A GAL run. Inherited fields mean what they mean for ``sss train``; ``gamma`` is GAL's λ
+    (the masks' L1 strength, applied in FISTA's prox), and ``lr`` drives weights and masks.
+
+    Attributes:
+        teacher: A model saved by ``sss train`` (e.g. ``runs/dense/model``): the frozen baseline
+            whose logits are the "real" samples and whose weights initialise the student.
+        mu: Weight μ of the MSE between teacher and student logits.
+        d_lr: Discriminator learning rate (same schedule as ``lr``).
+        mask_interval: FISTA updates the masks every this many steps (official code: 200).
+        restart: FISTA's adaptive restart.
+    """
+
+    teacher: str = ""
+    mu: float = 1.0
+    d_lr: float = 0.01
+    mask_interval: int = 1
+    restart: bool = False
+    lr: float = 0.01
+    weight_decay: float = 2e-4
+    gamma: float = 0.6
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.teacher:
+            raise ValueError("GAL needs a teacher: a model saved by `sss train` (e.g. --teacher runs/dense/model)")
+        if self.mu < 0 or self.d_lr <= 0 or self.mask_interval < 1:
+            raise ValueError("need mu >= 0, d_lr > 0, mask_interval >= 1")
+
+
+class GALTrainer(Trainer):
+    """Trains a masked copy of a teacher to fool a discriminator and match the teacher's logits.
+
+    Per batch: one discriminator step on ``BCE(D(t), 1) + BCE(D(s), 0) + BCE(D(s), 1)`` (the
+    last term is the paper's regulariser R(W_D), which keeps D from overpowering the
+    student); then one student step on ``μ·MSE(s, t) + BCE(D(s), 1)``, SGD for the weights
+    and FISTA for the masks, whose L1 term lives only in the prox. Labels are never read:
+    the per-epoch "train" accuracy is the student's agreement with the teacher. Masks start
+    at 1, so the student starts as the teacher (the official code draws them from an
+    unseeded N(0, 1)). The teacher runs in eval mode under ``no_grad``.
+    """
+
+    cfg: GALConfig
+
+    def __init__(
+        self,
+        cfg: GALConfig,
+        *,
+        train_data: ArrayDataset | None = None,
+        log: Callable[[str], None] = print,
+        progress: bool = True,
+    ) -> None:
+        self.teacher = load(cfg.teacher).eval()
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        super().__init__(cfg, train_data=train_data, log=log, progress=progress)
+        if cfg.channels_last:
+            self.teacher = self.teacher.to(memory_format=torch.channels_last)
+        num_logits = self.teacher(self.example).shape[-1]
+        self.discriminator = Discriminator(num_logits)
+        self.d_opt = SGD(self.discriminator.parameters(), lr=cfg.d_lr, momentum=cfg.momentum,
+                         weight_decay=cfg.weight_decay)  # fmt: skip
+
+    def _build_model(self, data: ArrayDataset) -> nn.Module:
+        student = copy.deepcopy(self.teacher).requires_grad_(True)  # the teacher's copy was frozen
+        return attach(student, self.example, structures=self.cfg.structures, inplace=True).train()
+
+    def _build_optimizers(self):
+        cfg = self.cfg
+        weights = SGD(weight_param_groups(self.model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum)
+        masks = list(factor_parameters(self.model))
+        if not masks:
+            return weights, None
+        return weights, FISTA(masks, lr=cfg.lr, gamma=cfg.gamma, interval=cfg.mask_interval, restart=cfg.restart)
+
+    def _set_lr(self) -> float:
+        lr = super()._set_lr()
+        for group in self.d_opt.param_groups:
+            group["lr"] = self.cfg.d_lr * self.cfg.lr_factor(self.epoch)
+        return lr
+
+    def state(self) -> dict:
+        return {**super().state(), "discriminator": self.discriminator.state_dict(), "d_opt": self.d_opt.state_dict()}
+
+    def load(self, path: Path) -> None:
+        super().load(path)
+        state = load_state(path)
+        self.discriminator.load_state_dict(state["discriminator"])
+        self.d_opt.load_state_dict(state["d_opt"])
+
+    def _train_epoch(self) -> tuple[float, float]:
+        cfg, student, teacher, disc = self.cfg, self.model, self.teacher, self.discriminator
+        student.train()
+        disc.train()
+        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + self.epoch)
+        batches = iterate_batches(self.train_data, cfg.batch_size, shuffle=True, augment_pad=cfg.augment_pad,
+                                  generator=gen, drop_last=True)  # fmt: skip
+        totals = {"g": 0.0, "d": 0.0, "real": 0, "fake": 0, "agree": 0, "n": 0}
+        every = max(1, self.steps_per_epoch // 10)
+        bar = tqdm(batches, total=self.steps_per_epoch, desc=f"GAL epoch {self.epoch + 1}/{cfg.epochs}",
+                   leave=False, disable=None if self.progress else True)  # fmt: skip
+        for step, (x, _) in enumerate(bar):  # the labels are never used
+            if cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.no_grad():
+                real = teacher(x)
+            fake = student(x)
+            ones, zeros = torch.ones(len(x)), torch.zeros(len(x))
+            # Discriminator step, on the student's logits detached from the student.
+            disc.requires_grad_(True)
+            d_real, d_fake = disc(real), disc(fake.detach())
+            bce = F.binary_cross_entropy_with_logits
+            loss_d = bce(d_real, ones) + bce(d_fake, zeros) + bce(d_fake, ones)
+            self.d_opt.zero_grad(set_to_none=True)
+            loss_d.backward()
+            self.d_opt.step()
+            # Student step: match the teacher and fool the (now fixed) discriminator.
+            disc.requires_grad_(False)
+            loss_g = cfg.mu * F.mse_loss(fake, real) + bce(disc(fake), ones)
+            values = (loss_g.item(), loss_d.item())
+            if not all(math.isfinite(v) for v in values):
+                raise TrainingDivergedError(
+                    f"GAL losses became {values} at epoch {self.epoch + 1}, step {step + 1}. The last good "
+                    f"checkpoint ({self.out / CHECKPOINT}) is kept. Lower lr, d_lr or gamma, then --resume."
+                )
+            self.weights_opt.zero_grad(set_to_none=True)
+            if self.factors_opt:
+                self.factors_opt.zero_grad(set_to_none=True)
+            loss_g.backward()
+            self.weights_opt.step()
+            if self.factors_opt:
+                self.factors_opt.step()
+            n = len(x)
+            totals["g"] += values[0] * n
+            totals["d"] += values[1] * n
+            totals["real"] += int((d_real > 0).sum())
+            totals["fake"] += int((d_fake < 0).sum())
+            totals["agree"] += int((fake.argmax(1) == real.argmax(1)).sum())
+            totals["n"] += n
+            if step % every == 0:
+                self._snapshot(step)
+        n = totals["n"]
+        self.epoch_extras = {"d_loss": totals["d"] / n, "d_acc_real": totals["real"] / n,
+                             "d_acc_fake": totals["fake"] / n}  # fmt: skip
+        return totals["g"] / n, 100.0 * totals["agree"] / n

@@ -1,0 +1,88 @@
+"""GAL: label-free training, a frozen teacher, masks driven to exact zeros, exact removal."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+import sss
+from conftest import synthetic_dataset
+from sss.gal import Discriminator, GALConfig, GALTrainer
+from sss.train import TrainConfig, Trainer
+
+
+def _quiet(msg):
+    pass
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    out = tmp_path_factory.mktemp("teacher")
+    cfg = TrainConfig(model="resnet20", model_kwargs={"width": 4}, sparsity="none", val_size=64, epochs=2,
+                      batch_size=32, lr=0.05, out_dir=str(out), channels_last=False)  # fmt: skip
+    Trainer(cfg, train_data=synthetic_dataset(256), log=_quiet, progress=False).fit()
+    return out / "model"
+
+
+def _gal_cfg(teacher, tmp_path, **kw):
+    base = GALConfig(teacher=str(teacher), model="resnet20", val_size=64, epochs=2, batch_size=32, lr=0.05,
+                     gamma=2.0, out_dir=str(tmp_path / "gal"), channels_last=False, structures=["block"])  # fmt: skip
+    return dataclasses.replace(base, **kw)
+
+
+def test_discriminator_is_nonlinear_with_one_logit():
+    disc = Discriminator(10)
+    assert disc(torch.randn(5, 10)).shape == (5,)
+    assert any(isinstance(m, torch.nn.LeakyReLU) for m in disc.modules())
+
+
+def test_labels_never_enter_the_gal_loss(teacher, tmp_path):
+    data = synthetic_dataset(256)
+    shuffled = dataclasses.replace(data, labels=np.random.default_rng(5).permutation(data.labels))
+    runs = []
+    for name, d in (("a", data), ("b", shuffled)):
+        cfg = _gal_cfg(teacher, tmp_path / name)
+        runs.append(GALTrainer(cfg, train_data=d, log=_quiet, progress=False).fit())
+    a, b = runs[0].model.state_dict(), runs[1].model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_gal_prunes_exactly_and_leaves_the_teacher_alone(teacher, tmp_path):
+    before = {k: v.clone() for k, v in sss.load(teacher).state_dict().items()}
+    lines = []
+    trainer = GALTrainer(_gal_cfg(teacher, tmp_path), train_data=synthetic_dataset(256), log=lines.append,
+                         progress=False)  # fmt: skip
+    result = trainer.fit()
+    after = trainer.teacher.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # frozen, eval-mode BN: untouched
+    assert not trainer.teacher.training
+    zeros = sum(g.num_zero for g in sss.gates(result.model))
+    assert zeros >= 1
+    x = torch.randn(3, 1, 12, 12)
+    with torch.no_grad():
+        assert torch.allclose(result.model.eval()(x), result.compact(x), atol=1e-5)
+    assert "d_loss" in lines[-1] and "d_acc_real" in lines[-1]
+
+
+def test_gal_resume_restores_the_discriminator(teacher, tmp_path):
+    data = synthetic_dataset(128)
+    GALTrainer(_gal_cfg(teacher, tmp_path, epochs=1), train_data=data, log=_quiet, progress=False).fit()
+    resumed = GALTrainer(_gal_cfg(teacher, tmp_path, epochs=2), train_data=data, log=_quiet, progress=False)
+    resumed.load(tmp_path / "gal" / "checkpoint.safetensors")
+    saved = sss.serialization.load_state(tmp_path / "gal" / "checkpoint.safetensors")["discriminator"]
+    assert all(torch.equal(saved[k], v) for k, v in resumed.discriminator.state_dict().items())
+
+
+def test_gal_needs_a_teacher():
+    with pytest.raises(ValueError, match="teacher"):
+        GALConfig().validate()
+
+
+def test_student_weights_train(teacher, tmp_path):
+    trainer = GALTrainer(_gal_cfg(teacher, tmp_path, epochs=1, gamma=0.0), train_data=synthetic_dataset(128),
+                         log=_quiet, progress=False)  # fmt: skip
+    start = trainer.model.stem[0].weight.detach().clone()
+    trainer.fit()
+    assert not torch.equal(trainer.model.stem[0].weight, start)
+    assert all(p.requires_grad for p in trainer.model.parameters())
