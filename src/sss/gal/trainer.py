@@ -12,9 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.optim import SGD
-from tqdm.auto import tqdm
 
-from sss.data import ArrayDataset, iterate_batches
+from sss.data import ArrayDataset
 from sss.errors import TrainingDivergedError
 from sss.gal.discriminator import Discriminator
 from sss.optim import FISTA, weight_param_groups
@@ -119,16 +118,9 @@ class GALTrainer(Trainer):
         cfg, student, teacher, disc = self.cfg, self.model, self.teacher, self.discriminator
         student.train()
         disc.train()
-        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + self.epoch)
-        batches = iterate_batches(self.train_data, cfg.batch_size, shuffle=True, augment_pad=cfg.augment_pad,
-                                  generator=gen, drop_last=True)  # fmt: skip
         totals = {"g": 0.0, "d": 0.0, "real": 0, "fake": 0, "agree": 0, "n": 0}
         every = max(1, self.steps_per_epoch // 10)
-        bar = tqdm(batches, total=self.steps_per_epoch, desc=f"GAL epoch {self.epoch + 1}/{cfg.epochs}",
-                   leave=False, disable=None if self.progress else True)  # fmt: skip
-        for step, (x, _) in enumerate(bar):  # the labels are never used
-            if cfg.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
+        for step, (x, _) in enumerate(self._batches("GAL epoch")):  # the labels are never used
             with torch.no_grad():
                 real = teacher(x)
             fake = student(x)
@@ -150,13 +142,7 @@ class GALTrainer(Trainer):
                     f"GAL losses became {values} at epoch {self.epoch + 1}, step {step + 1}. The last good "
                     f"checkpoint ({self.out / CHECKPOINT}) is kept. Lower lr, d_lr or gamma, then --resume."
                 )
-            self.weights_opt.zero_grad(set_to_none=True)
-            if self.factors_opt:
-                self.factors_opt.zero_grad(set_to_none=True)
-            loss_g.backward()
-            self.weights_opt.step()
-            if self.factors_opt:
-                self.factors_opt.step()
+            self._optimize(loss_g)
             n = len(x)
             totals["g"] += values[0] * n
             totals["d"] += values[1] * n

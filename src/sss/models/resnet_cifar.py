@@ -88,11 +88,13 @@ def _builder(depth: int):
         return CifarResNet(depth, num_classes=num_classes, in_channels=in_channels, shortcut=shortcut, width=width)
 
     build.__name__ = f"resnet{depth}"
-    build.__doc__ = f"CIFAR ResNet-{depth}: {(depth - 2) // 6} basic blocks per stage, {width_doc}."
+    build.__doc__ = (
+        f"CIFAR ResNet-{depth}: {(depth - 2) // 6} basic blocks per stage of widths (w, 2w, 4w), w=16 by default; "
+        "shortcut 'projection' (1x1 conv + BN) or 'pad' (option A)."
+    )
     return register_model(build)
 
 
-width_doc = "widths (w, 2w, 4w) with w=16 by default; shortcut 'projection' (1x1 conv+BN) or 'pad' (option A)"
 resnet20 = _builder(20)
 resnet32 = _builder(32)
 resnet56 = _builder(56)

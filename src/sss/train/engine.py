@@ -191,19 +191,34 @@ class Trainer:
         if values:
             self.factor_trace.append({"epoch": self.epoch + (step + 1) / self.steps_per_epoch, "values": values})
 
-    def _train_epoch(self) -> tuple[float, float]:
-        cfg, model = self.cfg, self.model
-        model.train()
+    def _batches(self, desc: str = "epoch") -> tqdm:
+        """This epoch's shuffled, augmented batches (order fixed by seed and epoch), with a bar."""
+        cfg = self.cfg
         gen = torch.Generator().manual_seed(cfg.seed * 100_003 + self.epoch)
         batches = iterate_batches(self.train_data, cfg.batch_size, shuffle=True, augment_pad=cfg.augment_pad,
                                   generator=gen, drop_last=True)  # fmt: skip
+        if cfg.channels_last:
+            batches = ((x.contiguous(memory_format=torch.channels_last), y) for x, y in batches)
+        return tqdm(batches, total=self.steps_per_epoch, desc=f"{desc} {self.epoch + 1}/{cfg.epochs}", leave=False,
+                    disable=None if self.progress else True)  # fmt: skip
+
+    def _optimize(self, loss: torch.Tensor) -> None:
+        """One step of the weights' and the factors' optimizers on ``loss``."""
+        self.weights_opt.zero_grad(set_to_none=True)
+        if self.factors_opt:
+            self.factors_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.weights_opt.step()
+        if self.factors_opt:
+            self.factors_opt.step()
+
+    def _train_epoch(self) -> tuple[float, float]:
+        model = self.model
+        model.train()
         loss_sum, correct, seen = 0.0, 0, 0
         every = max(1, self.steps_per_epoch // SNAPSHOTS_PER_EPOCH)
-        bar = tqdm(batches, total=self.steps_per_epoch, desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
-                   leave=False, disable=None if self.progress else True)  # fmt: skip
+        bar = self._batches()
         for step, (x, y) in enumerate(bar):
-            if cfg.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
             logits = model(x)
             loss = F.cross_entropy(logits, y)
             value = loss.item()
@@ -213,13 +228,7 @@ class Trainer:
                     f"({self.out / CHECKPOINT}, epoch {self.epoch}) is kept. Lower lr or gamma, check the "
                     "input data for NaN/inf, then rerun with --resume."
                 )
-            self.weights_opt.zero_grad(set_to_none=True)
-            if self.factors_opt:
-                self.factors_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            self.weights_opt.step()
-            if self.factors_opt:
-                self.factors_opt.step()
+            self._optimize(loss)
             loss_sum += value * len(y)
             correct += int((logits.argmax(1) == y).sum())
             seen += len(y)
