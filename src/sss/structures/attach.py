@@ -21,6 +21,7 @@ def attach(
     example_inputs: torch.Tensor | None = None,
     structures: Sequence[str] = ("block",),
     *,
+    ignore: Sequence[str] = (),
     inplace: bool = False,
 ) -> nn.Module:
     """Returns ``model`` with a scaling factor λ = 1 on each chosen structure.
@@ -33,6 +34,8 @@ def attach(
             gets one factor per channel (see :mod:`sss.structures.channels`).
         example_inputs: An input batch; required for ``"channel"`` (shapes are traced).
         structures: Which structures get factors: ``"block"``, ``"channel"`` or both.
+        ignore: Module paths (and everything below them) that get no factor, e.g. a layer
+            whose width must stay fixed or a block that must stay.
         inplace: Modify ``model`` itself instead of a copy.
 
     Raises:
@@ -51,13 +54,13 @@ def attach(
     if "channel" in structures:
         if example_inputs is None:
             raise ValueError("channel factors need example_inputs (one input batch) to trace the model")
-        if not attach_channel_gates(model, example_inputs):
+        if not attach_channel_gates(model, example_inputs, ignore):
             raise UnsupportedModelError(f"{type(model).__name__} has no removable channels (see find_channel_sites)")
         spec = getattr(model, "sss_spec", None)
         if spec is not None:
             spec["attach_input_shape"] = list(example_inputs.shape[1:])
     if "block" in structures:
-        blocks = [m for m in model.modules() if isinstance(m, ResidualBlock)]
+        blocks = [m for n, m in model.named_modules() if isinstance(m, ResidualBlock) and not _ignored(n, ignore)]
         if not blocks:
             raise UnsupportedModelError(
                 f"{type(model).__name__} has no sss.structures.ResidualBlock to gate; build it from "
@@ -68,3 +71,7 @@ def attach(
             if not isinstance(block.gate, Gate):
                 block.gate = Gate("block").to(device=ref.device, dtype=ref.dtype)
     return model
+
+
+def _ignored(path: str, ignore: Sequence[str]) -> bool:
+    return any(path == p or path.startswith(p + ".") for p in ignore)

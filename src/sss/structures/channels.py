@@ -11,6 +11,8 @@ sites (their width is coupled to other layers); issue 3's dependency handling ex
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -136,9 +138,13 @@ def find_channel_sites(model: nn.Module, example_inputs: torch.Tensor) -> tuple[
     return sites, skipped
 
 
-def attach_channel_gates(model: nn.Module, example_inputs: torch.Tensor) -> list[ChannelSite]:
-    """Wraps each channel site's last module in :class:`ChannelGated`, in place."""
+def attach_channel_gates(
+    model: nn.Module, example_inputs: torch.Tensor, ignore: Sequence[str] = ()
+) -> list[ChannelSite]:
+    """Wraps each channel site's last module in :class:`ChannelGated`, in place; sites whose
+    producer lies under a path in ``ignore`` are left alone."""
     sites, _ = find_channel_sites(model, example_inputs)
+    sites = [s for s in sites if not any(s.producer == p or s.producer.startswith(p + ".") for p in ignore)]
     ref = next(iter(model.parameters()))
     for site in sites:
         inner = model.get_submodule(site.gated)
@@ -157,12 +163,25 @@ def _index(t: torch.Tensor, dim: int, keep: torch.Tensor) -> nn.Parameter | torc
     return nn.Parameter(out, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else out
 
 
-def prune_channels(model: nn.Module, threshold: float = 0.0) -> None:
+def _kept_channels(lam: torch.Tensor, round_to: int) -> torch.Tensor:
+    """Indices of the nonzero factors, topped up with the first zero-factor channels to a
+    multiple of ``round_to`` (at least one channel): a kept zero channel adds nothing."""
+    nonzero = lam != 0
+    target = max(1, math.ceil(int(nonzero.sum()) / round_to) * round_to)
+    extra = target - int(nonzero.sum())
+    if extra > 0:
+        zero_idx = torch.nonzero(~nonzero).flatten()[:extra]
+        nonzero[zero_idx] = True
+    return torch.nonzero(nonzero).flatten()
+
+
+def prune_channels(model: nn.Module, threshold: float = 0.0, round_to: int = 1) -> None:
     """Removes the zero-factor channels of every :class:`ChannelGated`, in place, and unwraps it.
 
     The surviving factors are folded into the consumer's input weights (exact for λ ≥ 0 through
-    pooling and activations). If every channel of a site is zero, one channel is kept with a
-    zero factor folded in, so the layers keep a valid shape and the function is unchanged.
+    pooling and activations). A layer keeps at least one channel, and with ``round_to`` a
+    multiple of that many (fast kernels prefer widths like 8 or 16): the extra channels keep a
+    zero factor, so they contribute exactly nothing and the function is unchanged.
     """
     wrapped = [(name, m) for name, m in model.named_modules() if isinstance(m, ChannelGated)]
     for name, wrapper in wrapped:
@@ -172,9 +191,7 @@ def prune_channels(model: nn.Module, threshold: float = 0.0) -> None:
                 f"{name}: negative channel factors cannot be folded exactly; train them with nonneg=True"
             )
         lam = torch.where(lam.abs() <= threshold, torch.zeros_like(lam), lam)
-        keep = torch.nonzero(lam).flatten()
-        if keep.numel() == 0:
-            keep = torch.zeros(1, dtype=torch.long)
+        keep = _kept_channels(lam, round_to)
         producer, consumer = _unwrapped(model, site.producer), _unwrapped(model, site.consumer)
         with torch.no_grad():
             if isinstance(consumer, nn.Conv2d):

@@ -54,7 +54,7 @@ def remove_blocks(model: nn.Module, names: list[str]) -> None:
     _replace_blocks(model, forms)
 
 
-def prune(model: nn.Module, threshold: float = 0.0) -> nn.Module:
+def prune(model: nn.Module, threshold: float = 0.0, *, round_to: int = 1) -> nn.Module:
     """Returns a plain copy of ``model`` without the structures whose factor is zero.
 
     Channels with ``|λ| <= threshold`` lose their filter, BN entry and the consumer's input
@@ -67,10 +67,11 @@ def prune(model: nn.Module, threshold: float = 0.0) -> nn.Module:
         model: A gated model (see :func:`sss.attach`).
         threshold: Factors at or below this magnitude count as zero. Keep 0 for APG/ISTA,
             whose zeros are exact; the L1-subgradient SGD baseline needs a positive one.
+        round_to: Keep channel counts a multiple of this (extra channels keep a zero factor).
     """
     was_training = model.training
     compact = copy.deepcopy(model).eval()
-    prune_channels(compact, threshold)
+    prune_channels(compact, threshold, round_to)
     blocks = {n: m for n, m in compact.named_modules() if isinstance(m, ResidualBlock) and m.factor() is not None}
     replacement = {name: block.compact(threshold) for name, block in blocks.items()}
     removed = [name for name, new in replacement.items() if new is None or not isinstance(new, ResidualBlock)]
