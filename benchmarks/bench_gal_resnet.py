@@ -33,6 +33,7 @@ GAL_EPOCHS, FINETUNE_EPOCHS = 3, 3
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gamma", type=float, default=0.6)
+    parser.add_argument("--freeze-epoch", type=int, default=None, help="end the mask selection after this epoch")
     parser.add_argument("--demo", default="runs/bench_demo", help="where bench_demo.py left its runs")
     parser.add_argument("--out", default="runs/bench_gal_resnet")
     args = parser.parse_args()
@@ -40,9 +41,11 @@ def main() -> int:
     train, test = load_dataset("fashion-mnist", True), load_dataset("fashion-mnist", False)
     data = {"train_subset": DEMO_CONFIG.train_subset, "val_size": DEMO_CONFIG.val_size, "batch_size": 128}
     gal_cfg = GALConfig(model="resnet20", teacher=str(demo / "dense" / "model"), structures=["block"], **data,
-                        epochs=GAL_EPOCHS, gamma=args.gamma, lr=0.01, out_dir=str(out / "gal"))  # fmt: skip
+                        epochs=GAL_EPOCHS, gamma=args.gamma, lr=0.01, freeze_epoch=args.freeze_epoch,
+                        out_dir=str(out / "gal"))  # fmt: skip
     gal = GALTrainer(gal_cfg, train_data=train, progress=False).fit()
-    g_acc, c_acc = sss.evaluate(gal.model, test)[0], sss.evaluate(gal.compact, test)[0]
+    gated = gal.selected if gal.selected is not None else gal.model  # the gated student at removal
+    g_acc, c_acc = sss.evaluate(gated, test)[0], sss.evaluate(sss.prune(gated), test)[0]
     ft_cfg = dataclasses.replace(DEMO_CONFIG, sparsity="none", freeze_epoch=None, epochs=FINETUNE_EPOCHS, lr=0.01,
                                out_dir=str(out / "finetune"))  # fmt: skip
     tuned = Trainer(ft_cfg, train_data=train, model=copy.deepcopy(gal.compact).train(), progress=False).fit().model
@@ -57,6 +60,7 @@ def main() -> int:
         rows[name] = {"accuracy": acc, "macs": macs, "params": params}
     report = {
         "gamma": args.gamma,
+        "freeze_epoch": args.freeze_epoch,
         "budget_epochs": {
             "teacher": DEMO_CONFIG.epochs,
             "gal": GAL_EPOCHS,
