@@ -120,3 +120,20 @@ def test_build_optimizers_methods(method, cls):
 def test_invalid_hyperparameters():
     with pytest.raises(ValueError, match="momentum"):
         sss.APG([nn.Parameter(torch.ones(1))], lr=0.1, gamma=0.1, momentum=1.0)
+
+
+def test_gamma_per_structure_kind():
+    x = torch.zeros(1, 3, 16, 16)
+    gated = sss.attach(sss.models.create("resnet20"), x, structures=("block", "channel"))
+    _, factors = sss.build_optimizers(gated, lr=0.1, gamma={"block": 0.2, "channel": 0.01})
+    assert sorted(g["gamma"] for g in factors.param_groups) == [0.01, 0.2]
+    for p in sss.structures.factor_parameters(gated):
+        p.grad = torch.zeros_like(p)
+    factors.step()
+    # One APG step from λ=1 with zero gradient: λ = (1 - lr·γ) - μ·lr·γ.
+    block = gated.layer1[0].gate.weight
+    channel = sss.gates(gated)[0].weight
+    assert float(block) == pytest.approx(1 - 0.02 - 0.9 * 0.02)
+    assert float(channel[0]) == pytest.approx(1 - 0.001 - 0.9 * 0.001)
+    with pytest.raises(ValueError, match="'channel' factors"):
+        sss.build_optimizers(gated, lr=0.1, gamma={"block": 0.2})

@@ -184,3 +184,10 @@ def test_channel_factors_train_and_prune(tmp_path):
         assert torch.equal(loaded(x), result.compact(x))
     gated = sss.load(tmp_path / "run" / "model")
     assert [g.name for g in sss.gates(gated)] == [g.name for g in sss.gates(result.model)]
+
+
+def test_gamma_mapping_in_config():
+    cfg = load_config(None, ["structures=[block, channel]", "gamma={block: 0.1, channel: 0.01}"])
+    assert cfg.gamma == {"block": 0.1, "channel": 0.01}
+    with pytest.raises(ValueError, match="not in structures"):
+        load_config(None, ["gamma={channel: 0.01}"])

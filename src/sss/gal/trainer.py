@@ -16,9 +16,9 @@ from torch.optim import SGD
 from sss.data import ArrayDataset
 from sss.errors import TrainingDivergedError
 from sss.gal.discriminator import Discriminator
-from sss.optim import FISTA, weight_param_groups
+from sss.optim import FISTA, factor_param_groups, weight_param_groups
 from sss.serialization import load, load_state
-from sss.structures import attach, factor_parameters
+from sss.structures import attach
 from sss.train.config import TrainConfig
 from sss.train.engine import CHECKPOINT, Trainer
 
@@ -94,10 +94,10 @@ class GALTrainer(Trainer):
     def _build_optimizers(self):
         cfg = self.cfg
         weights = SGD(weight_param_groups(self.model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum)
-        masks = list(factor_parameters(self.model))
+        masks = factor_param_groups(self.model, cfg.gamma)
         if not masks:
             return weights, None
-        return weights, FISTA(masks, lr=cfg.lr, gamma=cfg.gamma, interval=cfg.mask_interval, restart=cfg.restart)
+        return weights, FISTA(masks, lr=cfg.lr, gamma=0.0, interval=cfg.mask_interval, restart=cfg.restart)
 
     def _set_lr(self) -> float:
         lr = super()._set_lr()

@@ -3,6 +3,15 @@
 from sss.optim.apg import APG, ISTA, soft_threshold
 from sss.optim.fista import FISTA
 from sss.optim.l1sgd import L1SGD
-from sss.optim.param_groups import build_optimizers, weight_param_groups
+from sss.optim.param_groups import build_optimizers, factor_param_groups, weight_param_groups
 
-__all__ = ["APG", "FISTA", "ISTA", "L1SGD", "build_optimizers", "soft_threshold", "weight_param_groups"]
+__all__ = [
+    "APG",
+    "FISTA",
+    "ISTA",
+    "L1SGD",
+    "build_optimizers",
+    "factor_param_groups",
+    "soft_threshold",
+    "weight_param_groups",
+]

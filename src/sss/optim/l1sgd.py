@@ -18,7 +18,7 @@ class L1SGD(SGD):
     def __init__(self, params: Iterable[torch.Tensor], lr: float, gamma: float, momentum: float = 0.9) -> None:
         super().__init__(params, lr=lr, momentum=momentum)
         for group in self.param_groups:
-            group["gamma"] = gamma
+            group.setdefault("gamma", gamma)
 
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]

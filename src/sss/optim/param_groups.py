@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Literal
 
 from torch import nn
@@ -9,7 +10,7 @@ from torch.optim import SGD, Optimizer
 
 from sss.optim.apg import APG, ISTA
 from sss.optim.l1sgd import L1SGD
-from sss.structures.gate import Gate
+from sss.structures.gate import Gate, gates
 
 SparsityMethod = Literal["apg", "ista", "sgd"]
 _DECAYED = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm)
@@ -32,6 +33,23 @@ def weight_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def factor_param_groups(model: nn.Module, gamma: float | Mapping[str, float]) -> list[dict]:
+    """The factors as optimizer param groups, one per structure kind, each with its own γ.
+
+    ``gamma`` is one value for every kind (the paper's joint ResNeXt setting) or a mapping
+    ``{kind: γ}``; a kind missing from the mapping raises, so no factor trains unpenalised.
+    """
+    by_kind: dict[str, list[nn.Parameter]] = {}
+    for ref in gates(model):
+        by_kind.setdefault(ref.kind, []).append(ref.weight)
+    groups = []
+    for kind, params in by_kind.items():
+        if isinstance(gamma, Mapping) and kind not in gamma:
+            raise ValueError(f"gamma gives no value for the {kind!r} factors; add {kind}: <γ>")
+        groups.append({"params": params, "gamma": gamma[kind] if isinstance(gamma, Mapping) else gamma})
+    return groups
+
+
 def build_optimizers(
     model: nn.Module,
     *,
@@ -39,22 +57,24 @@ def build_optimizers(
     momentum: float = 0.9,
     weight_decay: float = 1e-4,
     method: SparsityMethod = "apg",
-    gamma: float = 0.01,
+    gamma: float | Mapping[str, float] = 0.01,
 ) -> tuple[Optimizer, Optimizer | None]:
     """Returns ``(weights optimizer, factors optimizer)`` for a gated model.
 
     The weights get Nesterov SGD (exactly MXNet's NAG). The factors get ``method``: APG
     (the paper's), ISTA, or SGD with an L1 subgradient. Both share ``lr`` so that one
     schedule drives both, as in the official code. A model without gates gets ``None``.
+    ``gamma`` is one L1 strength, or one per structure kind (``{"block": 0.1, "channel": 0.01}``).
     """
     weights = SGD(weight_param_groups(model, weight_decay), lr=lr, momentum=momentum, nesterov=True)
-    factors = [p for m in model.modules() if isinstance(m, Gate) for p in m.parameters()]
+    factors = factor_param_groups(model, gamma)
     if not factors:
         return weights, None
+    # Each group carries its γ; the constructor's value only fills groups that have none.
     if method == "apg":
-        return weights, APG(factors, lr=lr, gamma=gamma, momentum=momentum)
+        return weights, APG(factors, lr=lr, gamma=0.0, momentum=momentum)
     if method == "ista":
-        return weights, ISTA(factors, lr=lr, gamma=gamma)
+        return weights, ISTA(factors, lr=lr, gamma=0.0)
     if method == "sgd":
-        return weights, L1SGD(factors, lr=lr, gamma=gamma, momentum=momentum)
+        return weights, L1SGD(factors, lr=lr, gamma=0.0, momentum=momentum)
     raise ValueError(f"unknown sparsity method {method!r}; use apg, ista or sgd")

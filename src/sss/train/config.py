@@ -33,7 +33,7 @@ class TrainConfig:
     augment_pad: int = 2
     structures: list[str] = field(default_factory=lambda: ["block"])
     sparsity: str = "apg"
-    gamma: float = 0.01
+    gamma: float | dict[str, float] = 0.01
     prune_threshold: float = 0.0
     freeze_epoch: int | None = None
     after_freeze: str = "continue"
@@ -79,8 +79,11 @@ class TrainConfig:
             )
         if self.after_freeze not in ("continue", "rewind"):
             problems.append(f"after_freeze must be 'continue' or 'rewind', got {self.after_freeze!r}")
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.gamma < 0:
+        gammas = self.gamma.values() if isinstance(self.gamma, dict) else [self.gamma]
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or any(g < 0 for g in gammas):
             problems.append("need epochs >= 1, batch_size >= 1, lr > 0, gamma >= 0")
+        if isinstance(self.gamma, dict) and set(self.gamma) - set(self.structures):
+            problems.append(f"gamma names kinds {sorted(set(self.gamma) - set(self.structures))} not in structures")
         if problems:
             raise ValueError("invalid training config: " + "; ".join(problems))
         self.lr_factor(0)
