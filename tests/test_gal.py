@@ -63,6 +63,7 @@ def test_gal_prunes_exactly_and_leaves_the_teacher_alone(teacher, tmp_path):
     with torch.no_grad():
         assert torch.allclose(result.model.eval()(x), result.compact(x), atol=1e-5)
     assert "d_loss" in lines[-1] and "d_acc_real" in lines[-1]
+    assert (tmp_path / "gal" / "gal_curves.png").stat().st_size > 10_000
 
 
 def test_gal_resume_restores_the_discriminator(teacher, tmp_path):

@@ -20,7 +20,8 @@ from sss.optim import FISTA, factor_param_groups, weight_param_groups
 from sss.serialization import load, load_state
 from sss.structures import attach
 from sss.train.config import TrainConfig
-from sss.train.engine import CHECKPOINT, Trainer
+from sss.train.engine import CHECKPOINT, Trainer, TrainResult
+from sss.viz import plot_metrics
 
 
 @dataclass
@@ -61,7 +62,9 @@ class GALTrainer(Trainer):
     last term is the paper's regulariser R(W_D), which keeps D from overpowering the
     student); then one student step on ``μ·MSE(s, t) + BCE(D(s), 1)``, SGD for the weights
     and FISTA for the masks, whose L1 term lives only in the prox. Labels are never read:
-    the per-epoch "train" accuracy is the student's agreement with the teacher. Masks start
+    the per-epoch "train" accuracy is the student's agreement with the teacher, ``d_acc_real``
+    the share of teacher logits D calls real and ``d_acc_fake`` the share of student logits it
+    calls fake (curves in ``gal_curves.png`` at the end of a run). Masks start
     at 1, so the student starts as the teacher (the official code draws them from an
     unseeded N(0, 1)). The teacher runs in eval mode under ``no_grad``.
     """
@@ -113,6 +116,16 @@ class GALTrainer(Trainer):
         state = load_state(path)
         self.discriminator.load_state_dict(state["discriminator"])
         self.d_opt.load_state_dict(state["d_opt"])
+
+    def _finish(self) -> TrainResult:
+        result = super()._finish()
+        plot_metrics(
+            self.history,
+            [("train_loss", "d_loss"), ("d_acc_real", "d_acc_fake"), ("train_acc", "val_acc")],
+            self.out / "gal_curves.png",
+            title="GAL: student (generator) and discriminator losses; D accuracy; agreement / val accuracy",
+        )
+        return result
 
     def _train_epoch(self) -> tuple[float, float]:
         cfg, student, teacher, disc = self.cfg, self.model, self.teacher, self.discriminator
