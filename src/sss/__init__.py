@@ -14,7 +14,7 @@ from sss import models
 from sss.errors import CheckpointError, DataError, SSSError, TrainingDivergedError, UnsupportedModelError
 from sss.measure import compare_latency, count, evaluate
 from sss.optim import APG, ISTA, L1SGD, build_optimizers
-from sss.serialization import load, save
+from sss.serialization import export_onnx, load, save
 from sss.structures import Gate, GateRef, attach, gates
 from sss.surgery import prune, zero_small_factors
 
@@ -36,6 +36,7 @@ __all__ = [
     "compare_latency",
     "count",
     "evaluate",
+    "export_onnx",
     "gates",
     "load",
     "models",

@@ -92,6 +92,14 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     print(format_table(compare_models(models, test, latency_of=tuple(models) if args.latency else ())))
 
 
+def _cmd_export(args: argparse.Namespace) -> None:
+    from sss.serialization import export_onnx, load
+
+    model = load(args.model)
+    shape = args.input_shape or [model.sss_spec["kwargs"].get("in_channels", 3), 32, 32]
+    print(f"wrote {export_onnx(model, torch.zeros(1, *shape), args.out)}")
+
+
 def _cmd_demo(args: argparse.Namespace) -> None:
     from sss.cli.demo import run_demo
 
@@ -162,6 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir")
     p.add_argument("--latency", action="store_true", help="also time batch 1 and 64 on this CPU")
     p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("export", help="write a saved compact model as ONNX (dynamic batch)")
+    p.add_argument("model", help="a compact model saved by sss (e.g. runs/demo/compact)")
+    p.add_argument("--out", required=True, help="the .onnx file to write")
+    p.add_argument("--input-shape", type=int, nargs=3, metavar=("C", "H", "W"), help="one input, e.g. 1 28 28")
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("demo", help="SSS on Fashion-MNIST end to end (about 6 minutes on 2 cores)")
     p.add_argument("--out", default="runs/demo")
