@@ -8,6 +8,7 @@ from sss.cli.main import main
 
 from .helpers import random_gated
 
+pytest.importorskip("onnx")  # both come with the dev extra; CI installs them
 ort = pytest.importorskip("onnxruntime")
 
 

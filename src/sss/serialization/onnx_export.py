@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import torch
@@ -14,9 +15,12 @@ def export_onnx(model: nn.Module, example_inputs: torch.Tensor, path: str | Path
     """Writes ``model`` (in eval mode) as ONNX with a dynamic batch dimension.
 
     Export the compact model (:func:`sss.prune`): a gated model would carry its factors into
-    the graph. Uses torch's TorchScript-based exporter (``dynamo=False``), which needs no extra
-    packages; the outputs match onnxruntime's to float rounding (tested).
+    the graph. Uses torch's TorchScript-based exporter (``dynamo=False``), which needs the
+    ``onnx`` package (``pip install 'sss[onnx]'``); onnxruntime's outputs match torch's to float
+    rounding (tested).
     """
+    if importlib.util.find_spec("onnx") is None:
+        raise ImportError("ONNX export needs the onnx package: pip install onnx (or sss[onnx] for onnxruntime too)")
     if gates(model):
         raise ValueError("export the compact model: call sss.prune(model) first")
     path = Path(path)
