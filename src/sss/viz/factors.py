@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from sss.viz.figure import save_figure
+
 
 def plot_factor_trace(
     trace: Sequence[dict], names: Sequence[str], path: str | Path, title: str = "", freeze_epoch: int | None = None
@@ -44,9 +46,4 @@ def plot_factor_trace(
     ax.set_title(title or f"SSS block factors over training ({final_zero}/{len(names)} exactly zero at the end)")
     ax.legend(frameon=False)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

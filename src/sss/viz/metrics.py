@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from sss.viz.figure import save_figure
+
 
 def plot_metrics(history: Sequence[dict], panels: Sequence[Sequence[str]], path: str | Path, title: str = "") -> Path:
     """One panel per group of keys, each key a line over the epochs; saves a PNG.
@@ -30,9 +32,4 @@ def plot_metrics(history: Sequence[dict], panels: Sequence[Sequence[str]], path:
         ax.legend(frameon=False)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
