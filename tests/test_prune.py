@@ -1,5 +1,7 @@
 """Block removal is exact, physical and recorded, for every zoo model and gate pattern."""
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -120,7 +122,7 @@ def test_fused_gate_matches_output_scaling(name):
         block.gate.weight.fill_(0.37)
     x = torch.randn(4, block.branch[0].in_channels, 8, 8, requires_grad=True)
     fused = block.gated_branch(x)
-    reference_block = __import__("copy").deepcopy(block)
+    reference_block = copy.deepcopy(block)
     reference = reference_block.branch(x) * reference_block.gate.weight
     assert torch.allclose(fused, reference, atol=1e-6)
     g = torch.randn_like(fused)

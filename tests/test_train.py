@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -111,7 +112,7 @@ def test_config_overrides_and_errors(tmp_path):
         load_config(None, ["model=resnet57"])
 
 
-@pytest.mark.parametrize("path", sorted(__import__("pathlib").Path(__file__).parent.parent.glob("configs/*.yaml")))
+@pytest.mark.parametrize("path", sorted((Path(__file__).parent.parent / "configs").glob("*.yaml")))
 def test_shipped_configs_are_valid(path):
     cfg = load_config(path)
     assert cfg.epochs >= 1

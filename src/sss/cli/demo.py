@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from sss.cli.report import compare_models, format_table
-from sss.data import ArrayDataset, load_dataset
+from sss.data import ArrayDataset, iterate_batches, load_dataset
 from sss.serialization import save
 from sss.structures import gates
 from sss.surgery import prune
@@ -36,8 +36,7 @@ QUICK_CONFIG = dataclasses.replace(
 
 
 def _test_outputs(model: nn.Module, test: ArrayDataset, n: int = 256) -> torch.Tensor:
-    x = torch.from_numpy(test.images[:n]).float().div(255)
-    x = (x - torch.tensor(test.mean).view(1, -1, 1, 1)) / torch.tensor(test.std).view(1, -1, 1, 1)
+    x, _ = next(iterate_batches(test, n, shuffle=False))
     with torch.no_grad():
         return model.eval()(x)
 

@@ -62,6 +62,12 @@ def _cmd_finetune(args: argparse.Namespace) -> None:
     _report(cfg, Trainer(cfg, model=model.train()).fit(resume=args.resume))
 
 
+def _input_shape(args: argparse.Namespace, model: torch.nn.Module) -> list[int]:
+    """``--input-shape``, else the shape recorded when channel factors were attached, else 32x32."""
+    spec = model.sss_spec
+    return args.input_shape or spec.get("attach_input_shape") or [spec["kwargs"].get("in_channels", 3), 32, 32]
+
+
 def _cmd_prune(args: argparse.Namespace) -> None:
     from sss.measure import count
     from sss.serialization import load, save
@@ -74,8 +80,7 @@ def _cmd_prune(args: argparse.Namespace) -> None:
     if args.threshold > 0:
         zero_small_factors(model, args.threshold)
     compact = prune(model)
-    shape = args.input_shape or [model.sss_spec["kwargs"].get("in_channels", 3), 32, 32]
-    example = torch.zeros(1, *shape)
+    example = torch.zeros(1, *_input_shape(args, model))
     (dm, dp), (cm, cp) = count(model, example), count(compact, example)
     save(compact, args.out)
     print(f"removed {len(compact.sss_spec['removed'])} block(s): MACs {dm / 1e6:.2f}M -> {cm / 1e6:.2f}M, "
@@ -96,8 +101,7 @@ def _cmd_export(args: argparse.Namespace) -> None:
     from sss.serialization import export_onnx, load
 
     model = load(args.model)
-    shape = args.input_shape or [model.sss_spec["kwargs"].get("in_channels", 3), 32, 32]
-    print(f"wrote {export_onnx(model, torch.zeros(1, *shape), args.out)}")
+    print(f"wrote {export_onnx(model, torch.zeros(1, *_input_shape(args, model)), args.out)}")
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:

@@ -54,9 +54,7 @@ class ChannelGated(nn.Module):
         self.inner, self.gate, self.site = inner, gate, site
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.inner(x)
-        shape = (1, -1) + (1,) * (y.dim() - 2)
-        return y * self.gate.weight.view(shape)
+        return self.gate(self.inner(x))
 
 
 def _single_user(node: fx.Node) -> fx.Node | None:

@@ -13,9 +13,10 @@ KINDS = ("block", "group", "channel")
 
 
 class Gate(nn.Module):
-    """Multiplies its input by learnable factors λ (``out = λ · x``), initialised to 1.
+    """Multiplies channel ``c`` of its input by learnable factor ``λ_c``, initialised to 1.
 
-    A block gate holds one scalar; it broadcasts over the whole tensor. The factors are
+    A block gate holds one scalar, which scales the whole tensor (residual blocks apply it
+    inside their last layer instead, see ``ResidualBlock.gated_branch``). The factors are
     trained by a proximal optimizer (:class:`sss.APG`) that drives them to exact zeros.
 
     Args:
@@ -31,7 +32,7 @@ class Gate(nn.Module):
         self.weight = nn.Parameter(torch.ones(size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.weight
+        return x * self.weight.view((1, -1) + (1,) * (x.dim() - 2))
 
     def extra_repr(self) -> str:
         return f"kind={self.kind!r}, size={self.weight.numel()}"
