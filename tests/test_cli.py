@@ -62,3 +62,18 @@ def test_gal_then_finetune(tmp_path, capsys):
     assert (tmp_path / "ft" / "compact.safetensors").is_file()
     assert "test accuracy" in capsys.readouterr().out
     assert main(["gal", "--teacher", str(tmp_path / "missing"), "--out", str(gal)]) == 2
+
+
+def test_structures_flag_on_train_and_prune(tmp_path, capsys):
+    out = tmp_path / "resnext"
+    small = ["--set", "model_kwargs.cardinality=4", "--set", "model_kwargs.base_width=2", "--set",
+             "model_kwargs.widen=1", "--set", "train_subset=600", "--set", "val_size=100", "--epochs", "1"]  # fmt: skip
+    args = ["train", "--model", "resnext29", "--structures", "block,group,channel", "--gamma", "5", "--out", str(out)]
+    assert main([*args, *small]) == 0
+    capsys.readouterr()
+    only_blocks = tmp_path / "blocks_only"
+    assert main(["prune", str(out / "model"), "--out", str(only_blocks), "--structures", "block", "--round-to", "4",
+                 "--input-shape", "1", "28", "28"]) == 0  # fmt: skip
+    assert "removed" in capsys.readouterr().out
+    assert main(["prune", str(out / "model"), "--out", str(only_blocks), "--structures", "neuron"]) == 2
+    assert "unknown kind(s) ['neuron']" in capsys.readouterr().err

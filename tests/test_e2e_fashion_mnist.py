@@ -36,5 +36,5 @@ def test_demo_writes_its_artifacts(quick_demo):
     assert "| blocks per stage |" in (out / "report.md").read_text()
     compact = sss.load(out / "compact")
     assert sss.gates(compact) == []
-    assert any("blocks removed" in line for line in lines)
+    assert any("block factors zero" in line for line in lines)
     assert {"1", "64"} == set(report["models"]["SSS after removal"]["latency_ms"])

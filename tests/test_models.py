@@ -16,6 +16,9 @@ GOLDEN = {
     ("resnet56", "projection"): (125_747_840, 855_770),
     ("resnet110", "pad"): (252_887_680, 1_727_962),
     ("preact_resnet164", None): (247_646_720, 1_703_258),
+    ("resnext29", None): (5_387_266_048, 34_426_698),  # 34.4M params, as Xie et al. report for 8x64d
+    ("densenet40", None): (264_812_928, 1_019_722),
+    ("googlenet", None): (1_521_756_160, 6_166_250),  # GAL's baseline: 1.52B FLOPs, 6.15M params
 }
 
 

@@ -96,9 +96,11 @@ def test_threshold_and_zero_small_factors():
 def test_attach_errors_are_clear():
     with pytest.raises(sss.UnsupportedModelError, match="ResidualBlock"):
         sss.attach(nn.Sequential(nn.Linear(2, 2)))
-    with pytest.raises(sss.UnsupportedModelError, match="not supported yet"):
+    with pytest.raises(sss.UnsupportedModelError, match="no removable group structures"):
+        sss.attach(sss.models.create("resnet20"), torch.randn(1, 3, 8, 8), structures=("group",))
+    with pytest.raises(ValueError, match="group factors need example_inputs"):
         sss.attach(sss.models.create("resnet20"), structures=("group",))
-    with pytest.raises(sss.UnsupportedModelError, match=r"no sss\.structures\.ResidualBlock"):
+    with pytest.raises(sss.UnsupportedModelError, match="no residual block to gate"):
         sss.attach(sss.models.create("lenet5"), structures=("block",))
     with pytest.raises(ValueError, match="unknown structure"):
         sss.attach(sss.models.create("resnet20"), structures=("neuron",))

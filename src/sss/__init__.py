@@ -15,7 +15,7 @@ from sss.errors import CheckpointError, DataError, SSSError, TrainingDivergedErr
 from sss.measure import compare_latency, count, evaluate
 from sss.optim import APG, ISTA, L1SGD, build_optimizers
 from sss.serialization import export_onnx, load, save
-from sss.structures import Gate, GateRef, attach, gates
+from sss.structures import Gate, GateRef, attach, find_structures, gates
 from sss.surgery import prune, zero_small_factors
 
 __version__ = "0.1.0"
@@ -37,6 +37,7 @@ __all__ = [
     "count",
     "evaluate",
     "export_onnx",
+    "find_structures",
     "gates",
     "load",
     "models",

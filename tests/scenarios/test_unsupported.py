@@ -5,56 +5,62 @@ import torch
 from torch import nn
 
 import sss
-from sss.structures.channels import find_channel_sites
 
 
-class Concat(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.a = nn.Conv2d(3, 4, 1)
-        self.b = nn.Conv2d(3, 4, 1)
-        self.head = nn.Conv2d(8, 2, 1)
-
-    def forward(self, x):
-        return self.head(torch.cat([self.a(x), self.b(x)], 1))
-
-
-class Dynamic(nn.Module):
+class WrongInput(nn.Module):
     def __init__(self):
         super().__init__()
         self.conv = nn.Conv2d(3, 4, 1)
 
     def forward(self, x):
-        return self.conv(x) if x.sum() > 0 else x
+        return self.conv(x)
 
 
-class Shared(nn.Module):
+class SharedConv(nn.Module):
+    """conv2 is applied twice: its filters serve two places, so its width is not free."""
+
     def __init__(self):
         super().__init__()
         self.conv1, self.conv2, self.conv3 = nn.Conv2d(3, 4, 1), nn.Conv2d(4, 4, 1), nn.Conv2d(4, 2, 1)
         self.act = nn.ReLU()
 
     def forward(self, x):
-        return self.conv3(self.act(self.conv2(self.act(self.conv1(x)))))
+        return self.conv3(self.act(self.conv2(self.act(self.conv2(self.act(self.conv1(x)))))))
 
 
-def test_concat_is_skipped_with_reason():
-    sites, skipped = find_channel_sites(Concat(), torch.randn(1, 3, 4, 4))
-    assert sites == []
-    assert any(s.startswith("a:") and "cat" in s for s in skipped)
-    with pytest.raises(sss.UnsupportedModelError, match="no removable channels"):
-        sss.attach(Concat(), torch.randn(1, 3, 4, 4), structures=("channel",))
+class ConstantAdd(nn.Module):
+    """``relu(conv1(x)) + 1`` feeds conv2: a zero channel becomes 1, so conv1 is not removable."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2, self.conv3 = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1), \
+            nn.Conv2d(4, 2, 1)  # fmt: skip
+
+    def forward(self, x):
+        return self.conv3(torch.relu(self.conv2(torch.relu(self.conv1(x)) + 1)))
 
 
-def test_untraceable_model_names_the_fix():
-    with pytest.raises(sss.UnsupportedModelError, match=r"torch\.fx cannot trace Dynamic"):
-        sss.attach(Dynamic(), torch.randn(1, 3, 4, 4), structures=("channel",))
+def test_model_that_fails_on_the_example_names_the_fix():
+    with pytest.raises(sss.UnsupportedModelError, match=r"cannot trace WrongInput.*ignore="):
+        sss.attach(WrongInput(), torch.randn(1, 5, 4, 4), structures=("channel",))
 
 
-def test_shared_activation_is_not_gated():
-    sites, skipped = find_channel_sites(Shared(), torch.randn(1, 3, 4, 4))
-    assert sites == []
-    assert any("used more than once" in s for s in skipped)
+def test_layer_used_twice_is_skipped_with_reason():
+    groups, skipped = sss.find_structures(SharedConv(), torch.randn(1, 3, 4, 4))
+    assert any("conv2 is used 2 times" in s for s in skipped)
+    assert [g.name for g in groups] == []  # conv1 feeds conv2 too, so it is coupled to the shared layer
+
+
+def test_op_that_does_not_keep_zeros_is_found_by_the_exactness_check():
+    x = torch.randn(2, 3, 6, 6)
+    groups, skipped = sss.find_structures(ConstantAdd(), x)
+    assert [g.name for g in groups] == ["conv2"]
+    assert any(s.startswith("conv1: removing its channels changes the output") for s in skipped)
+
+
+def test_no_removable_channels_is_refused():
+    with pytest.raises(sss.UnsupportedModelError, match="no removable channel structures"):
+        sss.attach(nn.Sequential(nn.Conv2d(3, 2, 1)), torch.randn(1, 3, 4, 4), structures=("channel",))
 
 
 def test_channel_needs_example_inputs():

@@ -21,6 +21,16 @@ def _overrides(args: argparse.Namespace, keys: tuple[str, ...]) -> list[str]:
     return overrides
 
 
+def _kinds(text: str) -> tuple[str, ...]:
+    from sss.structures.gate import KINDS
+
+    kinds = tuple(k.strip() for k in text.split(",") if k.strip())
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown:
+        raise ValueError(f"--structures: unknown kind(s) {unknown}; choose from {', '.join(KINDS)}")
+    return kinds
+
+
 def _report(cfg, result) -> None:
     from sss.data import load_dataset
     from sss.measure import count, evaluate
@@ -79,11 +89,14 @@ def _cmd_prune(args: argparse.Namespace) -> None:
         raise SystemExit(f"{args.model} has no scaling factors: nothing to prune (is it already compact?)")
     if args.threshold > 0:
         zero_small_factors(model, args.threshold)
-    compact = prune(model)
+    kinds = _kinds(args.structures) if args.structures else ("block", "group", "channel")
+    compact = prune(model, round_to=args.round_to, structures=kinds)
     example = torch.zeros(1, *_input_shape(args, model))
     (dm, dp), (cm, cp) = count(model, example), count(compact, example)
     save(compact, args.out)
-    print(f"removed {len(compact.sss_spec['removed'])} block(s): MACs {dm / 1e6:.2f}M -> {cm / 1e6:.2f}M, "
+    zeros = {k: sum(g.num_zero for g in gates(model) if g.kind == k) for k in kinds}
+    removed = ", ".join(f"{n} {k}(s)" for k, n in zeros.items() if n)
+    print(f"removed {removed or 'nothing'}: MACs {dm / 1e6:.2f}M -> {cm / 1e6:.2f}M, "
           f"params {dp / 1e3:.1f}k -> {cp / 1e3:.1f}k; saved {args.out}")  # fmt: skip
 
 
@@ -105,15 +118,28 @@ def _cmd_export(args: argparse.Namespace) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
-    from sss.cli.demo import run_demo
+    import dataclasses
 
-    run_demo(args.out, quick=args.quick, baseline=args.baseline, data_dir=args.data_dir)
+    from sss.cli.demo import DEMO_CONFIG, QUICK_CONFIG, run_demo
+
+    config = QUICK_CONFIG if args.quick else DEMO_CONFIG
+    changes = {k: v for k, v in (("model", args.model), ("gamma", args.gamma)) if v is not None}
+    if args.model:
+        changes["model_kwargs"] = {}
+    if args.structures:
+        changes["structures"] = list(_kinds(args.structures))
+    config = dataclasses.replace(config, **changes)
+    config.validate()
+    run_demo(args.out, config=config, baseline=args.baseline, data_dir=args.data_dir)
 
 
 def _cmd_models(_: argparse.Namespace) -> None:
     from sss.models import list_models
 
     print("\n".join(list_models()))
+
+
+STRUCTURES_HELP = "comma-separated structure kinds: block, group, channel (default: block)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -130,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int)
     p.add_argument("--gamma", type=float)
     p.add_argument("--sparsity", choices=["apg", "ista", "sgd", "none"])
-    p.add_argument("--structures", help="comma-separated structure kinds (this release: block)")
+    p.add_argument("--structures", help=STRUCTURES_HELP)
     p.add_argument("--out", dest="out_dir")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
     p.set_defaults(func=_cmd_train)
@@ -144,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int)
     p.add_argument("--gamma", type=float, help="λ, the masks' L1 strength")
     p.add_argument("--mu", type=float, help="weight of the teacher-student MSE")
-    p.add_argument("--structures", help="comma-separated: block, channel")
+    p.add_argument("--structures", help=STRUCTURES_HELP)
     p.add_argument("--out", dest="out_dir", default="runs/gal")
     p.add_argument("--resume", action="store_true")
     p.set_defaults(func=_cmd_gal)
@@ -166,6 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="where to save the compact model")
     p.add_argument("--threshold", type=float, default=0.0, help="treat |λ| <= this as zero (L1-SGD runs)")
     p.add_argument("--input-shape", type=int, nargs=3, metavar=("C", "H", "W"), help="for MAC counts")
+    p.add_argument("--structures", help="comma-separated kinds to remove (default: all); others are folded")
+    p.add_argument("--round-to", type=int, default=1, help="keep channel counts a multiple of this (e.g. 8)")
     p.set_defaults(func=_cmd_prune)
 
     p = sub.add_parser("eval", help="test accuracy, MACs, params (and latency) of saved models")
@@ -185,6 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--data-dir", help="Fashion-MNIST IDX folder (default: the Debian package's)")
     p.add_argument("--quick", action="store_true", help="a 40-second smoke run")
+    p.add_argument("--model", help="any zoo model instead of resnet20 (see `sss models`)")
+    p.add_argument("--structures", help=STRUCTURES_HELP)
+    p.add_argument("--gamma", type=float, help="the factors' L1 strength (demo: 0.15, tuned for blocks)")
     p.add_argument("--no-baseline", dest="baseline", action="store_false",
                    help="skip the dense model trained with the same schedule for comparison")  # fmt: skip
     p.set_defaults(func=_cmd_demo)

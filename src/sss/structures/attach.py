@@ -9,11 +9,10 @@ import torch
 from torch import nn
 
 from sss.errors import UnsupportedModelError
-from sss.structures.channels import attach_channel_gates
+from sss.structures.discovery import attach_traced
 from sss.structures.gate import KINDS, Gate
 from sss.structures.residual import ResidualBlock
-
-SUPPORTED = ("block", "channel")
+from sss.structures.traced_blocks import attach_traced_blocks
 
 
 def attach(
@@ -27,13 +26,18 @@ def attach(
     """Returns ``model`` with a scaling factor λ = 1 on each chosen structure.
 
     Args:
-        model: For ``"block"``, a model whose residual blocks are
-            :class:`sss.structures.ResidualBlock` (the ResNets of :mod:`sss.models`). For
-            ``"channel"``, any model ``torch.fx`` can trace: every conv/linear output that
-            reaches a single conv/linear layer through BN, activation, pooling or flatten
-            gets one factor per channel (see :mod:`sss.structures.channels`).
-        example_inputs: An input batch; required for ``"channel"`` (shapes are traced).
-        structures: Which structures get factors: ``"block"``, ``"channel"`` or both.
+        model: For ``"block"``, a model with residual blocks: submodules whose forward
+            adds a branch to their input (or a downsample of it), found by ``torch.fx``
+            (torchvision-style, pre-activation and inverted residual blocks; see
+            :mod:`sss.structures.traced_blocks`), or :class:`sss.structures.ResidualBlock`
+            (the ResNets of :mod:`sss.models`, which know their removed form). For
+            ``"channel"`` and ``"group"``, any model that runs on ``example_inputs``:
+            Torch-Pruning traces it, every removable conv/linear output channel gets a
+            factor shared by all layers coupled to it (residual sums, concat, depthwise
+            convs), and every group of a grouped conv gets one (see
+            :func:`sss.structures.find_structures`, which also says why a layer was skipped).
+        example_inputs: An input batch; required for ``"channel"`` and ``"group"``.
+        structures: Which structures get factors: any of ``"block"``, ``"group"``, ``"channel"``.
         ignore: Module paths (and everything below them) that get no factor, e.g. a layer
             whose width must stay fixed or a block that must stay.
         inplace: Modify ``model`` itself instead of a copy.
@@ -44,32 +48,36 @@ def attach(
     unknown = [s for s in structures if s not in KINDS]
     if unknown:
         raise ValueError(f"unknown structure kind(s) {unknown}; choose from {KINDS}")
-    unsupported = [s for s in structures if s not in SUPPORTED]
-    if unsupported:
-        raise UnsupportedModelError(
-            f"structure kind(s) {unsupported} are not supported yet; use 'block' and/or 'channel'"
-        )
     if not inplace:
         model = copy.deepcopy(model)
-    if "channel" in structures:
+    traced = [s for s in structures if s in ("channel", "group")]
+    if traced:
         if example_inputs is None:
-            raise ValueError("channel factors need example_inputs (one input batch) to trace the model")
-        if not attach_channel_gates(model, example_inputs, ignore):
-            raise UnsupportedModelError(f"{type(model).__name__} has no removable channels (see find_channel_sites)")
+            raise ValueError(f"{'/'.join(traced)} factors need example_inputs (one input batch) to trace the model")
+        found = attach_traced(model, example_inputs, traced, ignore)
+        for kind in traced:
+            if not any(g.kind == kind for g in found):
+                raise UnsupportedModelError(
+                    f"{type(model).__name__} has no removable {kind} structures (sss.structures.find_structures "
+                    "lists each candidate and why it was skipped)"
+                )
         spec = getattr(model, "sss_spec", None)
         if spec is not None:
             spec["attach_input_shape"] = list(example_inputs.shape[1:])
     if "block" in structures:
-        blocks = [m for n, m in model.named_modules() if isinstance(m, ResidualBlock) and not _ignored(n, ignore)]
-        if not blocks:
-            raise UnsupportedModelError(
-                f"{type(model).__name__} has no sss.structures.ResidualBlock to gate; build it from "
-                "sss.models (sss.models.create) or subclass ResidualBlock in your model"
-            )
         ref = next(iter(model.parameters()))
+        blocks = [m for n, m in model.named_modules() if isinstance(m, ResidualBlock) and not _ignored(n, ignore)]
         for block in blocks:
             if not isinstance(block.gate, Gate):
                 block.gate = Gate("block").to(device=ref.device, dtype=ref.dtype)
+        traced, skipped = attach_traced_blocks(model, ignore)
+        if not blocks and not traced:
+            reasons = f" ({'; '.join(skipped)})" if skipped else ""
+            raise UnsupportedModelError(
+                f"{type(model).__name__} has no residual block to gate{reasons}: a block is a submodule whose "
+                "forward adds a branch ending in a BatchNorm/conv/linear layer to its input or a downsample of it "
+                "(torch.fx must trace it), or an sss.structures.ResidualBlock"
+            )
     return model
 
 

@@ -1,216 +1,249 @@
-"""Channel and neuron factors on arbitrary models, found by tracing with ``torch.fx``.
+"""Channel and neuron factors on arbitrary models, with coupled layers found by Torch-Pruning.
 
-A *channel site* is the output of a conv/linear layer (optionally followed by a BatchNorm
-and an activation) that reaches exactly one consumer conv/linear layer through ops that keep
-channels apart and scale with them (pooling, flatten, dropout, identity). A factor per
-channel sits at the end of that chain; a zero factor makes the channel exactly zero, so the
-producer's filter, its BN entry and the consumer's input slice can be removed with no change
-to the function. Outputs that feed a residual add, a concat or the model output are not
-sites (their width is coupled to other layers); issue 3's dependency handling extends this.
+Torch-Pruning's ``DependencyGraph`` traces the model through autograd and groups each
+conv/linear output channel with every layer that must shrink with it: its BatchNorm, the
+inputs of the layers that read it, the other producers of a residual sum it joins, its slice
+of a concat, a depthwise conv that carries it. SSS puts one factor per channel on each such
+*group* and multiplies it into every layer of the group that creates the channel's value:
+each BatchNorm, and each conv/linear that is not followed by a BatchNorm of the group. So
+``λ_c = 0`` makes channel ``c`` exactly zero wherever it flows (ReLU, sums, pooling, concat
+and flatten keep zeros), and the group's slices can be cut with no change to the function.
+
+:func:`find_channel_groups` checks that promise on the example input: it removes half of
+each group's channels from a copy (with random BatchNorm statistics) and compares outputs,
+and a group that fails, say through ``sigmoid`` or ``x + 1`` on the channel, is skipped
+with the reason. Torch-Pruning is used for discovery and its per-layer pruning functions
+for the cuts; folding and the exactness check are ours (docs/design.md, "coupled channels").
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
-from torch import fx, nn
-from torch.fx.passes.shape_prop import ShapeProp
+import torch_pruning as tp
+from torch import nn
 
 from sss.errors import UnsupportedModelError
-from sss.structures.gate import Gate
+from sss.structures.gate import ChannelGated, Gate
+from sss.structures.residual import fold_output_scale
 
-_LAYERS = (nn.Conv2d, nn.Linear)
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
-# Activations with f(0) = 0, so a zero channel stays zero after them.
-_ACTS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Hardswish, nn.Tanh, nn.ELU, nn.Mish)
-# Ops between producer and consumer that act per channel and commute with a factor λ ≥ 0.
-_PASS_MODULES = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Dropout, nn.Identity,
-                 nn.Flatten)  # fmt: skip
-_PASS_FUNCTIONS = (torch.flatten, F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.dropout)
-_RELU_FUNCTIONS = (F.relu, torch.relu)
+LAYERS = (nn.Conv1d, nn.Conv2d, nn.Linear)
 
 
 @dataclass(frozen=True)
-class ChannelSite:
-    """Where a channel factor sits and which layers its removal touches (module paths)."""
+class LayerSlice:
+    """The part of one layer that a channel group owns: ``index[c]`` lists the layer's output
+    (``role="out"``) or input (``role="in"``) indices that carry the group's channel ``c``."""
 
-    producer: str
-    norm: str | None
-    gated: str  # the module wrapped by the gate: producer, norm or activation
-    consumer: str
-    spatial: int  # elements per channel when a flatten feeds a linear consumer (else 1)
+    path: str
+    role: str
+    index: tuple[tuple[int, ...], ...]
+
+
+@dataclass(frozen=True)
+class ChannelGroup:
+    """Structures that one factor vector scales: ``channels`` of them, each a set of channels
+    removed together (``kind="channel"``: one channel of a coupled group; ``kind="group"``:
+    the channels of one group of a grouped conv). ``gated`` lists the layers the factor
+    multiplies, ``slices`` every layer that shrinks when a structure goes."""
+
+    name: str  # path of the group's first producer layer
     channels: int
+    gated: tuple[LayerSlice, ...]  # the first is the root layer's output (its BN, or itself)
+    slices: tuple[LayerSlice, ...]
+    kind: str = "channel"
 
 
-class ChannelGated(nn.Module):
-    """Runs ``inner`` then multiplies channel ``c`` of its output by ``gate.weight[c]``."""
-
-    def __init__(self, inner: nn.Module, gate: Gate, site: ChannelSite) -> None:
-        super().__init__()
-        self.inner, self.gate, self.site = inner, gate, site
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.gate(self.inner(x))
+def _is_depthwise(m: nn.Module) -> bool:
+    return isinstance(m, nn.Conv1d | nn.Conv2d) and m.groups == m.out_channels == m.in_channels and m.groups > 1
 
 
-def _single_user(node: fx.Node) -> fx.Node | None:
-    users = list(node.users)
-    return users[0] if len(users) == 1 else None
+def is_grouped(m: nn.Module) -> bool:
+    return isinstance(m, nn.Conv1d | nn.Conv2d) and m.groups > 1 and not _is_depthwise(m)
 
 
-def _is_module(node: fx.Node | None, modules: dict[str, nn.Module], types: tuple[type, ...]) -> bool:
-    return node is not None and node.op == "call_module" and isinstance(modules[node.target], types)
-
-
-def _is_passthrough(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
-    if _is_module(node, modules, _PASS_MODULES):
-        return True
-    if node.op == "call_function" and node.target in _PASS_FUNCTIONS:
-        return True
-    return node.op == "call_method" and node.target in ("flatten", "contiguous")
-
-
-def find_channel_sites(model: nn.Module, example_inputs: torch.Tensor) -> tuple[list[ChannelSite], list[str]]:
-    """Returns the removable channel sites of ``model`` and, for the conv/linear layers that
-    are not sites, a sentence each saying why (for error messages and ``attach`` reports)."""
+def build_graph(model: nn.Module, example_inputs: torch.Tensor) -> tp.DependencyGraph:
+    was_training = model.training
     try:
-        graph_module = fx.symbolic_trace(model)
+        return tp.DependencyGraph().build_dependency(model.eval(), example_inputs=example_inputs)
     except Exception as e:
         raise UnsupportedModelError(
-            f"torch.fx cannot trace {type(model).__name__} ({type(e).__name__}: {e}); channel factors need a "
-            "traceable forward (no data-dependent Python control flow); use structures=('block',) or "
-            "exclude the untraceable submodule"
+            f"cannot trace {type(model).__name__} on the example input ({type(e).__name__}: {e}); channel "
+            "factors need a forward that runs on example_inputs; exclude the failing submodule with ignore=[...] "
+            "or use structures=('block',)"
         ) from e
+    finally:
+        model.train(was_training)
+
+
+def call_counts(model: nn.Module, example_inputs: torch.Tensor) -> dict[nn.Module, int]:
+    counts: dict[nn.Module, int] = {}
+    hooks = [m.register_forward_hook(lambda m, i, o: counts.__setitem__(m, counts.get(m, 0) + 1))
+             for m in model.modules() if isinstance(m, LAYERS + _NORMS)]  # fmt: skip
     was_training = model.training
-    graph_module.eval()
-    ShapeProp(graph_module).propagate(example_inputs)
-    model.train(was_training)
-    modules = dict(graph_module.named_modules())
-    calls: dict[str, int] = {}
-    for node in graph_module.graph.nodes:
-        if node.op == "call_module":
-            calls[node.target] = calls.get(node.target, 0) + 1
-    sites, skipped = [], []
-    for node in graph_module.graph.nodes:
-        if not _is_module(node, modules, _LAYERS):
-            continue
-        producer = modules[node.target]
-        if isinstance(producer, nn.Conv2d) and producer.groups != 1:
-            skipped.append(f"{node.target}: grouped conv (group structures are not supported yet)")
-            continue
-        end, norm = node, None
-        nxt = _single_user(end)
-        if _is_module(nxt, modules, _NORMS):
-            end, norm, nxt = nxt, nxt.target, _single_user(nxt)
-        gate_after = end
-        if _is_module(nxt, modules, _ACTS):
-            gate_after, end, nxt = nxt, nxt, _single_user(nxt)
-        elif nxt is not None and nxt.op == "call_function" and nxt.target in _RELU_FUNCTIONS:
-            end, nxt = nxt, _single_user(nxt)  # gate before a functional ReLU: exact for λ ≥ 0
-        spatial = 1
-        while nxt is not None and _is_passthrough(nxt, modules):
-            end, nxt = nxt, _single_user(nxt)
-        if not _is_module(nxt, modules, _LAYERS):
-            skipped.append(f"{node.target}: its output reaches {nxt.format_node() if nxt else 'several ops'}, "
-                           "not a single conv/linear layer")  # fmt: skip
-            continue
-        consumer = modules[nxt.target]
-        if isinstance(consumer, nn.Conv2d) and consumer.groups != 1:
-            skipped.append(f"{node.target}: feeds the grouped conv {nxt.target}")
-            continue
-        channels = producer.out_channels if isinstance(producer, nn.Conv2d) else producer.out_features
-        if isinstance(consumer, nn.Linear):
-            in_shape = nxt.args[0].meta["tensor_meta"].shape
-            spatial = in_shape[-1] // channels
-            if in_shape[-1] % channels:
-                skipped.append(f"{node.target}: {channels} channels do not divide {nxt.target}'s inputs")
-                continue
-        if calls[gate_after.target] > 1:
-            skipped.append(f"{node.target}: module {gate_after.target} is used more than once in forward")
-            continue
-        sites.append(ChannelSite(node.target, norm, gate_after.target, nxt.target, spatial, channels))
-    return sites, skipped
+    try:
+        with torch.no_grad():
+            model.eval()(example_inputs)
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return counts
 
 
-def attach_channel_gates(
-    model: nn.Module, example_inputs: torch.Tensor, ignore: Sequence[str] = ()
-) -> list[ChannelSite]:
-    """Wraps each channel site's last module in :class:`ChannelGated`, in place; sites whose
-    producer lies under a path in ``ignore`` are left alone."""
-    sites, _ = find_channel_sites(model, example_inputs)
-    sites = [s for s in sites if not any(s.producer == p or s.producer.startswith(p + ".") for p in ignore)]
+def describe(
+    graph: tp.DependencyGraph, group, names: dict[nn.Module, str], calls, grouped_ok: nn.Module | None = None
+) -> ChannelGroup | str:
+    """Turns one Torch-Pruning group into a :class:`ChannelGroup`, or says why it cannot be one.
+    ``grouped_ok`` is a grouped conv that may appear (the caller handles its groups)."""
+    root = group[0].dep.target.module
+    channels = len(group[0].idxs)
+    slices: dict[tuple[str, str], list[list[int]]] = {}
+    norms_after: dict[str, str] = {}  # layer → the BN right after it, which is gated instead
+    for item in group:
+        node, module = item.dep.target, item.dep.target.module
+        role = "out" if item.dep.handler.__name__.endswith("out_channels") else "in"
+        if role == "out" and not node.outputs:
+            return "its channels reach the model output"
+        if module not in names:
+            continue  # Torch-Pruning's own nodes for ReLU, add, concat, flatten: nothing to cut
+        path = names[module]
+        if not isinstance(module, LAYERS + _NORMS):
+            return f"it includes {path} ({type(module).__name__}), whose channels cannot be cut exactly"
+        if is_grouped(module) and module is not grouped_ok:
+            return f"its channels belong to groups of the grouped conv {path} (use structures=('group',))"
+        if calls.get(module, 0) > 1:
+            return f"{path} is used {calls[module]} times in forward"
+        if isinstance(module, _NORMS) or _is_depthwise(module):
+            role = "out"  # one cut covers both sides
+        index = slices.setdefault((path, role), [[] for _ in range(channels)])
+        for idx, root_idx in zip(item.idxs, item.root_idxs, strict=True):
+            if idx not in index[root_idx]:
+                index[root_idx].append(idx)
+        limit = _width(module) if role == "out" else module.weight.shape[1] * getattr(module, "groups", 1)
+        if max(item.idxs) >= limit:
+            return f"the traced channel mapping does not fit {path} (channels padded or reshaped on the way)"
+        if role == "out" and isinstance(module, LAYERS):
+            users = graph.module2node[module].outputs
+            if len(users) == 1 and isinstance(users[0].module, _NORMS) and users[0].module in names:
+                norms_after[path] = names[users[0].module]
+    all_slices = [LayerSlice(p, r, tuple(tuple(ix) for ix in index)) for (p, r), index in slices.items()]
+    gated = [s for s in all_slices if s.role == "out" and s.path not in norms_after]
+    if norms_after.get(names[root]) not in (None, *[s.path for s in gated]):
+        return f"{names[root]} is followed by a BatchNorm outside its group"
+    root_out = norms_after.get(names[root], names[root])
+    gated.sort(key=lambda s: s.path != root_out)
+    return ChannelGroup(name=names[root], channels=channels, gated=tuple(gated), slices=tuple(all_slices))
+
+
+def _width(m: nn.Module) -> int:
+    return m.num_features if isinstance(m, _NORMS) else m.out_features if isinstance(m, nn.Linear) else m.out_channels
+
+
+def wrap(model: nn.Module, group: ChannelGroup) -> None:
+    """Puts ``group``'s factor on its layers, in place."""
     ref = next(iter(model.parameters()))
-    for site in sites:
-        inner = model.get_submodule(site.gated)
-        gate = Gate("channel", site.channels).to(device=ref.device, dtype=ref.dtype)
-        model.set_submodule(site.gated, ChannelGated(inner, gate, site))
-    return sites
+    gate = Gate(group.kind, group.channels).to(device=ref.device, dtype=ref.dtype)
+    for i, s in enumerate(group.gated):
+        wrapper = model.get_submodule(s.path)
+        if not isinstance(wrapper, ChannelGated):
+            wrapper = ChannelGated(wrapper, _width(wrapper)).to(ref.device)
+            model.set_submodule(s.path, wrapper)
+        wrapper.add_slice(gate, s.index, group if i == 0 else None)
 
 
-def _unwrapped(model: nn.Module, path: str) -> nn.Module:
-    module = model.get_submodule(path)
-    return module.inner if isinstance(module, ChannelGated) else module
-
-
-def _index(t: torch.Tensor, dim: int, keep: torch.Tensor) -> nn.Parameter | torch.Tensor:
-    out = t.detach().index_select(dim, keep).clone()
-    return nn.Parameter(out, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else out
+def removes_exactly(model: nn.Module, groups: list[ChannelGroup], example_inputs: torch.Tensor) -> bool:
+    """Gates ``groups`` in a copy with random BN statistics, zeroes every other factor (the
+    rest 0.75) and checks that the pruned copy computes the same outputs."""
+    trial = copy.deepcopy(model).eval()
+    for group in groups:
+        wrap(trial, group)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in trial.modules():
+            if isinstance(m, _NORMS) and m.affine and m.track_running_stats:
+                m.running_mean.uniform_(-0.5, 0.5, generator=gen)
+                m.running_var.uniform_(0.5, 2.0, generator=gen)
+                m.bias.uniform_(-0.3, 0.3, generator=gen)
+            if isinstance(m, Gate) and m.kind != "block":
+                m.weight.fill_(0.75)[::2] = 0.0
+        try:
+            expected = trial(example_inputs)
+            prune_channels(trial)
+            actual = trial(example_inputs)
+        except Exception:
+            return False
+    scale = float(expected.abs().max()) or 1.0
+    return actual.shape == expected.shape and float((actual - expected).abs().max()) <= 1e-4 * scale
 
 
 def _kept_channels(lam: torch.Tensor, round_to: int) -> torch.Tensor:
-    """Indices of the nonzero factors, topped up with the first zero-factor channels to a
+    """A mask of the nonzero factors, topped up with the first zero-factor channels to a
     multiple of ``round_to`` (at least one channel): a kept zero channel adds nothing."""
-    nonzero = lam != 0
-    target = max(1, math.ceil(int(nonzero.sum()) / round_to) * round_to)
-    extra = target - int(nonzero.sum())
+    keep = lam != 0
+    target = max(1, math.ceil(int(keep.sum()) / round_to) * round_to)
+    extra = min(target, lam.numel()) - int(keep.sum())
     if extra > 0:
-        zero_idx = torch.nonzero(~nonzero).flatten()[:extra]
-        nonzero[zero_idx] = True
-    return torch.nonzero(nonzero).flatten()
+        keep[torch.nonzero(~keep).flatten()[:extra]] = True
+    return keep
 
 
-def prune_channels(model: nn.Module, threshold: float = 0.0, round_to: int = 1) -> None:
-    """Removes the zero-factor channels of every :class:`ChannelGated`, in place, and unwraps it.
+def prune_channels(
+    model: nn.Module, threshold: float = 0.0, round_to: int = 1, kinds: Sequence[str] = ("channel", "group")
+) -> None:
+    """Removes the zero-factor channels and groups, in place, and drops the gates.
 
-    The surviving factors are folded into the consumer's input weights (exact for λ ≥ 0 through
-    pooling and activations). A layer keeps at least one channel, and with ``round_to`` a
-    multiple of that many (fast kernels prefer widths like 8 or 16): the extra channels keep a
-    zero factor, so they contribute exactly nothing and the function is unchanged.
+    Factors with ``|λ| <= threshold`` count as zero; every factor is folded into the layers it
+    scales, so the function is unchanged. A structure group keeps at least one member, and
+    with ``round_to`` a multiple of that many (fast kernels prefer widths like 8 or 16): the
+    extra ones keep a zero factor, so they contribute exactly nothing. Factors of a kind not
+    in ``kinds`` are folded and nothing of theirs is removed.
     """
-    wrapped = [(name, m) for name, m in model.named_modules() if isinstance(m, ChannelGated)]
-    for name, wrapper in wrapped:
-        site, lam = wrapper.site, wrapper.gate.weight.detach()
-        if bool((lam < 0).any()):
-            raise UnsupportedModelError(
-                f"{name}: negative channel factors cannot be folded exactly; train them with nonneg=True"
-            )
-        lam = torch.where(lam.abs() <= threshold, torch.zeros_like(lam), lam)
-        keep = _kept_channels(lam, round_to)
-        producer, consumer = _unwrapped(model, site.producer), _unwrapped(model, site.consumer)
-        with torch.no_grad():
-            if isinstance(consumer, nn.Conv2d):
-                consumer.weight.mul_(lam.view(1, -1, 1, 1))
-                consumer.weight = _index(consumer.weight, 1, keep)
-                consumer.in_channels = keep.numel()
-            else:
-                cols = (keep[:, None] * site.spatial + torch.arange(site.spatial)).flatten()
-                consumer.weight.mul_(lam.repeat_interleave(site.spatial).view(1, -1))
-                consumer.weight = _index(consumer.weight, 1, cols)
-                consumer.in_features = cols.numel()
-            producer.weight = _index(producer.weight, 0, keep)
-            if producer.bias is not None:
-                producer.bias = _index(producer.bias, 0, keep)
-            if isinstance(producer, nn.Conv2d):
-                producer.out_channels = keep.numel()
-            else:
-                producer.out_features = keep.numel()
-            if site.norm is not None:
-                norm = _unwrapped(model, site.norm)
-                for attr in ("weight", "bias", "running_mean", "running_var"):
-                    setattr(norm, attr, _index(getattr(norm, attr), 0, keep))
-                norm.num_features = keep.numel()
-        model.set_submodule(name, wrapper.inner)
+    wrappers = [(name, m) for name, m in model.named_modules() if isinstance(m, ChannelGated)]
+    cuts: dict[tuple[str, str], set[int]] = {}
+    with torch.no_grad():
+        for name, owner in wrappers:
+            if owner.group is None:
+                continue
+            lam = owner.gate.weight
+            if bool((lam < 0).any()):
+                raise UnsupportedModelError(
+                    f"{name}: negative channel factors cannot be folded exactly; train them with nonneg=True"
+                )
+            lam[lam.abs() <= threshold] = 0.0
+            if owner.gate.kind not in kinds:
+                continue
+            removed = torch.nonzero(~_kept_channels(lam, round_to)).flatten().tolist()
+            for s in owner.group.slices:
+                cuts.setdefault((s.path, s.role), set()).update(i for c in removed for i in s.index[c])
+        for name, wrapper in wrappers:
+            fold_output_scale(wrapper.inner, wrapper.scale())
+            model.set_submodule(name, wrapper.inner)
+    for (path, role), idxs in cuts.items():
+        module = model.get_submodule(path)
+        if idxs and role == "groups":
+            _cut_conv_groups(module, sorted(idxs))
+        elif idxs:
+            pruner = tp.pruner.function.PrunerBox[tp.ops.module2type(module)]
+            fn = pruner.prune_out_channels if role == "out" else pruner.prune_in_channels
+            fn(module, sorted(idxs))
+
+
+def _cut_conv_groups(conv: nn.Conv1d | nn.Conv2d, out_idxs: list[int]) -> None:
+    """Removes whole groups of a grouped conv, given all their output channels: their filters
+    go, and so do the input channels they read (the caller cuts those from the producers)."""
+    per_group = conv.out_channels // conv.groups
+    removed = len(out_idxs) // per_group
+    keep = torch.ones(conv.out_channels, dtype=torch.bool)
+    keep[out_idxs] = False
+    conv.weight = nn.Parameter(conv.weight.detach()[keep].clone(), requires_grad=conv.weight.requires_grad)
+    if conv.bias is not None:
+        conv.bias = nn.Parameter(conv.bias.detach()[keep].clone(), requires_grad=conv.bias.requires_grad)
+    conv.in_channels -= removed * (conv.in_channels // conv.groups)
+    conv.out_channels -= removed * per_group
+    conv.groups -= removed

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
-#: Structure kinds a gate can sit on. Only "block" is attached by this release.
+#: Structure kinds a gate can sit on.
 KINDS = ("block", "group", "channel")
 
 
@@ -36,6 +37,47 @@ class Gate(nn.Module):
 
     def extra_repr(self) -> str:
         return f"kind={self.kind!r}, size={self.weight.numel()}"
+
+
+class ChannelGated(nn.Module):
+    """Runs ``inner`` (a layer) and scales each output channel by its group's factor.
+
+    A layer's output channels may belong to several channel groups (a BatchNorm that reads a
+    DenseNet concat) and a group's factor scales several layers (every producer of a residual
+    sum). So each wrapper holds plain references to the gates of its slices, and ``pick``
+    maps output channel ``k`` to its factor in the concatenation of those gates' weights (the
+    last entry, a constant 1, for channels of no group). The gate of a group is registered
+    once, as ``.gate`` of the wrapper of the group's first layer (``group`` is set there).
+    """
+
+    def __init__(self, inner: nn.Module, width: int) -> None:
+        super().__init__()
+        self.inner = inner
+        self.group: Any = None
+        self.slice_gates: list[Gate] = []
+        self.register_buffer("pick", torch.full((width,), -1, dtype=torch.long), persistent=False)
+
+    def add_slice(self, gate: Gate, index: Sequence[Sequence[int]], group: Any = None) -> None:
+        """Scales output channels ``index[c]`` by ``gate.weight[c]``; ``group`` makes this the owner."""
+        offset = sum(g.weight.numel() for g in self.slice_gates)
+        self.slice_gates.append(gate)
+        if group is not None:
+            self.gate, self.group = gate, group
+        for c, outs in enumerate(index):
+            self.pick[list(outs)] = offset + c
+
+    def scale(self) -> torch.Tensor:
+        """The factor of each output channel (1 where no group owns it)."""
+        one = self.slice_gates[0].weight.new_ones(1)
+        flat = torch.cat([g.weight for g in self.slice_gates] + [one])
+        return flat[torch.where(self.pick < 0, flat.numel() - 1, self.pick)]
+
+    def scaled(self, y: torch.Tensor) -> torch.Tensor:
+        """``y`` (this layer's output) times the channel factors."""
+        return y * self.scale().view((1, -1) + (1,) * (y.dim() - 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scaled(self.inner(x))
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import copy
 import torch
 from torch import nn
 
-from sss.structures.gate import Gate
+from sss.structures.gate import ChannelGated, Gate
 
 
 class ResidualBlock(nn.Module):
@@ -34,11 +34,14 @@ class ResidualBlock(nn.Module):
         *body, last = self.branch
         for layer in body:
             x = layer(x)
+        wrapper = last if isinstance(last, ChannelGated) else None  # channel factors on the same layer
+        last = wrapper.inner if wrapper is not None else last
         lam = self.gate.weight
         params = {"weight": last.weight * lam}
         if last.bias is not None:
             params["bias"] = last.bias * lam
-        return torch.func.functional_call(last, params, (x,))
+        out = torch.func.functional_call(last, params, (x,))
+        return wrapper.scaled(out) if wrapper is not None else out
 
     def removed_form(self) -> nn.Module | None:
         """The module that computes this block's output when λ = 0 (``None``: identity)."""
@@ -79,7 +82,7 @@ def fold_output_scale(layer: nn.Module, scale: torch.Tensor) -> None:
             layer.weight.mul_(scale)
             layer.bias.mul_(scale)
         elif isinstance(layer, nn.Conv2d | nn.Linear | nn.Conv1d):
-            layer.weight.mul_(scale)
+            layer.weight.mul_(scale.view(-1, *[1] * (layer.weight.dim() - 1)))
             if layer.bias is not None:
                 layer.bias.mul_(scale)
         else:

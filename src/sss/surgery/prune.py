@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import copy
 from collections import OrderedDict
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from sss.structures.channels import prune_channels
-from sss.structures.gate import gates
+from sss.structures.gate import KINDS, gates
 from sss.structures.residual import ResidualBlock
+from sss.structures.traced_blocks import compact_traced_block, is_traced_block
 from sss.surgery.shapes import layer_shapes
 
 
@@ -54,7 +56,9 @@ def remove_blocks(model: nn.Module, names: list[str]) -> None:
     _replace_blocks(model, forms)
 
 
-def prune(model: nn.Module, threshold: float = 0.0, *, round_to: int = 1) -> nn.Module:
+def prune(
+    model: nn.Module, threshold: float = 0.0, *, round_to: int = 1, structures: Sequence[str] = KINDS
+) -> nn.Module:
     """Returns a plain copy of ``model`` without the structures whose factor is zero.
 
     Channels with ``|λ| <= threshold`` lose their filter, BN entry and the consumer's input
@@ -68,14 +72,20 @@ def prune(model: nn.Module, threshold: float = 0.0, *, round_to: int = 1) -> nn.
         threshold: Factors at or below this magnitude count as zero. Keep 0 for APG/ISTA,
             whose zeros are exact; the L1-subgradient SGD baseline needs a positive one.
         round_to: Keep channel counts a multiple of this (extra channels keep a zero factor).
+        structures: The kinds to remove (default: all). The factors of other kinds are folded
+            into the weights and their structures stay, zero or not.
     """
     was_training = model.training
     compact = copy.deepcopy(model).eval()
-    prune_channels(compact, threshold, round_to)
+    prune_channels(compact, threshold, round_to, kinds=structures)
+    block_threshold = threshold if "block" in structures else -1.0  # -1: nothing counts as zero
     blocks = {n: m for n, m in compact.named_modules() if isinstance(m, ResidualBlock) and m.factor() is not None}
-    replacement = {name: block.compact(threshold) for name, block in blocks.items()}
+    replacement = {name: block.compact(block_threshold) for name, block in blocks.items()}
     removed = [name for name, new in replacement.items() if new is None or not isinstance(new, ResidualBlock)]
     _replace_blocks(compact, replacement)
+    for m in list(compact.modules()):
+        if is_traced_block(m):
+            compact_traced_block(m, block_threshold)
     leftover = gates(compact)
     if leftover:
         raise NotImplementedError(f"cannot fold gate(s) {[g.name for g in leftover]} of this kind yet")

@@ -9,11 +9,12 @@ _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 
 def layer_shapes(model: nn.Module) -> dict[str, list[int]]:
-    """``{path: [in, out]}`` for conv/linear layers and ``{path: [features]}`` for BatchNorms."""
+    """``{path: [in, out, groups]}`` for convs, ``{path: [in, out]}`` for linear layers and
+    ``{path: [features]}`` for BatchNorms."""
     shapes: dict[str, list[int]] = {}
     for name, m in model.named_modules():
         if isinstance(m, nn.Conv2d):
-            shapes[name] = [m.in_channels, m.out_channels]
+            shapes[name] = [m.in_channels, m.out_channels, m.groups]
         elif isinstance(m, nn.Linear):
             shapes[name] = [m.in_features, m.out_features]
         elif isinstance(m, _NORMS):
@@ -29,7 +30,8 @@ def apply_layer_shapes(model: nn.Module, shapes: dict[str, list[int]]) -> None:
             continue
         m = model.get_submodule(name)
         if isinstance(m, nn.Conv2d):
-            new: nn.Module = nn.Conv2d(shape[0], shape[1], m.kernel_size, m.stride, m.padding, m.dilation, m.groups,
+            groups = shape[2] if len(shape) > 2 else m.groups  # specs before group factors had no groups
+            new: nn.Module = nn.Conv2d(shape[0], shape[1], m.kernel_size, m.stride, m.padding, m.dilation, groups,
                                        m.bias is not None, m.padding_mode)  # fmt: skip
         elif isinstance(m, nn.Linear):
             new = nn.Linear(shape[0], shape[1], m.bias is not None)

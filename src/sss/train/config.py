@@ -22,6 +22,7 @@ class TrainConfig:
     ``after_freeze`` says what the compact model starts from: ``continue`` keeps the trained
     weights (surviving factors folded in), ``rewind`` resets them to their initial values, as
     lottery-ticket rewinding does (docs/design.md, "freezing the selection").
+    ``round_to`` keeps pruned channel counts a multiple of that many (fast kernels like 8).
     """
 
     model: str = "resnet20"
@@ -35,6 +36,7 @@ class TrainConfig:
     sparsity: str = "apg"
     gamma: float | dict[str, float] = 0.01
     prune_threshold: float = 0.0
+    round_to: int = 1
     freeze_epoch: int | None = None
     after_freeze: str = "continue"
     epochs: int = 10
@@ -80,6 +82,8 @@ class TrainConfig:
         if self.after_freeze not in ("continue", "rewind"):
             problems.append(f"after_freeze must be 'continue' or 'rewind', got {self.after_freeze!r}")
         gammas = self.gamma.values() if isinstance(self.gamma, dict) else [self.gamma]
+        if self.round_to < 1:
+            problems.append(f"round_to must be >= 1, got {self.round_to}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or any(g < 0 for g in gammas):
             problems.append("need epochs >= 1, batch_size >= 1, lr > 0, gamma >= 0")
         if isinstance(self.gamma, dict) and set(self.gamma) - set(self.structures):

@@ -163,7 +163,7 @@ class Trainer:
             with torch.no_grad():
                 for ref in refs:
                     ref.weight.copy_(masks[ref.name])
-        self.model = prune(self.model, self.cfg.prune_threshold)
+        self.model = prune(self.model, self.cfg.prune_threshold, round_to=self.cfg.round_to)
         self.weights_opt, self.factors_opt = self._build_optimizers()
         self.frozen_masks = masks
 
@@ -171,8 +171,8 @@ class Trainer:
     def _freeze_and_log(self) -> None:
         self.selected = copy.deepcopy(self.model).to(memory_format=torch.contiguous_format)
         gated_acc = evaluate(self.selected, self.val_data, self.cfg.eval_batch_size)[0]
-        compact_acc = evaluate(prune(self.selected, self.cfg.prune_threshold), self.val_data,
-                               self.cfg.eval_batch_size)[0]  # fmt: skip
+        compact = prune(self.selected, self.cfg.prune_threshold, round_to=self.cfg.round_to)
+        compact_acc = evaluate(compact, self.val_data, self.cfg.eval_batch_size)[0]
         self._freeze()
         zeros = sum(int((m == 0).sum()) for m in self.frozen_masks.values())
         rewound = "; weights rewound to their initial values" if self.init_state is not None else ""
@@ -276,7 +276,7 @@ class Trainer:
         else:
             zeros = sum(r.num_zero for r in refs)
         total = self.num_factors
-        macs = count(prune(self.model, self.cfg.prune_threshold), self.example)[0]
+        macs = count(prune(self.model, self.cfg.prune_threshold, round_to=self.cfg.round_to), self.example)[0]
         record = {
             "epoch": self.epoch, "lr": lr, "train_loss": train_loss, "train_acc": train_acc,
             "val_loss": val_loss, "val_acc": val_acc, "zero_factors": zeros, "factors": total,
@@ -296,7 +296,7 @@ class Trainer:
         if self.cfg.sparsity == "sgd":
             n = zero_small_factors(model, self.cfg.prune_threshold)
             self.log(f"zeroed {n} factor(s) with |λ| <= {self.cfg.prune_threshold} (L1-SGD pruning threshold)")
-        compact = prune(model)
+        compact = prune(model, round_to=self.cfg.round_to)
         save(model, self.out / "model")
         save(compact, self.out / "compact")
         return TrainResult(model, compact, self.selected, self.history, self.factor_trace)

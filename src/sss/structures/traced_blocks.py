@@ -1,0 +1,148 @@
+"""Block factors on any model's residual blocks, found by tracing each submodule with ``torch.fx``.
+
+A submodule is a *block* when its traced graph has exactly one residual sum
+``add(branch, shortcut)`` whose two operands both come from the module's input along
+disjoint paths (the shortcut may be the input itself, or a downsample), and whose branch
+ends in a BatchNorm, conv or linear layer: torchvision's BasicBlock and Bottleneck,
+pre-activation blocks, MobileNetV2's inverted residuals. The block is replaced by its traced
+``GraphModule`` with a :class:`Gate` (``.gate``) on the branch: ``post(shortcut + λ·branch)``.
+
+When ``λ = 0`` the block becomes the same graph without its branch: the shortcut and the ops
+after the sum (a final ReLU), exactly. Otherwise λ is folded into the branch's last layer.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Sequence
+
+import torch
+from torch import fx, nn
+
+from sss.structures.gate import ChannelGated, Gate
+from sss.structures.residual import ResidualBlock, fold_output_scale
+
+_ADDS = (operator.add, operator.iadd, torch.add)
+_AFFINE = (nn.BatchNorm1d, nn.BatchNorm2d, nn.Conv1d, nn.Conv2d, nn.Linear)
+
+
+class _Tracer(fx.Tracer):
+    """Keeps sss wrappers (and torch.nn layers) as leaves, so their parameters stay modules."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, ChannelGated | Gate) or super().is_leaf_module(m, qualname)
+
+
+def _ancestors(node: fx.Node) -> set[fx.Node]:
+    seen, stack = set(), [node]
+    while stack:
+        for arg in stack.pop().all_input_nodes:
+            if arg not in seen:
+                seen.add(arg)
+                stack.append(arg)
+    return seen
+
+
+def _residual_add(gm: fx.GraphModule) -> fx.Node | str:
+    """The block's one residual sum (args: branch, shortcut), or why there is none."""
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    if len(placeholders) != 1:
+        return "its forward takes more than one input"
+    x = placeholders[0]
+    modules = dict(gm.named_modules())
+    found = []
+    for node in gm.graph.nodes:
+        if node.op != "call_function" or node.target not in _ADDS or len(node.args) != 2:
+            continue
+        a, b = node.args
+        if not (isinstance(a, fx.Node) and isinstance(b, fx.Node)):
+            continue
+        anc_a, anc_b = _ancestors(a) | {a}, _ancestors(b) | {b}
+        if x not in anc_a or x not in anc_b:
+            continue
+        # The branch is the operand with layers of its own; the shortcut shares none of them.
+        if (anc_a & anc_b) - ({x} | (_ancestors(x))):
+            continue
+        branch, shortcut = (a, b) if len(anc_a) >= len(anc_b) else (b, a)
+        found.append((node, branch, shortcut))
+    if len(found) != 1:
+        return f"it has {len(found)} residual sums of its input (a block has exactly one)"
+    node, branch, shortcut = found[0]
+    last = modules.get(branch.target) if branch.op == "call_module" else None
+    last = last.inner if isinstance(last, ChannelGated) else last
+    if not isinstance(last, _AFFINE):
+        return f"its branch ends in {branch.format_node()}, not a BatchNorm/conv/linear layer to fold λ into"
+    node.args = (branch, shortcut)
+    return node
+
+
+def _gate_block(module: nn.Module, device, dtype) -> fx.GraphModule | str:
+    try:
+        tracer = _Tracer()
+        gm = fx.GraphModule(module, tracer.trace(module), module.__class__.__name__)
+    except Exception as e:
+        return f"torch.fx cannot trace it ({type(e).__name__})"
+    add = _residual_add(gm)
+    if isinstance(add, str):
+        return add
+    if hasattr(gm, "gate"):
+        return "it already has an attribute named 'gate'"
+    gm.add_submodule("gate", Gate("block").to(device=device, dtype=dtype))
+    branch = add.args[0]
+    with gm.graph.inserting_after(branch):
+        gated = gm.graph.call_module("gate", (branch,))
+    add.replace_input_with(branch, gated)
+    gm.recompile()
+    return gm
+
+
+def attach_traced_blocks(model: nn.Module, ignore: Sequence[str] = ()) -> tuple[list[str], list[str]]:
+    """Gates every residual block of ``model`` that is not a :class:`ResidualBlock`, in place.
+
+    Returns the block paths and, for submodules with a residual sum that are not blocks, why.
+    Blocks are searched top-down; a module that is a block is not searched inside.
+    """
+    ref = next(iter(model.parameters()))
+    found, skipped, done = [], [], list(ignore)
+    for name, module in list(model.named_modules()):
+        if not name or any(name == p or name.startswith(p + ".") for p in done):
+            continue
+        if isinstance(module, ResidualBlock | ChannelGated):  # zoo blocks carry their own gate
+            done.append(name)
+            continue
+        if isinstance(module, nn.Sequential | nn.ModuleList) or not any(True for _ in module.children()):
+            continue
+        gated = _gate_block(module, ref.device, ref.dtype)
+        if isinstance(gated, str):
+            if not gated.startswith("it has "):  # not a residual block at all, or a container of blocks
+                skipped.append(f"{name}: {gated}")
+            continue
+        model.set_submodule(name, gated)
+        found.append(name)
+        done.append(name)
+    return found, skipped
+
+
+def is_traced_block(module: nn.Module) -> bool:
+    """Whether ``module`` is a block gated by :func:`attach_traced_blocks`."""
+    return isinstance(module, fx.GraphModule) and isinstance(getattr(module, "gate", None), Gate)
+
+
+def compact_traced_block(gm: fx.GraphModule, threshold: float = 0.0) -> fx.GraphModule:
+    """The gate-free block: its shortcut and post-sum ops if ``|λ| <= threshold``, else the
+    block with λ folded into the branch's last layer. ``gm`` is modified in place."""
+    lam = gm.gate.weight.detach()
+    gate_node = next(n for n in gm.graph.nodes if n.op == "call_module" and n.target == "gate")
+    branch = gate_node.args[0]
+    if float(lam.abs().max()) <= threshold:
+        add = next(iter(gate_node.users))
+        shortcut = add.args[1] if add.args[0] is gate_node else add.args[0]
+        add.replace_all_uses_with(shortcut)
+        gm.graph.erase_node(add)
+    else:
+        fold_output_scale(gm.get_submodule(branch.target), lam)
+        gate_node.replace_all_uses_with(branch)
+    gm.graph.eliminate_dead_code()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+    return gm
