@@ -5,7 +5,7 @@
 
 The teacher is the dense ResNet-20 that bench_demo.py trained (8 epochs on the demo's 30k
 subset); SSS is that script's result on the same data. GAL trains block masks without
-labels for GAL_EPOCHS, removes the zero blocks and fine-tunes for FINETUNE_EPOCHS.
+labels for GAL_EPOCHS, removes the zero blocks and fine-tunes (--finetune-epochs, --finetune-lr).
 Bar: >= 30% fewer MACs, fine-tuned accuracy within 1 point of the teacher.
 Writes benchmarks/results/gal_resnet.json.
 """
@@ -27,13 +27,15 @@ from sss.gal import GALConfig, GALTrainer
 from sss.train import Trainer
 
 RESULTS = Path(__file__).parent / "results"
-GAL_EPOCHS, FINETUNE_EPOCHS = 3, 3
+GAL_EPOCHS = 3
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gamma", type=float, default=0.6)
     parser.add_argument("--freeze-epoch", type=int, default=None, help="end the mask selection after this epoch")
+    parser.add_argument("--finetune-epochs", type=int, default=3)
+    parser.add_argument("--finetune-lr", type=float, default=0.01, help="peak of the cosine schedule")
     parser.add_argument("--demo", default="runs/bench_demo", help="where bench_demo.py left its runs")
     parser.add_argument("--out", default="runs/bench_gal_resnet")
     args = parser.parse_args()
@@ -46,8 +48,8 @@ def main() -> int:
     gal = GALTrainer(gal_cfg, train_data=train, progress=False).fit()
     gated = gal.selected if gal.selected is not None else gal.model  # the gated student at removal
     g_acc, c_acc = sss.evaluate(gated, test)[0], sss.evaluate(sss.prune(gated), test)[0]
-    ft_cfg = dataclasses.replace(DEMO_CONFIG, sparsity="none", freeze_epoch=None, epochs=FINETUNE_EPOCHS, lr=0.01,
-                               out_dir=str(out / "finetune"))  # fmt: skip
+    ft_cfg = dataclasses.replace(DEMO_CONFIG, sparsity="none", freeze_epoch=None, epochs=args.finetune_epochs,
+                                 lr=args.finetune_lr, out_dir=str(out / "finetune"))  # fmt: skip
     tuned = Trainer(ft_cfg, train_data=train, model=copy.deepcopy(gal.compact).train(), progress=False).fit().model
     example = torch.zeros(1, 1, 28, 28)
     teacher = sss.load(demo / "dense" / "model")
@@ -61,10 +63,11 @@ def main() -> int:
     report = {
         "gamma": args.gamma,
         "freeze_epoch": args.freeze_epoch,
+        "finetune_lr": args.finetune_lr,
         "budget_epochs": {
             "teacher": DEMO_CONFIG.epochs,
             "gal": GAL_EPOCHS,
-            "finetune": FINETUNE_EPOCHS,
+            "finetune": args.finetune_epochs,
             "sss": DEMO_CONFIG.epochs,
         },
         "rows": rows,

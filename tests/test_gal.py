@@ -1,6 +1,7 @@
 """GAL: label-free training, a frozen teacher, masks driven to exact zeros, exact removal."""
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ import torch
 import sss
 from conftest import synthetic_dataset
 from sss.gal import Discriminator, GALConfig, GALTrainer
-from sss.train import TrainConfig, Trainer
+from sss.train import TrainConfig, Trainer, load_config
 
 
 def _quiet(msg):
@@ -87,3 +88,23 @@ def test_student_weights_train(teacher, tmp_path):
     trainer.fit()
     assert not torch.equal(trainer.model.stem[0].weight, start)
     assert all(p.requires_grad for p in trainer.model.parameters())
+
+
+def test_official_switch_reproduces_the_quirks(teacher, tmp_path):
+    disc = Discriminator(10, official=True)
+    assert not any(isinstance(m, torch.nn.LeakyReLU) for m in disc.modules())
+    assert 0 < float(disc(torch.randn(4, 10)).min()) < 1  # a probability, fed to a with-logits loss
+    before = {k: v.clone() for k, v in sss.load(teacher).state_dict().items()}
+    trainer = GALTrainer(_gal_cfg(teacher, tmp_path, official=True, epochs=1), train_data=synthetic_dataset(128),
+                         log=_quiet, progress=False)  # fmt: skip
+    masks = torch.cat([g.weight.detach().clone() for g in sss.gates(trainer.model)])
+    assert bool((masks < 0).any()) and not bool((masks == 1).all())  # N(0, 1), not ones
+    trainer.fit()
+    after = trainer.teacher.state_dict()
+    assert not all(torch.equal(before[k], after[k]) for k in before if "running_mean" in k)  # train-mode teacher
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parent.parent / "configs" / "gal").glob("*.yaml")))
+def test_shipped_gal_configs_are_valid(path):
+    cfg = load_config(path, cls=GALConfig)
+    assert cfg.model in sss.models.list_models() and cfg.teacher and cfg.epochs == 100

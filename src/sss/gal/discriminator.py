@@ -16,14 +16,18 @@ class Discriminator(nn.Module):
     before a with-logits loss (so its probabilities never drop below 0.5); neither is copied.
     """
 
-    def __init__(self, in_features: int, hidden: Sequence[int] = (128, 256, 128)) -> None:
+    def __init__(self, in_features: int, hidden: Sequence[int] = (128, 256, 128), *, official: bool = False) -> None:
+        """``official=True`` rebuilds the official code's D for parity runs: no nonlinearities,
+        and a sigmoid on the output that the with-logits loss then applies again."""
         super().__init__()
         layers: list[nn.Module] = []
         width = in_features
         for h in hidden:
-            layers += [nn.Linear(width, h), nn.LeakyReLU(0.2, inplace=True)]
+            layers += [nn.Linear(width, h)] + ([] if official else [nn.LeakyReLU(0.2, inplace=True)])
             width = h
         layers.append(nn.Linear(width, 1))
+        if official:
+            layers.append(nn.Sigmoid())
         self.net = nn.Sequential(*layers)
 
     def forward(self, logits: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,7 @@ from sss.errors import TrainingDivergedError
 from sss.gal.discriminator import Discriminator
 from sss.optim import FISTA, factor_param_groups, weight_param_groups
 from sss.serialization import load, load_state
-from sss.structures import attach
+from sss.structures import attach, gates
 from sss.train.config import TrainConfig
 from sss.train.engine import CHECKPOINT, Trainer, TrainResult
 from sss.viz import plot_metrics
@@ -36,6 +36,10 @@ class GALConfig(TrainConfig):
         d_lr: Discriminator learning rate (same schedule as ``lr``).
         mask_interval: FISTA updates the masks every this many steps (official code: 200).
         restart: FISTA's adaptive restart.
+        official: Reproduce the official code's quirks for parity runs (docs/design.md, "GAL"):
+            a linear discriminator with a double sigmoid, the L1 term applied twice (as a
+            subgradient in the loss and in the prox), masks drawn from N(0, 1) (seeded here)
+            and the teacher in train mode (batch statistics). Off by default.
     """
 
     teacher: str = ""
@@ -43,6 +47,7 @@ class GALConfig(TrainConfig):
     d_lr: float = 0.01
     mask_interval: int = 1
     restart: bool = False
+    official: bool = False
     lr: float = 0.01
     weight_decay: float = 2e-4
     gamma: float = 0.6
@@ -86,13 +91,19 @@ class GALTrainer(Trainer):
         if cfg.channels_last:
             self.teacher = self.teacher.to(memory_format=torch.channels_last)
         num_logits = self.teacher(self.example).shape[-1]
-        self.discriminator = Discriminator(num_logits)
+        self.discriminator = Discriminator(num_logits, official=cfg.official)
         self.d_opt = SGD(self.discriminator.parameters(), lr=cfg.d_lr, momentum=cfg.momentum,
                          weight_decay=cfg.weight_decay)  # fmt: skip
 
     def _build_model(self, data: ArrayDataset) -> nn.Module:
         student = copy.deepcopy(self.teacher).requires_grad_(True)  # the teacher's copy was frozen
-        return attach(student, self.example, structures=self.cfg.structures, inplace=True).train()
+        student = attach(student, self.example, structures=self.cfg.structures, inplace=True).train()
+        if self.cfg.official:  # masks ~ N(0, 1), as the official code (which sets no seed)
+            gen = torch.Generator().manual_seed(self.cfg.seed)
+            with torch.no_grad():
+                for ref in gates(student):
+                    ref.weight.copy_(torch.randn(ref.weight.shape, generator=gen))
+        return student
 
     def _build_optimizers(self):
         cfg = self.cfg
@@ -127,8 +138,15 @@ class GALTrainer(Trainer):
         )
         return result
 
+    def _l1(self) -> torch.Tensor:
+        """``Σ γ_kind·‖m‖₁``: the official code's extra L1 term in the student loss."""
+        gamma = self.cfg.gamma
+        return sum(((gamma[r.kind] if isinstance(gamma, dict) else gamma) * r.weight.abs().sum()
+                    for r in gates(self.model)), torch.zeros(()))  # fmt: skip
+
     def _train_epoch(self) -> tuple[float, float]:
         cfg, student, teacher, disc = self.cfg, self.model, self.teacher, self.discriminator
+        teacher.train(cfg.official)  # the official code never calls teacher.eval()
         student.train()
         disc.train()
         totals = {"g": 0.0, "d": 0.0, "real": 0, "fake": 0, "agree": 0, "n": 0}
@@ -149,6 +167,8 @@ class GALTrainer(Trainer):
             # Student step: match the teacher and fool the (now fixed) discriminator.
             disc.requires_grad_(False)
             loss_g = cfg.mu * F.mse_loss(fake, real) + bce(disc(fake), ones)
+            if cfg.official:
+                loss_g = loss_g + self._l1()
             values = (loss_g.item(), loss_d.item())
             if not all(math.isfinite(v) for v in values):
                 raise TrainingDivergedError(
