@@ -35,10 +35,11 @@ def main() -> int:
     parser.add_argument("--gamma", type=float, default=0.01)
     parser.add_argument("--freeze-epoch", type=int, default=1)
     parser.add_argument("--round-to", type=int, default=8)
+    parser.add_argument("--gamma-macs-power", type=float, default=0.0, help="scale γ by (MACs per channel)^p")
     args = parser.parse_args()
     config = dataclasses.replace(
         DEMO_CONFIG, model="vgg16_bn", model_kwargs={"width": 0.5}, structures=["channel"], gamma=args.gamma,
-        freeze_epoch=args.freeze_epoch, round_to=args.round_to,
+        freeze_epoch=args.freeze_epoch, round_to=args.round_to, gamma_macs_power=args.gamma_macs_power,
     )  # fmt: skip
     report = run_demo(args.out, config=config, baseline=True, progress=False)
     mac_ratio = 1 / (1 - report["mac_reduction"])

@@ -87,7 +87,7 @@ def run_demo(
         "config": dataclasses.asdict(base),
         "models": rows,
         "zero_factors": sum(g.num_zero for g in gates(gated)),
-        "factors": len(gates(gated)),
+        "factors": sum(g.weight.numel() for g in gates(gated)),
         "mac_reduction": 1 - final["macs"] / before["macs"],
         "removal_accuracy_diff": rows["SSS before removal"]["accuracy"] - rows["SSS after removal"]["accuracy"],
         "removal_max_rel_diff": float((gated_out - removed_out).abs().max() / gated_out.abs().max()),

@@ -47,8 +47,9 @@ def format_table(rows: Mapping[str, dict]) -> str:
         ("params", [f"{rows[n]['params'] / 1e3:.1f}k" for n in names]),
         ("latency, batch 1", [latency(rows[n], "1") for n in names]),
         ("latency, batch 64", [latency(rows[n], "64") for n in names]),
-        ("blocks per stage", ["/".join(map(str, rows[n]["blocks"])) for n in names]),
     ]
+    if any(rows[n]["blocks"] for n in names):  # zoo ResNets; plain nets have no stages
+        lines.append(("blocks per stage", ["/".join(map(str, rows[n]["blocks"])) for n in names]))
     out = ["| | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     out += [f"| {label} | " + " | ".join(cells) + " |" for label, cells in lines]
     return "\n".join(out)

@@ -108,7 +108,7 @@ class GALTrainer(Trainer):
     def _build_optimizers(self):
         cfg = self.cfg
         weights = SGD(weight_param_groups(self.model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum)
-        masks = factor_param_groups(self.model, cfg.gamma)
+        masks = factor_param_groups(self.model, cfg.gamma, self._gamma_weights())
         if not masks:
             return weights, None
         return weights, FISTA(masks, lr=cfg.lr, gamma=0.0, interval=cfg.mask_interval, restart=cfg.restart)

@@ -33,21 +33,25 @@ def weight_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def factor_param_groups(model: nn.Module, gamma: float | Mapping[str, float]) -> list[dict]:
+def factor_param_groups(
+    model: nn.Module, gamma: float | Mapping[str, float], weights: Mapping[str, float] | None = None
+) -> list[dict]:
     """The factors as optimizer param groups, one per structure kind, each with its own γ.
 
     ``gamma`` is one value for every kind (the paper's joint ResNeXt setting) or a mapping
     ``{kind: γ}``; a kind missing from the mapping raises, so no factor trains unpenalised.
+    ``weights`` (gate name → multiplier, e.g. :func:`sss.measure.mac_weights`) gives each
+    gate its own group with γ scaled by its multiplier.
     """
-    by_kind: dict[str, list[nn.Parameter]] = {}
+    groups: dict[str, dict] = {}
     for ref in gates(model):
-        by_kind.setdefault(ref.kind, []).append(ref.weight)
-    groups = []
-    for kind, params in by_kind.items():
-        if isinstance(gamma, Mapping) and kind not in gamma:
-            raise ValueError(f"gamma gives no value for the {kind!r} factors; add {kind}: <γ>")
-        groups.append({"params": params, "gamma": gamma[kind] if isinstance(gamma, Mapping) else gamma})
-    return groups
+        if isinstance(gamma, Mapping) and ref.kind not in gamma:
+            raise ValueError(f"gamma gives no value for the {ref.kind!r} factors; add {ref.kind}: <γ>")
+        g = gamma[ref.kind] if isinstance(gamma, Mapping) else gamma
+        key = ref.kind if weights is None else ref.name
+        group = groups.setdefault(key, {"params": [], "gamma": g if weights is None else g * weights[ref.name]})
+        group["params"].append(ref.weight)
+    return list(groups.values())
 
 
 def build_optimizers(
@@ -58,16 +62,18 @@ def build_optimizers(
     weight_decay: float = 1e-4,
     method: SparsityMethod = "apg",
     gamma: float | Mapping[str, float] = 0.01,
+    gamma_weights: Mapping[str, float] | None = None,
 ) -> tuple[Optimizer, Optimizer | None]:
     """Returns ``(weights optimizer, factors optimizer)`` for a gated model.
 
     The weights get Nesterov SGD (exactly MXNet's NAG). The factors get ``method``: APG
     (the paper's), ISTA, or SGD with an L1 subgradient. Both share ``lr`` so that one
     schedule drives both, as in the official code. A model without gates gets ``None``.
-    ``gamma`` is one L1 strength, or one per structure kind (``{"block": 0.1, "channel": 0.01}``).
+    ``gamma`` is one L1 strength, or one per structure kind (``{"block": 0.1, "channel": 0.01}``);
+    ``gamma_weights`` scales it per gate (see :func:`factor_param_groups`).
     """
     weights = SGD(weight_param_groups(model, weight_decay), lr=lr, momentum=momentum, nesterov=True)
-    factors = factor_param_groups(model, gamma)
+    factors = factor_param_groups(model, gamma, gamma_weights)
     if not factors:
         return weights, None
     # Each group carries its γ; the constructor's value only fills groups that have none.

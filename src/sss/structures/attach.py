@@ -58,7 +58,7 @@ def attach(
         for kind in traced:
             if not any(g.kind == kind for g in found):
                 raise UnsupportedModelError(
-                    f"{type(model).__name__} has no removable {kind} structures (sss.structures.find_structures "
+                    f"{type(model).__name__} has no removable {kind} structures (sss.find_structures "
                     "lists each candidate and why it was skipped)"
                 )
         spec = getattr(model, "sss_spec", None)
@@ -70,8 +70,8 @@ def attach(
         for block in blocks:
             if not isinstance(block.gate, Gate):
                 block.gate = Gate("block").to(device=ref.device, dtype=ref.dtype)
-        traced, skipped = attach_traced_blocks(model, ignore)
-        if not blocks and not traced:
+        found_blocks, skipped = attach_traced_blocks(model, ignore)
+        if not blocks and not found_blocks:
             reasons = f" ({'; '.join(skipped)})" if skipped else ""
             raise UnsupportedModelError(
                 f"{type(model).__name__} has no residual block to gate{reasons}: a block is a submodule whose "

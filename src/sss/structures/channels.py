@@ -68,6 +68,7 @@ def is_grouped(m: nn.Module) -> bool:
 
 
 def build_graph(model: nn.Module, example_inputs: torch.Tensor) -> tp.DependencyGraph:
+    """Torch-Pruning's dependency graph of ``model`` (traced in eval mode, so BN statistics stay)."""
     was_training = model.training
     try:
         return tp.DependencyGraph().build_dependency(model.eval(), example_inputs=example_inputs)
@@ -82,6 +83,7 @@ def build_graph(model: nn.Module, example_inputs: torch.Tensor) -> tp.Dependency
 
 
 def call_counts(model: nn.Module, example_inputs: torch.Tensor) -> dict[nn.Module, int]:
+    """How many times each conv/linear/BN runs in one forward (a shared layer's width is not free)."""
     counts: dict[nn.Module, int] = {}
     hooks = [m.register_forward_hook(lambda m, i, o: counts.__setitem__(m, counts.get(m, 0) + 1))
              for m in model.modules() if isinstance(m, LAYERS + _NORMS)]  # fmt: skip

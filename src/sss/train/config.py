@@ -23,6 +23,9 @@ class TrainConfig:
     weights (surviving factors folded in), ``rewind`` resets them to their initial values, as
     lottery-ticket rewinding does (docs/design.md, "freezing the selection").
     ``round_to`` keeps pruned channel counts a multiple of that many (fast kernels like 8).
+    ``gamma_macs_power`` p scales γ per gate by (MACs one of its structures costs)^p,
+    normalised to 1 on average per kind: 0 (default) is the paper's uniform γ, 1 aims the
+    penalty at compute, 0.5 is in between (docs/design.md, "channel selection").
     """
 
     model: str = "resnet20"
@@ -35,6 +38,7 @@ class TrainConfig:
     structures: list[str] = field(default_factory=lambda: ["block"])
     sparsity: str = "apg"
     gamma: float | dict[str, float] = 0.01
+    gamma_macs_power: float = 0.0
     prune_threshold: float = 0.0
     round_to: int = 1
     freeze_epoch: int | None = None

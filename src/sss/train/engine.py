@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from sss.data import ArrayDataset, iterate_batches, load_dataset, split_validation
 from sss.errors import TrainingDivergedError
-from sss.measure import count, evaluate
+from sss.measure import count, evaluate, mac_weights
 from sss.models import create
 from sss.optim import build_optimizers
 from sss.serialization import load_state, save, save_state
@@ -139,7 +139,12 @@ class Trainer:
         cfg = self.cfg
         method = cfg.sparsity if cfg.sparsity != "none" else "apg"
         return build_optimizers(self.model, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                                method=method, gamma=cfg.gamma)  # fmt: skip
+                                method=method, gamma=cfg.gamma, gamma_weights=self._gamma_weights())  # fmt: skip
+
+    def _gamma_weights(self) -> dict[str, float] | None:
+        """Per-gate γ multipliers when ``gamma_macs_power`` > 0 (see :func:`sss.measure.mac_weights`)."""
+        power = self.cfg.gamma_macs_power
+        return mac_weights(self.model, self.example, power) if power > 0 and gates(self.model) else None
 
     @property
     def frozen(self) -> bool:

@@ -1,0 +1,46 @@
+"""What one structure costs: the MACs that removing it saves, per gate, measured."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from sss.measure.count import count
+from sss.structures.gate import gates
+from sss.surgery.prune import prune
+
+
+def structure_macs(model: nn.Module, example_inputs: torch.Tensor) -> dict[str, float]:
+    """``{gate name: MACs per structure}`` of a gated model, by measurement: each gate's
+    factors are zeroed in turn, the model is pruned and counted, and the MACs saved are
+    divided by the structures removed. Measuring (instead of a formula per layer type)
+    covers every layer a structure touches: its filters, its BN, the readers' inputs.
+    """
+    full = count(model, example_inputs)[0]
+    costs = {}
+    for ref in gates(model):
+        saved = ref.weight.detach().clone()
+        with torch.no_grad():
+            ref.weight.zero_()
+        try:
+            removed = ref.weight.numel() - (1 if ref.kind != "block" else 0)  # a layer keeps one channel
+            costs[ref.name] = (full - count(prune(model), example_inputs)[0]) / max(1, removed)
+        finally:
+            with torch.no_grad():
+                ref.weight.copy_(saved)
+    return costs
+
+
+def mac_weights(model: nn.Module, example_inputs: torch.Tensor, power: float = 1.0) -> dict[str, float]:
+    """Per-gate multipliers of γ proportional to :func:`structure_macs` to the ``power``,
+    normalised so that the average over all factors of a kind is 1 (the kind's γ keeps its
+    meaning on average)."""
+    costs = {name: macs**power for name, macs in structure_macs(model, example_inputs).items()}
+    sizes = {r.name: r.weight.numel() for r in gates(model)}
+    kinds = {r.name: r.kind for r in gates(model)}
+    weights = {}
+    for kind in set(kinds.values()):
+        names = [n for n in costs if kinds[n] == kind]
+        mean = sum(costs[n] * sizes[n] for n in names) / sum(sizes[n] for n in names)
+        weights.update({n: costs[n] / mean if mean > 0 else 1.0 for n in names})
+    return weights
