@@ -1,12 +1,15 @@
 """Channel selection on a real dataset: VGG-16-BN with channel factors on Fashion-MNIST.
 
-    .venv/bin/python benchmarks/bench_vgg_channels.py [--out runs/bench_vgg] [--gamma 0.01]
+    .venv/bin/python benchmarks/bench_vgg_channels.py --gamma 0.003 --freeze-epoch 2
+    .venv/bin/python benchmarks/bench_vgg_channels.py --gamma 0.002 --freeze-epoch 2 \
+        --gamma-macs-power 1 --out runs/bench_vgg_macs --name vgg_channels_macs
 
 Trains a half-width VGG-16-BN (67M MACs at 28x28) with one factor per channel and, on the
 same schedule and data, a dense one; removes the zero channels (counts rounded to a multiple
-of 8, which CPU kernels prefer) and writes benchmarks/results/vgg_channels.json, the figures
-in the README. The recipe is the demo's: APG selects in epoch 1, the compact model is rewound
-and trained for the remaining 7 epochs (docs/design.md, "freezing the selection").
+of 8, which CPU kernels prefer) and writes benchmarks/results/NAME.json, the figures in the
+README (the first command: uniform γ; the second: γ weighted by MACs per channel). The
+recipe is the demo's with the selection frozen after epoch 2: the compact model is rewound
+and trained for the remaining 6 epochs (docs/design.md, "channel selection").
 Targets (issue 3), one PASS/FAIL line each:
 - >= 40% fewer MACs than the dense model;
 - test accuracy within 1 point of the dense model trained with the same schedule;
@@ -36,6 +39,7 @@ def main() -> int:
     parser.add_argument("--freeze-epoch", type=int, default=1)
     parser.add_argument("--round-to", type=int, default=8)
     parser.add_argument("--gamma-macs-power", type=float, default=0.0, help="scale γ by (MACs per channel)^p")
+    parser.add_argument("--name", default="vgg_channels", help="results file stem in benchmarks/results/")
     args = parser.parse_args()
     config = dataclasses.replace(
         DEMO_CONFIG, model="vgg16_bn", model_kwargs={"width": 0.5}, structures=["channel"], gamma=args.gamma,
@@ -54,8 +58,8 @@ def main() -> int:
     report["machine"] = {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                          "torch": torch.__version__}  # fmt: skip
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "vgg_channels.json").write_text(json.dumps(report, indent=2) + "\n")
-    (RESULTS / "vgg_channels.md").write_text((Path(args.out) / "report.md").read_text())
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (RESULTS / f"{args.name}.md").write_text((Path(args.out) / "report.md").read_text())
     print(f"MAC ratio {mac_ratio:.2f}x, speedup b64 {report['speedup']['64']:.2f}x, b1 {report['speedup']['1']:.2f}x")
     for name, ok in checks.items():
         print(f"{'PASS' if ok else 'FAIL'}  {name}")
