@@ -14,15 +14,9 @@ PASS/FAIL line per target:
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-from pathlib import Path
 
-import torch
-
+from demo_checks import check_and_save
 from sss.cli.demo import run_demo
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def main() -> int:
@@ -30,24 +24,7 @@ def main() -> int:
     parser.add_argument("--out", default="runs/bench_demo")
     args = parser.parse_args()
     report = run_demo(args.out, baseline=True, progress=False)
-    mac_ratio = 1 / (1 - report["mac_reduction"])
-    checks = {
-        "MACs reduced by >= 25%": report["mac_reduction"] >= 0.25,
-        "accuracy within 1 point of dense": report["accuracy_gap_vs_dense"] <= 1.0,
-        "removal changes accuracy by 0.00": abs(report["removal_accuracy_diff"]) < 0.005,
-        "batch-64 speedup >= 0.9 x MAC ratio": report["speedup"]["64"] >= 0.9 * mac_ratio,
-    }
-    report["mac_ratio"] = mac_ratio
-    report["checks"] = checks
-    report["machine"] = {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-                         "torch": torch.__version__}  # fmt: skip
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "demo.json").write_text(json.dumps(report, indent=2) + "\n")
-    (RESULTS / "demo.md").write_text((Path(args.out) / "report.md").read_text())
-    print(f"MAC ratio {mac_ratio:.2f}x, speedup b64 {report['speedup']['64']:.2f}x, b1 {report['speedup']['1']:.2f}x")
-    for name, ok in checks.items():
-        print(f"{'PASS' if ok else 'FAIL'}  {name}")
-    return 0 if all(checks.values()) else 1
+    return check_and_save(report, name="demo", out_dir=args.out, min_mac_reduction=0.25, latency_factor=0.9)
 
 
 if __name__ == "__main__":

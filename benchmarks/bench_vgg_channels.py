@@ -21,22 +21,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import platform
-from pathlib import Path
 
-import torch
-
+from demo_checks import check_and_save
 from sss.cli.demo import DEMO_CONFIG, run_demo
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/bench_vgg")
-    parser.add_argument("--gamma", type=float, default=0.01)
-    parser.add_argument("--freeze-epoch", type=int, default=1)
+    parser.add_argument("--gamma", type=float, default=0.003)
+    parser.add_argument("--freeze-epoch", type=int, default=2)
     parser.add_argument("--round-to", type=int, default=8)
     parser.add_argument("--gamma-macs-power", type=float, default=0.0, help="scale γ by (MACs per channel)^p")
     parser.add_argument("--name", default="vgg_channels", help="results file stem in benchmarks/results/")
@@ -46,24 +40,7 @@ def main() -> int:
         freeze_epoch=args.freeze_epoch, round_to=args.round_to, gamma_macs_power=args.gamma_macs_power,
     )  # fmt: skip
     report = run_demo(args.out, config=config, baseline=True, progress=False)
-    mac_ratio = 1 / (1 - report["mac_reduction"])
-    checks = {
-        "MACs reduced by >= 40%": report["mac_reduction"] >= 0.40,
-        "accuracy within 1 point of dense": report["accuracy_gap_vs_dense"] <= 1.0,
-        "removal changes accuracy by 0.00": abs(report["removal_accuracy_diff"]) < 0.005,
-        "batch-64 speedup >= 0.8 x MAC ratio": report["speedup"]["64"] >= 0.8 * mac_ratio,
-    }
-    report["mac_ratio"] = mac_ratio
-    report["checks"] = checks
-    report["machine"] = {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-                         "torch": torch.__version__}  # fmt: skip
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{args.name}.json").write_text(json.dumps(report, indent=2) + "\n")
-    (RESULTS / f"{args.name}.md").write_text((Path(args.out) / "report.md").read_text())
-    print(f"MAC ratio {mac_ratio:.2f}x, speedup b64 {report['speedup']['64']:.2f}x, b1 {report['speedup']['1']:.2f}x")
-    for name, ok in checks.items():
-        print(f"{'PASS' if ok else 'FAIL'}  {name}")
-    return 0 if all(checks.values()) else 1
+    return check_and_save(report, name=args.name, out_dir=args.out, min_mac_reduction=0.4, latency_factor=0.8)
 
 
 if __name__ == "__main__":

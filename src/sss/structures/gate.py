@@ -45,8 +45,8 @@ class ChannelGated(nn.Module):
     A layer's output channels may belong to several channel groups (a BatchNorm that reads a
     DenseNet concat) and a group's factor scales several layers (every producer of a residual
     sum). So each wrapper holds plain references to the gates of its slices, and ``pick``
-    maps output channel ``k`` to its factor in the concatenation of those gates' weights (the
-    last entry, a constant 1, for channels of no group). The gate of a group is registered
+    maps output channel ``k`` to its factor in ``[1, *gate weights...]`` (entry 0, a constant
+    1, for channels of no group). The gate of a group is registered
     once, as ``.gate`` of the wrapper of the group's first layer (``group`` is set there).
     """
 
@@ -55,11 +55,11 @@ class ChannelGated(nn.Module):
         self.inner = inner
         self.group: Any = None
         self.slice_gates: list[Gate] = []
-        self.register_buffer("pick", torch.full((width,), -1, dtype=torch.long), persistent=False)
+        self.register_buffer("pick", torch.zeros(width, dtype=torch.long), persistent=False)
 
     def add_slice(self, gate: Gate, index: Sequence[Sequence[int]], group: Any = None) -> None:
         """Scales output channels ``index[c]`` by ``gate.weight[c]``; ``group`` makes this the owner."""
-        offset = sum(g.weight.numel() for g in self.slice_gates)
+        offset = 1 + sum(g.weight.numel() for g in self.slice_gates)
         self.slice_gates.append(gate)
         if group is not None:
             self.gate, self.group = gate, group
@@ -69,8 +69,7 @@ class ChannelGated(nn.Module):
     def scale(self) -> torch.Tensor:
         """The factor of each output channel (1 where no group owns it)."""
         one = self.slice_gates[0].weight.new_ones(1)
-        flat = torch.cat([g.weight for g in self.slice_gates] + [one])
-        return flat[torch.where(self.pick < 0, flat.numel() - 1, self.pick)]
+        return torch.cat([one] + [g.weight for g in self.slice_gates])[self.pick]
 
     def scaled(self, y: torch.Tensor) -> torch.Tensor:
         """``y`` (this layer's output) times the channel factors."""
