@@ -82,6 +82,7 @@ def _cmd_prune(args: argparse.Namespace) -> None:
     from sss.measure import count
     from sss.serialization import load, save
     from sss.structures import gates
+    from sss.structures.gate import KINDS
     from sss.surgery import prune, zero_small_factors
 
     model = load(args.model)
@@ -89,7 +90,7 @@ def _cmd_prune(args: argparse.Namespace) -> None:
         raise SystemExit(f"{args.model} has no scaling factors: nothing to prune (is it already compact?)")
     if args.threshold > 0:
         zero_small_factors(model, args.threshold)
-    kinds = _kinds(args.structures) if args.structures else ("block", "group", "channel")
+    kinds = _kinds(args.structures) if args.structures else KINDS
     compact = prune(model, round_to=args.round_to, structures=kinds)
     example = torch.zeros(1, *_input_shape(args, model))
     (dm, dp), (cm, cp) = count(model, example), count(compact, example)
@@ -139,7 +140,7 @@ def _cmd_models(_: argparse.Namespace) -> None:
     print("\n".join(list_models()))
 
 
-STRUCTURES_HELP = "comma-separated structure kinds: block, group, channel (default: block)"
+STRUCTURES_HELP = "comma-separated structure kinds: block, group, channel, branch (default: block)"
 
 
 def build_parser() -> argparse.ArgumentParser:

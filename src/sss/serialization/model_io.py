@@ -13,6 +13,7 @@ from sss.errors import CheckpointError
 from sss.models import create
 from sss.serialization.state import atomic_write
 from sss.structures.attach import attach
+from sss.structures.branches import drop_branches, trace_module
 from sss.structures.gate import gates
 from sss.surgery.prune import remove_blocks
 from sss.surgery.shapes import apply_layer_shapes
@@ -59,6 +60,8 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Modul
             example = torch.zeros(1, *shape) if shape else None
             model = attach(model, example, spec["gated"], inplace=True)
         remove_blocks(model, spec.get("removed", []))
+        for path, dropped in spec.get("dropped_branches", {}).items():
+            model.set_submodule(path, drop_branches(trace_module(model.get_submodule(path)), set(dropped)))
         apply_layer_shapes(model, spec.get("shapes", {}))
         state = load_file(str(weights_path), device=str(map_location))
         model.load_state_dict(state, strict=True)
@@ -66,5 +69,6 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Modul
         raise
     except Exception as e:
         raise CheckpointError(f"cannot load the model saved at {weights_path.with_suffix('')}: {e}") from e
-    model.sss_spec = {k: spec[k] for k in ("name", "kwargs", "removed", "shapes", "attach_input_shape") if k in spec}
+    keys = ("name", "kwargs", "removed", "dropped_branches", "shapes", "attach_input_shape")
+    model.sss_spec = {k: spec[k] for k in keys if k in spec}
     return model.to(map_location).eval()

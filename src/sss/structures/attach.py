@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from sss.errors import UnsupportedModelError
+from sss.structures.branches import attach_traced_branches
 from sss.structures.discovery import attach_traced
 from sss.structures.gate import KINDS, Gate
 from sss.structures.residual import ResidualBlock
@@ -37,7 +38,9 @@ def attach(
             convs), and every group of a grouped conv gets one (see
             :func:`sss.structures.find_structures`, which also says why a layer was skipped).
         example_inputs: An input batch; required for ``"channel"`` and ``"group"``.
-        structures: Which structures get factors: any of ``"block"``, ``"group"``, ``"channel"``.
+        structures: Which structures get factors: any of ``"block"``, ``"group"``, ``"channel"``,
+            or ``"branch"`` (one factor per branch of a module that concatenates parallel
+            branches, GAL's Inception masks; see :mod:`sss.structures.branches`).
         ignore: Module paths (and everything below them) that get no factor, e.g. a layer
             whose width must stay fixed or a block that must stay.
         inplace: Modify ``model`` itself instead of a copy.
@@ -48,8 +51,24 @@ def attach(
     unknown = [s for s in structures if s not in KINDS]
     if unknown:
         raise ValueError(f"unknown structure kind(s) {unknown}; choose from {KINDS}")
+    if "branch" in structures and ({"channel", "group"} & set(structures)):
+        raise UnsupportedModelError("branch factors cannot be combined with channel or group factors yet; "
+                                    "use structures=('branch',) or ('block', 'branch')")  # fmt: skip
     if not inplace:
         model = copy.deepcopy(model)
+    if "branch" in structures:
+        if example_inputs is None:
+            raise ValueError("branch factors need example_inputs (one input batch) to trace the model")
+        found_branches, skipped = attach_traced_branches(model, example_inputs, ignore)
+        if not found_branches:
+            reasons = f" ({'; '.join(skipped)})" if skipped else ""
+            raise UnsupportedModelError(
+                f"{type(model).__name__} has no branch module to gate{reasons}: a branch module returns "
+                "torch.cat of two or more branches of its input, each ending in a BN/conv/linear layer"
+            )
+        spec = getattr(model, "sss_spec", None)
+        if spec is not None:
+            spec["attach_input_shape"] = list(example_inputs.shape[1:])
     traced = [s for s in structures if s in ("channel", "group")]
     if traced:
         if example_inputs is None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -160,11 +160,21 @@ def wrap(model: nn.Module, group: ChannelGroup) -> None:
 
 
 def removes_exactly(model: nn.Module, groups: list[ChannelGroup], example_inputs: torch.Tensor) -> bool:
-    """Gates ``groups`` in a copy with random BN statistics, zeroes every other factor (the
-    rest 0.75) and checks that the pruned copy computes the same outputs."""
+    """Gates ``groups`` in a copy, zeroes every other factor (the rest 0.75) and checks that
+    pruning the copy keeps its outputs (:func:`removal_is_exact`)."""
     trial = copy.deepcopy(model).eval()
     for group in groups:
         wrap(trial, group)
+    with torch.no_grad():
+        for m in trial.modules():
+            if isinstance(m, Gate) and m.kind != "block":
+                m.weight.fill_(0.75)[::2] = 0.0
+    return removal_is_exact(trial, example_inputs, prune_channels)
+
+
+def removal_is_exact(trial: nn.Module, example_inputs: torch.Tensor, remove: Callable[[nn.Module], object]) -> bool:
+    """Gives ``trial`` (a gated copy, modified) random BN statistics and checks that ``remove``
+    leaves its outputs on ``example_inputs`` unchanged (to 1e-4 relative) and does not fail."""
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for m in trial.modules():
@@ -172,11 +182,9 @@ def removes_exactly(model: nn.Module, groups: list[ChannelGroup], example_inputs
                 m.running_mean.uniform_(-0.5, 0.5, generator=gen)
                 m.running_var.uniform_(0.5, 2.0, generator=gen)
                 m.bias.uniform_(-0.3, 0.3, generator=gen)
-            if isinstance(m, Gate) and m.kind != "block":
-                m.weight.fill_(0.75)[::2] = 0.0
         try:
             expected = trial(example_inputs)
-            prune_channels(trial)
+            remove(trial)
             actual = trial(example_inputs)
         except Exception:
             return False
@@ -226,6 +234,12 @@ def prune_channels(
         for name, wrapper in wrappers:
             fold_output_scale(wrapper.inner, wrapper.scale())
             model.set_submodule(name, wrapper.inner)
+    cut_slices(model, cuts)
+
+
+def cut_slices(model: nn.Module, cuts: dict[tuple[str, str], set[int]]) -> None:
+    """Removes, for each ``(layer path, role)``, the given output (``"out"``), input (``"in"``)
+    or grouped-conv group (``"groups"``) indices, with Torch-Pruning's per-layer functions."""
     for (path, role), idxs in cuts.items():
         module = model.get_submodule(path)
         if idxs and role == "groups":

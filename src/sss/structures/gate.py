@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 #: Structure kinds a gate can sit on.
-KINDS = ("block", "group", "channel")
+KINDS = ("block", "group", "channel", "branch")
 
 
 class Gate(nn.Module):

@@ -26,14 +26,14 @@ _ADDS = (operator.add, operator.iadd, torch.add)
 _AFFINE = (nn.BatchNorm1d, nn.BatchNorm2d, nn.Conv1d, nn.Conv2d, nn.Linear)
 
 
-class _Tracer(fx.Tracer):
+class Tracer(fx.Tracer):
     """Keeps sss wrappers (and torch.nn layers) as leaves, so their parameters stay modules."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return isinstance(m, ChannelGated | Gate) or super().is_leaf_module(m, qualname)
 
 
-def _ancestors(node: fx.Node) -> set[fx.Node]:
+def ancestors(node: fx.Node) -> set[fx.Node]:
     seen, stack = set(), [node]
     while stack:
         for arg in stack.pop().all_input_nodes:
@@ -57,11 +57,11 @@ def _residual_add(gm: fx.GraphModule) -> fx.Node | str:
         a, b = node.args
         if not (isinstance(a, fx.Node) and isinstance(b, fx.Node)):
             continue
-        anc_a, anc_b = _ancestors(a) | {a}, _ancestors(b) | {b}
+        anc_a, anc_b = ancestors(a) | {a}, ancestors(b) | {b}
         if x not in anc_a or x not in anc_b:
             continue
         # The branch is the operand with layers of its own; the shortcut shares none of them.
-        if (anc_a & anc_b) - ({x} | (_ancestors(x))):
+        if (anc_a & anc_b) - ({x} | (ancestors(x))):
             continue
         branch, shortcut = (a, b) if len(anc_a) >= len(anc_b) else (b, a)
         found.append((node, branch, shortcut))
@@ -78,7 +78,7 @@ def _residual_add(gm: fx.GraphModule) -> fx.Node | str:
 
 def _gate_block(module: nn.Module, device, dtype) -> fx.GraphModule | str:
     try:
-        tracer = _Tracer()
+        tracer = Tracer()
         gm = fx.GraphModule(module, tracer.trace(module), module.__class__.__name__)
     except Exception as e:
         return f"torch.fx cannot trace it ({type(e).__name__})"
@@ -125,7 +125,8 @@ def attach_traced_blocks(model: nn.Module, ignore: Sequence[str] = ()) -> tuple[
 
 def is_traced_block(module: nn.Module) -> bool:
     """Whether ``module`` is a block gated by :func:`attach_traced_blocks`."""
-    return isinstance(module, fx.GraphModule) and isinstance(getattr(module, "gate", None), Gate)
+    gate = getattr(module, "gate", None)
+    return isinstance(module, fx.GraphModule) and isinstance(gate, Gate) and gate.kind == "block"
 
 
 def compact_traced_block(gm: fx.GraphModule, threshold: float = 0.0) -> fx.GraphModule:

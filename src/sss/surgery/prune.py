@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from sss.structures.branches import compact_branches
 from sss.structures.channels import prune_channels
 from sss.structures.gate import KINDS, gates
 from sss.structures.residual import ResidualBlock
@@ -86,6 +87,7 @@ def prune(
     for m in list(compact.modules()):
         if is_traced_block(m):
             compact_traced_block(m, block_threshold)
+    dropped = compact_branches(compact, threshold if "branch" in structures else -1.0)
     leftover = gates(compact)
     if leftover:
         raise NotImplementedError(f"cannot fold gate(s) {[g.name for g in leftover]} of this kind yet")
@@ -94,6 +96,8 @@ def prune(
         compact.sss_spec = {
             **spec, "removed": sorted(set(spec.get("removed", [])) | set(removed)), "shapes": layer_shapes(compact)
         }  # fmt: skip
+        if any(dropped.values()):
+            compact.sss_spec["dropped_branches"] = {**spec.get("dropped_branches", {}), **dropped}
         compact.sss_spec.pop("attach_input_shape", None)
     return compact.train(was_training)
 

@@ -1,0 +1,202 @@
+"""Branch factors: one per branch of a module whose output concatenates parallel branches.
+
+This is GAL's mask on GoogLeNet's Inception branches. A module is a *branch module* when its
+``torch.fx`` graph returns ``torch.cat([b_1, ..., b_n], dim=1)`` of n ≥ 2 branches that come
+from its input along disjoint paths, each ending in a BN/conv/linear layer (then, optionally,
+a ReLU). The module becomes its ``GraphModule`` with a :class:`BranchGate` (``.gate``):
+``cat([λ_1·b_1, ..., λ_n·b_n])``. Removing branch ``i`` drops it from the concat (its layers
+go with dead-code elimination) and cuts its channels from the layers that read the module's
+output, found with Torch-Pruning as for channels. A surviving λ is folded into the branch's
+last affine layer (exact through ReLU for λ ≥ 0). A module keeps at least one branch.
+"""
+
+from __future__ import annotations
+
+import copy
+import operator
+from collections.abc import Sequence
+
+import torch
+import torch_pruning as tp
+from torch import fx, nn
+
+from sss.structures.channels import (
+    LAYERS,
+    LayerSlice,
+    build_graph,
+    call_counts,
+    cut_slices,
+    describe,
+    removal_is_exact,
+)  # fmt: skip
+from sss.structures.gate import Gate
+from sss.structures.residual import fold_output_scale
+from sss.structures.traced_blocks import Tracer, ancestors
+
+_AFFINE = (nn.BatchNorm1d, nn.BatchNorm2d, *LAYERS)
+
+
+class BranchGate(Gate):
+    """One factor per branch, with what removal needs: the layer each λ folds into (a path
+    inside the module) and the slices of outside layers that read each branch's channels."""
+
+    def __init__(self, fold_into: Sequence[str], readers: Sequence[Sequence[LayerSlice]]) -> None:
+        super().__init__("branch", len(fold_into))
+        self.fold_into, self.readers = list(fold_into), [list(r) for r in readers]
+
+
+def _under(path: str, prefix: str) -> bool:
+    return path == prefix or path.startswith(prefix + ".")
+
+
+def _concat(gm: fx.GraphModule) -> tuple[fx.Node, list[fx.Node]] | str:
+    out = next(n for n in gm.graph.nodes if n.op == "output").args[0]
+    if not (isinstance(out, fx.Node) and out.op == "call_function" and out.target is torch.cat):
+        return "its output is not a concat"
+    tensors, dim = out.args[0], out.args[1] if len(out.args) > 1 else out.kwargs.get("dim", 0)
+    if dim != 1 or not isinstance(tensors, list | tuple) or len(tensors) < 2:
+        return "its output is not a channel concat of two or more branches"
+    return out, list(tensors)
+
+
+def _last_affine(node: fx.Node, modules: dict[str, nn.Module]) -> fx.Node | None:
+    """The BN/conv/linear call that ends a branch, looking through a trailing ReLU."""
+    while (node.op == "call_module" and isinstance(modules[node.target], nn.ReLU)) or (
+        node.op == "call_function" and node.target in (torch.relu, nn.functional.relu)
+    ):
+        node = node.args[0]
+    return node if node.op == "call_module" and isinstance(modules[node.target], _AFFINE) else None
+
+
+def _describe_module(model, path, module, graph, names, calls) -> tuple[list[str], list[list[LayerSlice]]] | str:
+    try:
+        gm = fx.GraphModule(module, Tracer().trace(module), type(module).__name__)
+    except Exception as e:
+        return f"torch.fx cannot trace it ({type(e).__name__})"
+    found = _concat(gm)
+    if isinstance(found, str):
+        return found
+    _, tensors = found
+    modules = dict(gm.named_modules())
+    owned = [ancestors(t) | {t} for t in tensors]
+    x = next(n for n in gm.graph.nodes if n.op == "placeholder")
+    fold_into, readers = [], []
+    for i, t in enumerate(tensors):
+        last = _last_affine(t, modules)
+        if last is None or any(owned[i] & owned[j] - {x} for j in range(len(tensors)) if j != i):
+            return f"branch {i} does not end in its own BN/conv/linear layer"
+        producer = last if isinstance(modules[last.target], LAYERS) else last.args[0]
+        conv = modules.get(producer.target) if producer.op == "call_module" else None
+        if not isinstance(conv, LAYERS):
+            return f"branch {i} has no conv/linear layer before its last BN"
+        prune_out = tp.prune_linear_out_channels if isinstance(conv, nn.Linear) else tp.prune_conv_out_channels
+        group = describe(graph, graph.get_pruning_group(conv, prune_out, list(range(_out(conv)))), names, calls)
+        if isinstance(group, str):
+            return f"branch {i}: {group}"
+        outside = [s for s in group.slices if not _under(s.path, path)]
+        if any(s.role == "out" and isinstance(model.get_submodule(s.path), LAYERS) for s in outside):
+            return f"branch {i}'s channels are summed with layers outside the module"
+        fold_into.append(last.target)
+        readers.append([LayerSlice(s.path, s.role, (tuple(sorted({i for ix in s.index for i in ix})),))
+                        for s in outside])  # fmt: skip
+    return fold_into, readers
+
+
+def _out(layer: nn.Module) -> int:
+    return layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
+
+
+def _gate(module: nn.Module, gate: BranchGate) -> fx.GraphModule:
+    gm = fx.GraphModule(module, Tracer().trace(module), type(module).__name__)
+    cat, tensors = _concat(gm)
+    gm.add_submodule("gate", gate)
+    with gm.graph.inserting_before(cat):
+        weight = gm.graph.get_attr("gate.weight")
+        scaled = [gm.graph.call_function(operator.mul, (t, gm.graph.call_function(operator.getitem, (weight, i))))
+                  for i, t in enumerate(tensors)]  # fmt: skip
+    cat.args = (scaled, *cat.args[1:])
+    gm.recompile()
+    return gm
+
+
+def drop_branches(gm: fx.GraphModule, removed: set[int]) -> fx.GraphModule:
+    """Removes the factors and the ``removed`` branches from a traced branch module, in place."""
+    cat, tensors = _concat(gm)
+    plain = [t.args[0] if t.op == "call_function" and t.target is operator.mul else t for t in tensors]
+    cat.args = ([t for i, t in enumerate(plain) if i not in removed], *cat.args[1:])
+    gm.graph.eliminate_dead_code()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+    return gm
+
+
+def trace_module(module: nn.Module) -> fx.GraphModule:
+    """The module as a ``GraphModule`` (how :func:`sss.load` rebuilds a module with dropped branches)."""
+    return fx.GraphModule(module, Tracer().trace(module), type(module).__name__)
+
+
+def is_branch_module(module: nn.Module) -> bool:
+    return isinstance(module, fx.GraphModule) and isinstance(getattr(module, "gate", None), BranchGate)
+
+
+def compact_branches(model: nn.Module, threshold: float = 0.0) -> dict[str, list[int]]:
+    """Removes the zero-factor branches (folding the others), in place; returns the dropped
+    branch indices per module path."""
+    dropped, cuts = {}, {}
+    for name, m in list(model.named_modules()):
+        if not is_branch_module(m):
+            continue
+        gate, lam = m.gate, m.gate.weight.detach()
+        removed = [i for i in range(lam.numel()) if abs(float(lam[i])) <= threshold]
+        if len(removed) == lam.numel():
+            removed = removed[1:]  # keep one branch (its factor 0 is folded: zero output)
+        for i in range(lam.numel()):
+            if i in removed:
+                for s in gate.readers[i]:
+                    cuts.setdefault((s.path, s.role), set()).update(s.index[0])
+            else:
+                fold_output_scale(m.get_submodule(gate.fold_into[i]), lam[i : i + 1])
+        drop_branches(m, set(removed))
+        dropped[name] = removed
+    existing = {n for n, _ in model.named_modules()}  # a reader inside a dropped branch is gone already
+    cut_slices(model, {key: idxs for key, idxs in cuts.items() if key[0] in existing})
+    return dropped
+
+
+def attach_traced_branches(
+    model: nn.Module, example_inputs: torch.Tensor, ignore: Sequence[str] = ()
+) -> tuple[list[str], list[str]]:
+    """Gates every branch module of ``model``, in place, after checking on ``example_inputs``
+    that removing branches (half of them, in a copy with random BN statistics) is exact.
+    Returns the gated module paths and, for modules ending in a concat that are not gated, why."""
+    graph = build_graph(model, example_inputs)
+    names = {m: n for n, m in model.named_modules()}
+    calls = call_counts(model, example_inputs)
+    ref = next(iter(model.parameters()))
+    found, skipped = [], []
+    for path, module in list(model.named_modules()):
+        if not path or any(_under(path, p) for p in [*ignore, *found]) or isinstance(module, nn.Sequential):
+            continue
+        if not any(True for _ in module.children()):
+            continue
+        described = _describe_module(model, path, module, graph, names, calls)
+        if isinstance(described, str):
+            if not described.startswith("its output is not") and not described.startswith("torch.fx"):
+                skipped.append(f"{path}: {described}")
+            continue
+        gate = BranchGate(*described).to(device=ref.device, dtype=ref.dtype)
+        if not _removes_exactly(model, path, gate, example_inputs):
+            skipped.append(f"{path}: removing a branch changes the output")
+            continue
+        model.set_submodule(path, _gate(module, gate))
+        found.append(path)
+    return found, skipped
+
+
+def _removes_exactly(model: nn.Module, path: str, gate: BranchGate, example_inputs: torch.Tensor) -> bool:
+    trial = copy.deepcopy(model).eval()
+    trial_gate = copy.deepcopy(gate)
+    with torch.no_grad():
+        trial_gate.weight.fill_(0.75)[::2] = 0.0
+    trial.set_submodule(path, _gate(trial.get_submodule(path), trial_gate))
+    return removal_is_exact(trial, example_inputs, compact_branches)
