@@ -108,3 +108,16 @@ def test_official_switch_reproduces_the_quirks(teacher, tmp_path):
 def test_shipped_gal_configs_are_valid(path):
     cfg = load_config(path, cls=GALConfig)
     assert cfg.model in sss.models.list_models() and cfg.teacher and cfg.epochs == 100
+
+
+def test_gal_with_branch_masks_on_googlenet(tmp_path):
+    out = tmp_path / "teacher"
+    cfg = TrainConfig(model="googlenet", model_kwargs={"width": 0.0625}, sparsity="none", val_size=32, epochs=1,
+                      batch_size=32, lr=0.05, out_dir=str(out), channels_last=False)  # fmt: skip
+    Trainer(cfg, train_data=synthetic_dataset(128), log=_quiet, progress=False).fit()
+    gal_cfg = _gal_cfg(out / "model", tmp_path, model="googlenet", structures=["branch"], gamma=20.0, epochs=1)
+    result = GALTrainer(gal_cfg, train_data=synthetic_dataset(128), log=_quiet, progress=False).fit()
+    assert {g.kind for g in sss.gates(result.model)} == {"branch"}
+    x = torch.randn(3, 1, 12, 12)
+    with torch.no_grad():
+        assert torch.allclose(result.model.eval()(x), result.compact(x), atol=1e-5)
