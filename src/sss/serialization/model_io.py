@@ -13,8 +13,9 @@ from sss.errors import CheckpointError
 from sss.models import create
 from sss.serialization.state import atomic_write
 from sss.structures.attach import attach
-from sss.structures.branches import drop_branches, trace_module
+from sss.structures.branches import drop_branches
 from sss.structures.gate import gates
+from sss.structures.traced_blocks import trace_module
 from sss.surgery.prune import remove_blocks
 from sss.surgery.shapes import apply_layer_shapes
 

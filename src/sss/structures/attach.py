@@ -12,6 +12,7 @@ from sss.errors import UnsupportedModelError
 from sss.structures.branches import attach_traced_branches
 from sss.structures.discovery import attach_traced
 from sss.structures.gate import KINDS, Gate
+from sss.structures.paths import under
 from sss.structures.residual import ResidualBlock
 from sss.structures.traced_blocks import attach_traced_blocks
 
@@ -85,7 +86,7 @@ def attach(
             spec["attach_input_shape"] = list(example_inputs.shape[1:])
     if "block" in structures:
         ref = next(iter(model.parameters()))
-        blocks = [m for n, m in model.named_modules() if isinstance(m, ResidualBlock) and not _ignored(n, ignore)]
+        blocks = [m for n, m in model.named_modules() if isinstance(m, ResidualBlock) and not under(n, ignore)]
         for block in blocks:
             if not isinstance(block.gate, Gate):
                 block.gate = Gate("block").to(device=ref.device, dtype=ref.dtype)
@@ -98,7 +99,3 @@ def attach(
                 "(torch.fx must trace it), or an sss.structures.ResidualBlock"
             )
     return model
-
-
-def _ignored(path: str, ignore: Sequence[str]) -> bool:
-    return any(path == p or path.startswith(p + ".") for p in ignore)

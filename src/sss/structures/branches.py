@@ -27,11 +27,13 @@ from sss.structures.channels import (
     call_counts,
     cut_slices,
     describe,
+    out_width,
     removal_is_exact,
 )  # fmt: skip
 from sss.structures.gate import Gate
+from sss.structures.paths import under
 from sss.structures.residual import fold_output_scale
-from sss.structures.traced_blocks import Tracer, ancestors
+from sss.structures.traced_blocks import ancestors, trace_module
 
 _AFFINE = (nn.BatchNorm1d, nn.BatchNorm2d, *LAYERS)
 
@@ -43,10 +45,6 @@ class BranchGate(Gate):
     def __init__(self, fold_into: Sequence[str], readers: Sequence[Sequence[LayerSlice]]) -> None:
         super().__init__("branch", len(fold_into))
         self.fold_into, self.readers = list(fold_into), [list(r) for r in readers]
-
-
-def _under(path: str, prefix: str) -> bool:
-    return path == prefix or path.startswith(prefix + ".")
 
 
 def _concat(gm: fx.GraphModule) -> tuple[fx.Node, list[fx.Node]] | str:
@@ -70,7 +68,7 @@ def _last_affine(node: fx.Node, modules: dict[str, nn.Module]) -> fx.Node | None
 
 def _describe_module(model, path, module, graph, names, calls) -> tuple[list[str], list[list[LayerSlice]]] | str:
     try:
-        gm = fx.GraphModule(module, Tracer().trace(module), type(module).__name__)
+        gm = trace_module(module)
     except Exception as e:
         return f"torch.fx cannot trace it ({type(e).__name__})"
     found = _concat(gm)
@@ -90,24 +88,20 @@ def _describe_module(model, path, module, graph, names, calls) -> tuple[list[str
         if not isinstance(conv, LAYERS):
             return f"branch {i} has no conv/linear layer before its last BN"
         prune_out = tp.prune_linear_out_channels if isinstance(conv, nn.Linear) else tp.prune_conv_out_channels
-        group = describe(graph, graph.get_pruning_group(conv, prune_out, list(range(_out(conv)))), names, calls)
+        group = describe(graph, graph.get_pruning_group(conv, prune_out, list(range(out_width(conv)))), names, calls)
         if isinstance(group, str):
             return f"branch {i}: {group}"
-        outside = [s for s in group.slices if not _under(s.path, path)]
+        outside = [s for s in group.slices if not under(s.path, [path])]
         if any(s.role == "out" and isinstance(model.get_submodule(s.path), LAYERS) for s in outside):
             return f"branch {i}'s channels are summed with layers outside the module"
         fold_into.append(last.target)
-        readers.append([LayerSlice(s.path, s.role, (tuple(sorted({i for ix in s.index for i in ix})),))
+        readers.append([LayerSlice(s.path, s.role, (tuple(sorted({k for ix in s.index for k in ix})),))
                         for s in outside])  # fmt: skip
     return fold_into, readers
 
 
-def _out(layer: nn.Module) -> int:
-    return layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
-
-
 def _gate(module: nn.Module, gate: BranchGate) -> fx.GraphModule:
-    gm = fx.GraphModule(module, Tracer().trace(module), type(module).__name__)
+    gm = trace_module(module)
     cat, tensors = _concat(gm)
     gm.add_submodule("gate", gate)
     with gm.graph.inserting_before(cat):
@@ -128,11 +122,6 @@ def drop_branches(gm: fx.GraphModule, removed: set[int]) -> fx.GraphModule:
     gm.delete_all_unused_submodules()
     gm.recompile()
     return gm
-
-
-def trace_module(module: nn.Module) -> fx.GraphModule:
-    """The module as a ``GraphModule`` (how :func:`sss.load` rebuilds a module with dropped branches)."""
-    return fx.GraphModule(module, Tracer().trace(module), type(module).__name__)
 
 
 def is_branch_module(module: nn.Module) -> bool:
@@ -175,7 +164,7 @@ def attach_traced_branches(
     ref = next(iter(model.parameters()))
     found, skipped = [], []
     for path, module in list(model.named_modules()):
-        if not path or any(_under(path, p) for p in [*ignore, *found]) or isinstance(module, nn.Sequential):
+        if not path or under(path, [*ignore, *found]) or isinstance(module, nn.Sequential):
             continue
         if not any(True for _ in module.children()):
             continue

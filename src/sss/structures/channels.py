@@ -9,7 +9,7 @@ each BatchNorm, and each conv/linear that is not followed by a BatchNorm of the 
 ``λ_c = 0`` makes channel ``c`` exactly zero wherever it flows (ReLU, sums, pooling, concat
 and flatten keep zeros), and the group's slices can be cut with no change to the function.
 
-:func:`find_channel_groups` checks that promise on the example input: it removes half of
+:func:`sss.structures.find_structures` checks that promise on the example input: it removes half of
 each group's channels from a copy (with random BatchNorm statistics) and compares outputs,
 and a group that fails, say through ``sigmoid`` or ``x + 1`` on the channel, is skipped
 with the reason. Torch-Pruning is used for discovery and its per-layer pruning functions
@@ -127,7 +127,7 @@ def describe(
         for idx, root_idx in zip(item.idxs, item.root_idxs, strict=True):
             if idx not in index[root_idx]:
                 index[root_idx].append(idx)
-        limit = _width(module) if role == "out" else module.weight.shape[1] * getattr(module, "groups", 1)
+        limit = out_width(module) if role == "out" else module.weight.shape[1] * getattr(module, "groups", 1)
         if max(item.idxs) >= limit:
             return f"the traced channel mapping does not fit {path} (channels padded or reshaped on the way)"
         if role == "out" and isinstance(module, LAYERS):
@@ -143,7 +143,8 @@ def describe(
     return ChannelGroup(name=names[root], channels=channels, gated=tuple(gated), slices=tuple(all_slices))
 
 
-def _width(m: nn.Module) -> int:
+def out_width(m: nn.Module) -> int:
+    """Output channels of a conv/linear layer, or features of a norm."""
     return m.num_features if isinstance(m, _NORMS) else m.out_features if isinstance(m, nn.Linear) else m.out_channels
 
 
@@ -154,7 +155,7 @@ def wrap(model: nn.Module, group: ChannelGroup) -> None:
     for i, s in enumerate(group.gated):
         wrapper = model.get_submodule(s.path)
         if not isinstance(wrapper, ChannelGated):
-            wrapper = ChannelGated(wrapper, _width(wrapper)).to(ref.device)
+            wrapper = ChannelGated(wrapper, out_width(wrapper)).to(ref.device)
             model.set_submodule(s.path, wrapper)
         wrapper.add_slice(gate, s.index, group if i == 0 else None)
 

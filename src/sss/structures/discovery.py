@@ -18,10 +18,7 @@ from sss.structures.channels import (
     wrap,
 )  # fmt: skip
 from sss.structures.groups import describe_conv_groups
-
-
-def _under(path: str, prefixes: Sequence[str]) -> bool:
-    return any(path == p or path.startswith(p + ".") for p in prefixes)
+from sss.structures.paths import under
 
 
 def find_structures(
@@ -50,7 +47,7 @@ def find_structures(
     for root, d in described:
         if isinstance(d, str):
             skipped.append(f"{root}: {d}")
-        elif any(_under(s.path, ignore) for s in d.slices):
+        elif any(under(s.path, ignore) for s in d.slices):
             skipped.append(f"{root}: ignored")
         else:
             found.append(d)

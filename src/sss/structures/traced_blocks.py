@@ -20,6 +20,7 @@ import torch
 from torch import fx, nn
 
 from sss.structures.gate import ChannelGated, Gate
+from sss.structures.paths import under
 from sss.structures.residual import ResidualBlock, fold_output_scale
 
 _ADDS = (operator.add, operator.iadd, torch.add)
@@ -31,6 +32,11 @@ class Tracer(fx.Tracer):
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return isinstance(m, ChannelGated | Gate) or super().is_leaf_module(m, qualname)
+
+
+def trace_module(module: nn.Module) -> fx.GraphModule:
+    """``module`` as a ``GraphModule`` traced with :class:`Tracer` (submodule paths preserved)."""
+    return fx.GraphModule(module, Tracer().trace(module), type(module).__name__)
 
 
 def ancestors(node: fx.Node) -> set[fx.Node]:
@@ -78,8 +84,7 @@ def _residual_add(gm: fx.GraphModule) -> fx.Node | str:
 
 def _gate_block(module: nn.Module, device, dtype) -> fx.GraphModule | str:
     try:
-        tracer = Tracer()
-        gm = fx.GraphModule(module, tracer.trace(module), module.__class__.__name__)
+        gm = trace_module(module)
     except Exception as e:
         return f"torch.fx cannot trace it ({type(e).__name__})"
     add = _residual_add(gm)
@@ -105,7 +110,7 @@ def attach_traced_blocks(model: nn.Module, ignore: Sequence[str] = ()) -> tuple[
     ref = next(iter(model.parameters()))
     found, skipped, done = [], [], list(ignore)
     for name, module in list(model.named_modules()):
-        if not name or any(name == p or name.startswith(p + ".") for p in done):
+        if not name or under(name, done):
             continue
         if isinstance(module, ResidualBlock | ChannelGated):  # zoo blocks carry their own gate
             done.append(name)
