@@ -50,7 +50,8 @@ def main() -> int:
         "teacher": {"accuracy": t_acc, "macs": t_macs, "params": t_params},
         "gal_gated_accuracy": g_acc, "gal_compact_accuracy": c_acc,
         "finetuned": {"accuracy": f_acc, "macs": f_macs, "params": f_params},
-        "layer_widths": {k: v for k, v in tuned.sss_spec["shapes"].items() if len(v) == 2},
+        "layer_widths": {n: [m.in_features, m.out_features] for n, m in tuned.named_modules()
+                         if isinstance(m, torch.nn.Linear)},
         "mac_reduction": 1 - f_macs / t_macs, "accuracy_loss": t_acc - f_acc,
     }  # fmt: skip
     RESULTS.mkdir(exist_ok=True)

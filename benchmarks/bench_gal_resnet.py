@@ -72,7 +72,7 @@ def main() -> int:
         },
         "rows": rows,
         "gal_gated_accuracy": g_acc,
-        "removed_blocks": gal.compact.sss_spec["removed"],
+        "removed_blocks": sss.structures.removed_blocks(gal.compact),
         "mac_reduction": 1 - rows["GAL + fine-tune"]["macs"] / rows["teacher (dense)"]["macs"],
         "accuracy_loss": rows["teacher (dense)"]["accuracy"] - rows["GAL + fine-tune"]["accuracy"],
     }

@@ -72,7 +72,7 @@ def test_gal_resume_restores_the_discriminator(teacher, tmp_path):
     GALTrainer(_gal_cfg(teacher, tmp_path, epochs=1), train_data=data, log=_quiet, progress=False).fit()
     resumed = GALTrainer(_gal_cfg(teacher, tmp_path, epochs=2), train_data=data, log=_quiet, progress=False)
     resumed.load(tmp_path / "gal" / "checkpoint.safetensors")
-    saved = sss.serialization.load_state(tmp_path / "gal" / "checkpoint.safetensors")["discriminator"]
+    saved = sss.serialization.load_state(tmp_path / "gal" / "checkpoint.safetensors")["extra"]["discriminator"]
     assert all(torch.equal(saved[k], v) for k, v in resumed.discriminator.state_dict().items())
 
 

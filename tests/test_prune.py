@@ -37,7 +37,7 @@ def test_compact_equals_gated(name, shortcut, seed):
     assert sss.gates(compact) == []
     n_blocks = sum(isinstance(m, ResidualBlock) for m in compact.modules())
     assert n_blocks == len(sss.gates(gated)) - zeros
-    assert len(compact.sss_spec["removed"]) == zeros
+    assert len(sss.structures.removed_blocks(compact)) == zeros
     example = torch.zeros(1, 3, 32, 32)
     assert sss.count(compact, example)[0] < sss.count(gated, example)[0]
 
@@ -62,7 +62,7 @@ def test_no_zero_folds_factors_and_keeps_structure():
     with torch.no_grad():
         assert _rel_err(gated(x), compact(x)) <= 1e-5
     assert sum(isinstance(m, ResidualBlock) for m in compact.modules()) == 9
-    assert compact.sss_spec["removed"] == []
+    assert sss.structures.removed_blocks(compact) == []
 
 
 def test_surviving_names_keep_their_index():
@@ -88,9 +88,9 @@ def test_threshold_and_zero_small_factors():
     with torch.no_grad():
         gated.layer2[1].gate.weight.fill_(0.004)
         gated.layer3[2].gate.weight.fill_(-0.003)
-    assert sss.prune(gated).sss_spec["removed"] == []
+    assert sss.structures.removed_blocks(sss.prune(gated)) == []
     assert sss.zero_small_factors(gated, 0.005) == 2
-    assert sss.prune(gated).sss_spec["removed"] == ["layer2.1", "layer3.2"]
+    assert sss.structures.removed_blocks(sss.prune(gated)) == ["layer2.1", "layer3.2"]
 
 
 def test_attach_errors_are_clear():

@@ -49,7 +49,8 @@ def test_save_load_compact_model(tmp_path, name):
     compact = sss.prune(gated)
     sss.save(compact, tmp_path / "compact")
     spec = json.loads((tmp_path / "compact.json").read_text())
-    assert spec["removed"] == compact.sss_spec["removed"] and not spec["gated"]
+    removed = [e["path"] for e in spec["history"] if e["op"] == "remove_block"]
+    assert removed == sss.structures.removed_blocks(compact) and not spec["gated"]
     loaded = sss.load(tmp_path / "compact")
     x = torch.randn(2, 1, 16, 16)
     with torch.no_grad():
@@ -72,12 +73,38 @@ def test_load_errors(tmp_path):
         sss.load(tmp_path / "missing")
     sss.save(sss.models.create("resnet20"), tmp_path / "m")
     spec = json.loads((tmp_path / "m.json").read_text())
-    spec["removed"] = ["layer1.0"]  # the weights no longer fit this architecture
+    spec["history"] = [{"op": "remove_block", "path": "layer1.0"}]  # the weights no longer fit
     (tmp_path / "m.json").write_text(json.dumps(spec))
-    with pytest.raises(sss.CheckpointError, match="cannot load"):
+    with pytest.raises(sss.CheckpointError, match=r"do not fit the rebuilt model: .*layer1\.0"):
         sss.load(tmp_path / "m")
-    with pytest.raises(ValueError, match=r"sss\.models\.create"):
-        sss.save(torch.nn.Linear(2, 2), tmp_path / "x")
+    spec["history"] = [{"op": "remove_block", "path": "layer9.0"}]  # a block the base does not have
+    (tmp_path / "m.json").write_text(json.dumps(spec))
+    with pytest.raises(sss.CheckpointError, match=r"edit 0 \(remove_block: path='layer9.0'\) does not apply"):
+        sss.load(tmp_path / "m")
+    (tmp_path / "m.json").write_text('{"name": "resnet20", "kwargs": {}}')  # not this format
+    with pytest.raises(sss.CheckpointError, match="re-save"):
+        sss.load(tmp_path / "m")
+    (tmp_path / "m.json").write_text("{")
+    with pytest.raises(sss.CheckpointError, match="not valid JSON"):
+        sss.load(tmp_path / "m")
+
+
+def test_any_model_saves_and_loads_from_its_base(tmp_path):
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                              torch.nn.Conv2d(8, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 4 * 4, 3))  # fmt: skip
+    x = torch.randn(2, 3, 8, 8)
+    gated = randomise(sss.attach(net, x, ("channel",)))
+    compact = sss.prune(gated)
+    sss.save(compact, tmp_path / "c")
+    with pytest.raises(sss.CheckpointError, match=r"outside the zoo: pass its unpruned form"):
+        sss.load(tmp_path / "c")
+    with torch.no_grad():
+        assert torch.equal(sss.load(tmp_path / "c", base=net)(x), compact(x))
+        # A base with other shapes: the first edit that does not fit is named.
+        other = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3), torch.nn.BatchNorm2d(6), torch.nn.ReLU(),
+                                    torch.nn.Conv2d(6, 4, 3), torch.nn.Flatten(), torch.nn.Linear(64, 3))  # fmt: skip
+    with pytest.raises(sss.CheckpointError, match=r"edit \d+ \(cut: layer='0'.*has 6 out channels"):
+        sss.load(tmp_path / "c", base=other)
 
 
 def test_save_load_channel_pruned_model(tmp_path):

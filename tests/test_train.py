@@ -99,7 +99,7 @@ def test_l1_sgd_baseline_prunes_with_threshold(tmp_path):
     cfg = _cfg(tmp_path, sparsity="sgd", prune_threshold=10.0, epochs=1)  # threshold above every λ
     result = Trainer(cfg, train_data=synthetic_dataset(128), log=_quiet, progress=False).fit()
     assert all(g.num_zero == 1 for g in sss.gates(result.model))
-    assert len(result.compact.sss_spec["removed"]) == 9
+    assert len(sss.structures.removed_blocks(result.compact)) == 9
 
 
 def test_config_overrides_and_errors(tmp_path):
@@ -140,7 +140,7 @@ def test_freeze_removes_blocks_and_resume_crosses_it(tmp_path):
     cfg = _cfg(tmp_path / "a", epochs=3, freeze_epoch=1, gamma=2.0, **RESUMABLE)
     straight = Trainer(cfg, train_data=data, log=lines.append, progress=False).fit()
     assert sss.gates(straight.model) == []  # a plain compact model trains after the freeze
-    removed = straight.model.sss_spec["removed"]
+    removed = sss.structures.removed_blocks(straight.model)
     assert removed and any("selection frozen after epoch 1" in line for line in lines)
     # The freeze is exact: gated and compact validation accuracy are equal at that point.
     frozen_line = next(line for line in lines if "selection frozen" in line)
@@ -150,7 +150,7 @@ def test_freeze_removes_blocks_and_resume_crosses_it(tmp_path):
     Trainer(_cfg(tmp_path / "b", epochs=2, **frozen), train_data=data, log=_quiet, progress=False).fit()
     resumed = Trainer(_cfg(tmp_path / "b", epochs=3, **frozen), train_data=data, log=_quiet, progress=False)
     resumed = resumed.fit(resume=True)
-    assert resumed.model.sss_spec["removed"] == removed
+    assert sss.structures.removed_blocks(resumed.model) == removed
     a, b = straight.model.state_dict(), resumed.model.state_dict()
     assert a.keys() == b.keys()
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
@@ -197,3 +197,35 @@ def test_gamma_mapping_in_config():
     assert cfg.gamma == {"block": 0.1, "channel": 0.01}
     with pytest.raises(ValueError, match="not in structures"):
         load_config(None, ["gamma={channel: 0.01}"])
+
+
+class CountingTrainer(Trainer):
+    """A third method written with the hooks alone: label smoothing, a figure, and a counter
+    that the checkpoint carries."""
+
+    def __init__(self, *args, **kw):
+        self.batches_seen = 0
+        super().__init__(*args, **kw)
+
+    def batch_loss(self, x, y):
+        self.batches_seen += 1
+        logits = self.model(x)
+        loss = torch.nn.functional.cross_entropy(logits, y, label_smoothing=0.1)
+        return sss.train.BatchResult(loss, logits, y, {"max_logit": float(logits.detach().abs().max())})
+
+    def extra_state(self):
+        return {"batches_seen": self.batches_seen}
+
+    def load_extra_state(self, state):
+        self.batches_seen = state["batches_seen"]
+
+
+def test_a_method_built_on_the_hooks_logs_and_resumes(tmp_path):
+    data = synthetic_dataset(128)
+    first = CountingTrainer(_cfg(tmp_path, epochs=1, **RESUMABLE), train_data=data, log=_quiet, progress=False)
+    first.fit()
+    steps = first.steps_per_epoch
+    assert first.batches_seen == steps and "max_logit" in first.history[0]
+    resumed = CountingTrainer(_cfg(tmp_path, epochs=2, **RESUMABLE), train_data=data, log=_quiet, progress=False)
+    resumed.fit(resume=True)
+    assert resumed.batches_seen == 2 * steps

@@ -18,7 +18,7 @@ def test_blocks_and_channels_jointly(shortcut):
     streams = 3 if shortcut == "projection" else 0  # a zero-padding shortcut shifts channels: skipped
     assert kinds.count("block") == 9 and kinds.count("channel") == 9 + streams
     compact = assert_exact_and_smaller(gated, x)
-    assert compact.sss_spec["removed"]
+    assert sss.structures.removed_blocks(compact)
 
 
 def test_preact_bottleneck_channels():

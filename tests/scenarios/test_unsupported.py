@@ -46,16 +46,17 @@ def test_model_that_fails_on_the_example_names_the_fix():
 
 
 def test_layer_used_twice_is_skipped_with_reason():
-    groups, skipped = sss.find_structures(SharedConv(), torch.randn(1, 3, 4, 4))
-    assert any("conv2 is used 2 times" in s for s in skipped)
-    assert [g.name for g in groups] == []  # conv1 feeds conv2 too, so it is coupled to the shared layer
+    report = sss.find_structures(SharedConv(), torch.randn(1, 3, 4, 4))
+    assert any("conv2 is used 2 times" in s for s in report.skipped)
+    assert report.names("channel") == []  # conv1 feeds conv2 too, so it is coupled to the shared layer
+    assert report.missing == ["channel"]
 
 
 def test_op_that_does_not_keep_zeros_is_found_by_the_exactness_check():
     x = torch.randn(2, 3, 6, 6)
-    groups, skipped = sss.find_structures(ConstantAdd(), x)
-    assert [g.name for g in groups] == ["conv2"]
-    assert any(s.startswith("conv1: removing its channels changes the output") for s in skipped)
+    report = sss.find_structures(ConstantAdd(), x)
+    assert report.names("channel") == ["conv2"]
+    assert any(s.startswith("conv1: removing its channel structures changes the output") for s in report.skipped)
 
 
 def test_no_removable_channels_is_refused():

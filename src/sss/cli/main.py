@@ -22,12 +22,12 @@ def _overrides(args: argparse.Namespace, keys: tuple[str, ...]) -> list[str]:
 
 
 def _kinds(text: str) -> tuple[str, ...]:
-    from sss.structures.gate import KINDS
+    from sss.structures import kind_names
 
     kinds = tuple(k.strip() for k in text.split(",") if k.strip())
-    unknown = [k for k in kinds if k not in KINDS]
+    unknown = [k for k in kinds if k not in kind_names()]
     if unknown:
-        raise ValueError(f"--structures: unknown kind(s) {unknown}; choose from {', '.join(KINDS)}")
+        raise ValueError(f"--structures: unknown kind(s) {unknown}; choose from {', '.join(kind_names())}")
     return kinds
 
 
@@ -58,7 +58,7 @@ def _cmd_gal(args: argparse.Namespace) -> None:
 
     keys = ("teacher", "dataset", "data_dir", "epochs", "gamma", "mu", "out_dir")
     cfg = load_config(args.config, _overrides(args, keys), cls=GALConfig)
-    cfg.model = load(cfg.teacher).sss_spec["name"]
+    cfg.model = _zoo_name(load(cfg.teacher), cfg.teacher)
     _report(cfg, GALTrainer(cfg).fit(resume=args.resume))
 
 
@@ -68,21 +68,29 @@ def _cmd_finetune(args: argparse.Namespace) -> None:
 
     model = load(args.model)
     keys = ("dataset", "data_dir", "epochs", "lr", "out_dir")
-    cfg = load_config(args.config, [f"model={model.sss_spec['name']}", "sparsity=none", *_overrides(args, keys)])
+    cfg = load_config(args.config, [f"model={_zoo_name(model, args.model)}", "sparsity=none", *_overrides(args, keys)])
     _report(cfg, Trainer(cfg, model=model.train()).fit(resume=args.resume))
 
 
+def _zoo_name(model: torch.nn.Module, path: str) -> str:
+    spec = getattr(model, "sss_spec", None)
+    if spec is None:
+        raise ValueError(f"{path} is not a zoo model; train it from Python with sss.train.Trainer(cfg, model=...)")
+    return spec["name"]
+
+
 def _input_shape(args: argparse.Namespace, model: torch.nn.Module) -> list[int]:
-    """``--input-shape``, else the shape recorded when channel factors were attached, else 32x32."""
-    spec = model.sss_spec
-    return args.input_shape or spec.get("attach_input_shape") or [spec["kwargs"].get("in_channels", 3), 32, 32]
+    """``--input-shape``, else the shape recorded when factors were attached, else 32x32."""
+    from sss.structures.history import input_shape
+
+    spec = getattr(model, "sss_spec", None) or {"kwargs": {}}
+    return args.input_shape or input_shape(model) or [spec["kwargs"].get("in_channels", 3), 32, 32]
 
 
 def _cmd_prune(args: argparse.Namespace) -> None:
     from sss.measure import count
     from sss.serialization import load, save
-    from sss.structures import gates
-    from sss.structures.gate import KINDS
+    from sss.structures import gates, kind_names
     from sss.surgery import prune, zero_small_factors
 
     model = load(args.model)
@@ -90,7 +98,7 @@ def _cmd_prune(args: argparse.Namespace) -> None:
         raise SystemExit(f"{args.model} has no scaling factors: nothing to prune (is it already compact?)")
     if args.threshold > 0:
         zero_small_factors(model, args.threshold)
-    kinds = _kinds(args.structures) if args.structures else KINDS
+    kinds = _kinds(args.structures) if args.structures else kind_names()
     compact = prune(model, round_to=args.round_to, structures=kinds)
     example = torch.zeros(1, *_input_shape(args, model))
     (dm, dp), (cm, cp) = count(model, example), count(compact, example)
@@ -140,7 +148,10 @@ def _cmd_models(_: argparse.Namespace) -> None:
     print("\n".join(list_models()))
 
 
-STRUCTURES_HELP = "comma-separated structure kinds: block, group, channel, branch (default: block)"
+def _structures_help() -> str:
+    from sss.structures import kind_names
+
+    return f"comma-separated structure kinds: {', '.join(kind_names())} (default: block)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -157,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int)
     p.add_argument("--gamma", type=float)
     p.add_argument("--sparsity", choices=["apg", "ista", "sgd", "none"])
-    p.add_argument("--structures", help=STRUCTURES_HELP)
+    p.add_argument("--structures", help=_structures_help())
     p.add_argument("--out", dest="out_dir")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
     p.set_defaults(func=_cmd_train)
@@ -171,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int)
     p.add_argument("--gamma", type=float, help="λ, the masks' L1 strength")
     p.add_argument("--mu", type=float, help="weight of the teacher-student MSE")
-    p.add_argument("--structures", help=STRUCTURES_HELP)
+    p.add_argument("--structures", help=_structures_help())
     p.add_argument("--out", dest="out_dir", default="runs/gal")
     p.add_argument("--resume", action="store_true")
     p.set_defaults(func=_cmd_gal)
@@ -215,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="Fashion-MNIST IDX folder (default: the Debian package's)")
     p.add_argument("--quick", action="store_true", help="a 40-second smoke run")
     p.add_argument("--model", help="any zoo model instead of resnet20 (see `sss models`)")
-    p.add_argument("--structures", help=STRUCTURES_HELP)
+    p.add_argument("--structures", help=_structures_help())
     p.add_argument("--gamma", type=float, help="the factors' L1 strength (demo: 0.15, tuned for blocks)")
     p.add_argument("--no-baseline", dest="baseline", action="store_false",
                    help="skip the dense model trained with the same schedule for comparison")  # fmt: skip

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -14,13 +12,12 @@ from torch import nn
 from torch.optim import SGD
 
 from sss.data import ArrayDataset
-from sss.errors import TrainingDivergedError
 from sss.gal.discriminator import Discriminator
 from sss.optim import FISTA, factor_param_groups, weight_param_groups
-from sss.serialization import load, load_state
+from sss.serialization import load
 from sss.structures import attach, gates
 from sss.train.config import TrainConfig
-from sss.train.engine import CHECKPOINT, Trainer, TrainResult
+from sss.train.engine import BatchResult, Trainer, TrainResult
 from sss.viz import plot_metrics
 
 
@@ -69,7 +66,9 @@ class GALTrainer(Trainer):
     and FISTA for the masks, whose L1 term lives only in the prox. Labels are never read:
     the per-epoch "train" accuracy is the student's agreement with the teacher, ``d_acc_real``
     the share of teacher logits D calls real and ``d_acc_fake`` the share of student logits it
-    calls fake (curves in ``gal_curves.png`` at the end of a run). Masks start
+    calls fake (curves in ``gal_curves.png`` at the end of a run). It uses only the hooks of
+    :class:`~sss.train.Trainer`: the loop, NaN guard, checkpoints and resume are the same code
+    as for SSS. Masks start
     at 1, so the student starts as the teacher (the official code draws them from an
     unseeded N(0, 1)). The teacher runs in eval mode under ``no_grad``.
     """
@@ -95,7 +94,9 @@ class GALTrainer(Trainer):
         self.d_opt = SGD(self.discriminator.parameters(), lr=cfg.d_lr, momentum=cfg.momentum,
                          weight_decay=cfg.weight_decay)  # fmt: skip
 
-    def _build_model(self, data: ArrayDataset) -> nn.Module:
+    progress_label = "GAL epoch"
+
+    def build_model(self, data: ArrayDataset) -> nn.Module:
         student = copy.deepcopy(self.teacher).requires_grad_(True)  # the teacher's copy was frozen
         student = attach(student, self.example, structures=self.cfg.structures, inplace=True).train()
         if self.cfg.official:  # masks ~ N(0, 1), as the official code (which sets no seed)
@@ -105,38 +106,34 @@ class GALTrainer(Trainer):
                     ref.weight.copy_(torch.randn(ref.weight.shape, generator=gen))
         return student
 
-    def _build_optimizers(self):
+    def build_optimizers(self):
         cfg = self.cfg
         weights = SGD(weight_param_groups(self.model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum)
-        masks = factor_param_groups(self.model, cfg.gamma, self._gamma_weights())
+        masks = factor_param_groups(self.model, cfg.gamma, self.gamma_weights())
         if not masks:
             return weights, None
         return weights, FISTA(masks, lr=cfg.lr, gamma=0.0, interval=cfg.mask_interval, restart=cfg.restart)
 
-    def _set_lr(self) -> float:
-        lr = super()._set_lr()
+    def on_epoch_start(self) -> None:
         for group in self.d_opt.param_groups:
             group["lr"] = self.cfg.d_lr * self.cfg.lr_factor(self.epoch)
-        return lr
+        self.teacher.train(self.cfg.official)  # the official code never calls teacher.eval()
+        self.discriminator.train()
 
-    def state(self) -> dict:
-        return {**super().state(), "discriminator": self.discriminator.state_dict(), "d_opt": self.d_opt.state_dict()}
+    def extra_state(self) -> dict:
+        return {"discriminator": self.discriminator.state_dict(), "d_opt": self.d_opt.state_dict()}
 
-    def load(self, path: Path) -> None:
-        super().load(path)
-        state = load_state(path)
+    def load_extra_state(self, state: dict) -> None:
         self.discriminator.load_state_dict(state["discriminator"])
         self.d_opt.load_state_dict(state["d_opt"])
 
-    def _finish(self) -> TrainResult:
-        result = super()._finish()
+    def on_finish(self, result: TrainResult) -> None:
         plot_metrics(
             self.history,
             [("train_loss", "d_loss"), ("d_acc_real", "d_acc_fake"), ("train_acc", "val_acc")],
             self.out / "gal_curves.png",
             title="GAL: student (generator) and discriminator losses; D accuracy; agreement / val accuracy",
         )
-        return result
 
     def _l1(self) -> torch.Tensor:
         """``Σ γ_kind·‖m‖₁``: the official code's extra L1 term in the student loss."""
@@ -144,48 +141,26 @@ class GALTrainer(Trainer):
         return sum(((gamma[r.kind] if isinstance(gamma, dict) else gamma) * r.weight.abs().sum()
                     for r in gates(self.model)), torch.zeros(()))  # fmt: skip
 
-    def _train_epoch(self) -> tuple[float, float]:
-        cfg, student, teacher, disc = self.cfg, self.model, self.teacher, self.discriminator
-        teacher.train(cfg.official)  # the official code never calls teacher.eval()
-        student.train()
-        disc.train()
-        totals = {"g": 0.0, "d": 0.0, "real": 0, "fake": 0, "agree": 0, "n": 0}
-        every = max(1, self.steps_per_epoch // 10)
-        for step, (x, _) in enumerate(self._batches("GAL epoch")):  # the labels are never used
-            with torch.no_grad():
-                real = teacher(x)
-            fake = student(x)
-            ones, zeros = torch.ones(len(x)), torch.zeros(len(x))
-            # Discriminator step, on the student's logits detached from the student.
-            disc.requires_grad_(True)
-            d_real, d_fake = disc(real), disc(fake.detach())
-            bce = F.binary_cross_entropy_with_logits
-            loss_d = bce(d_real, ones) + bce(d_fake, zeros) + bce(d_fake, ones)
-            self.d_opt.zero_grad(set_to_none=True)
-            loss_d.backward()
-            self.d_opt.step()
-            # Student step: match the teacher and fool the (now fixed) discriminator.
-            disc.requires_grad_(False)
-            loss_g = cfg.mu * F.mse_loss(fake, real) + bce(disc(fake), ones)
-            if cfg.official:
-                loss_g = loss_g + self._l1()
-            values = (loss_g.item(), loss_d.item())
-            if not all(math.isfinite(v) for v in values):
-                raise TrainingDivergedError(
-                    f"GAL losses became {values} at epoch {self.epoch + 1}, step {step + 1}. The last good "
-                    f"checkpoint ({self.out / CHECKPOINT}) is kept. Lower lr, d_lr or gamma, then --resume."
-                )
-            self._optimize(loss_g)
-            n = len(x)
-            totals["g"] += values[0] * n
-            totals["d"] += values[1] * n
-            totals["real"] += int((d_real > 0).sum())
-            totals["fake"] += int((d_fake < 0).sum())
-            totals["agree"] += int((fake.argmax(1) == real.argmax(1)).sum())
-            totals["n"] += n
-            if step % every == 0:
-                self._snapshot(step)
-        n = totals["n"]
-        self.epoch_extras = {"d_loss": totals["d"] / n, "d_acc_real": totals["real"] / n,
-                             "d_acc_fake": totals["fake"] / n}  # fmt: skip
-        return totals["g"] / n, 100.0 * totals["agree"] / n
+    def batch_loss(self, x: torch.Tensor, y: torch.Tensor) -> BatchResult:
+        """One discriminator step, then the student's loss; ``y`` (the labels) is never read."""
+        cfg, disc = self.cfg, self.discriminator
+        with torch.no_grad():
+            real = self.teacher(x)
+        fake = self.model(x)
+        ones, zeros = torch.ones(len(x)), torch.zeros(len(x))
+        # Discriminator step, on the student's logits detached from the student.
+        disc.requires_grad_(True)
+        d_real, d_fake = disc(real), disc(fake.detach())
+        bce = F.binary_cross_entropy_with_logits
+        loss_d = bce(d_real, ones) + bce(d_fake, zeros) + bce(d_fake, ones)
+        self.d_opt.zero_grad(set_to_none=True)
+        loss_d.backward()
+        self.d_opt.step()
+        # Student loss: match the teacher and fool the (now fixed) discriminator.
+        disc.requires_grad_(False)
+        loss_g = cfg.mu * F.mse_loss(fake, real) + bce(disc(fake), ones)
+        if cfg.official:
+            loss_g = loss_g + self._l1()
+        figures = {"d_loss": loss_d.item(), "d_acc_real": float((d_real > 0).float().mean()),
+                   "d_acc_fake": float((d_fake < 0).float().mean())}  # fmt: skip
+        return BatchResult(loss_g, fake, real.argmax(1), figures)

@@ -7,6 +7,7 @@ from torch import nn
 
 from sss.measure.count import count
 from sss.structures.gate import gates
+from sss.structures.registry import get_kind
 from sss.surgery.prune import prune
 
 
@@ -23,7 +24,7 @@ def structure_macs(model: nn.Module, example_inputs: torch.Tensor) -> dict[str, 
         with torch.no_grad():
             ref.weight.zero_()
         try:
-            removed = ref.weight.numel() - (1 if ref.kind != "block" else 0)  # a layer keeps one channel
+            removed = ref.weight.numel() - get_kind(ref.kind).min_keep  # e.g. a layer keeps one channel
             costs[ref.name] = (full - count(prune(model), example_inputs)[0]) / max(1, removed)
         finally:
             with torch.no_grad():

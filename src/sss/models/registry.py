@@ -23,8 +23,8 @@ def list_models() -> list[str]:
 def create(name: str, **kwargs) -> nn.Module:
     """Builds a zoo model by name.
 
-    The model remembers how it was built (``model.sss_spec``), which is what lets
-    :func:`sss.save` store a pruned model as weights plus a small JSON description.
+    The model remembers how it was built (``model.sss_spec``: name and keywords), so
+    :func:`sss.load` can rebuild it without being given the unpruned model.
 
     Args:
         name: One of :func:`list_models`, e.g. ``"resnet56"``.
@@ -33,5 +33,5 @@ def create(name: str, **kwargs) -> nn.Module:
     if name not in _BUILDERS:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
     model = _BUILDERS[name](**kwargs)
-    model.sss_spec = {"name": name, "kwargs": dict(kwargs), "removed": []}
+    model.sss_spec = {"name": name, "kwargs": dict(kwargs)}
     return model

@@ -9,7 +9,8 @@ from torch import nn
 
 from sss.models.layers import PadShortcut, conv1x1, conv3x3, he_init
 from sss.models.registry import register_model
-from sss.structures.residual import ResidualBlock, fold_output_scale
+from sss.structures.gate import fold_output_scale
+from sss.structures.residual import ResidualBlock
 
 Shortcut = Literal["projection", "pad"]
 

@@ -1,23 +1,25 @@
-"""``sss.save`` / ``sss.load``: a compact model as safetensors weights plus a JSON spec."""
+"""``sss.save`` / ``sss.load``: any model, gated, pruned or plain, as safetensors weights plus a
+JSON spec holding its edit history (no pickle)."""
 
 from __future__ import annotations
 
+import copy
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from sss.errors import CheckpointError
 from sss.models import create
 from sss.serialization.state import atomic_write
-from sss.structures.attach import attach
-from sss.structures.branches import drop_branches
 from sss.structures.gate import gates
-from sss.structures.traced_blocks import trace_module
-from sss.surgery.prune import remove_blocks
-from sss.surgery.shapes import apply_layer_shapes
+from sss.structures.history import history, replay
+
+FORMAT = "sss-model/2"
 
 
 def _paths(path: str | Path) -> tuple[Path, Path]:
@@ -28,26 +30,42 @@ def _paths(path: str | Path) -> tuple[Path, Path]:
 
 
 def save(model: nn.Module, path: str | Path) -> None:
-    """Saves a zoo model (gated, pruned or plain) as ``path.safetensors`` + ``path.json``.
+    """Saves ``model`` as ``path.safetensors`` (weights and buffers) + ``path.json``.
 
-    The JSON says how to rebuild the architecture (model name, builder keywords, removed
-    blocks, whether it is gated); the safetensors file holds the weights and buffers.
+    The JSON holds the zoo name and builder keywords (for models made by
+    :func:`sss.models.create`) and the model's edit history: what was gated, ignored, cut and
+    removed. :func:`load` replays that history to rebuild the architecture, for zoo models
+    and, given the unpruned ``base``, for any other model.
     """
-    spec = getattr(model, "sss_spec", None)
-    if spec is None:
-        raise ValueError("sss.save needs a model built by sss.models.create (it carries model.sss_spec)")
     weights_path, spec_path = _paths(path)
-    spec = {**spec, "gated": sorted({g.kind for g in gates(model)})}  # the gate kinds to re-attach
+    spec = {
+        "format": FORMAT,
+        "model": getattr(model, "sss_spec", None),
+        "history": history(model),
+        "gated": sorted({g.kind for g in gates(model)}),  # informational: replay re-creates the gates
+    }
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    atomic_write(weights_path, lambda tmp: save_file(tensors, tmp, metadata={"format": "sss-model/1"}))
+    atomic_write(weights_path, lambda tmp: save_file(tensors, tmp, metadata={"format": FORMAT}))
     atomic_write(spec_path, lambda tmp: Path(tmp).write_text(json.dumps(spec, indent=2) + "\n"))
 
 
-def load(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
+def load(
+    path: str | Path,
+    base: nn.Module | Callable[[], nn.Module] | None = None,
+    map_location: str | torch.device = "cpu",
+) -> nn.Module:
     """Rebuilds a model saved by :func:`save`; never unpickles anything.
 
+    Args:
+        path: What was given to :func:`save` (with or without ``.safetensors``/``.json``).
+        base: The unpruned model, or a callable that builds it (``torchvision.models.resnet50``,
+            your class), for models not built by :func:`sss.models.create`. Its weights do not
+            matter; it is copied, not changed. Zoo models need none.
+        map_location: The device of the returned model.
+
     Raises:
-        CheckpointError: A file is missing or corrupt, or the weights do not fit the spec.
+        CheckpointError: A file is missing or corrupt, the history does not apply to the base
+            (naming the first edit that does not), or the weights do not fit.
     """
     weights_path, spec_path = _paths(path)
     for p in (weights_path, spec_path):
@@ -55,21 +73,44 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Modul
             raise CheckpointError(f"{p} not found; sss.save writes both {weights_path.name} and {spec_path.name}")
     try:
         spec = json.loads(spec_path.read_text())
-        model = create(spec["name"], **spec["kwargs"])
-        if spec.get("gated"):
-            shape = spec.get("attach_input_shape")
-            example = torch.zeros(1, *shape) if shape else None
-            model = attach(model, example, spec["gated"], inplace=True)
-        remove_blocks(model, spec.get("removed", []))
-        for path, dropped in spec.get("dropped_branches", {}).items():
-            model.set_submodule(path, drop_branches(trace_module(model.get_submodule(path)), set(dropped)))
-        apply_layer_shapes(model, spec.get("shapes", {}))
-        state = load_file(str(weights_path), device=str(map_location))
-        model.load_state_dict(state, strict=True)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{spec_path} is not valid JSON ({e}); re-save the model with sss.save") from e
+    if not isinstance(spec, dict) or spec.get("format") != FORMAT or not isinstance(spec.get("history"), list):
+        raise CheckpointError(f"{spec_path} is not an {FORMAT} spec (written by another version of sss, or not by "
+                              "sss.save); re-save the model with this version")  # fmt: skip
+    zoo = spec.get("model")
+    try:
+        if base is not None:
+            model = copy.deepcopy(base) if isinstance(base, nn.Module) else base()
+        elif isinstance(zoo, dict):
+            model = create(zoo["name"], **zoo["kwargs"])
+        else:
+            raise CheckpointError(f"{weights_path.with_suffix('')} was saved from a model outside the zoo: pass its "
+                                  "unpruned form, sss.load(path, base=MyModel())")  # fmt: skip
+        model = replay(model, spec["history"])
     except CheckpointError:
         raise
     except Exception as e:
-        raise CheckpointError(f"cannot load the model saved at {weights_path.with_suffix('')}: {e}") from e
-    keys = ("name", "kwargs", "removed", "dropped_branches", "shapes", "attach_input_shape")
-    model.sss_spec = {k: spec[k] for k in keys if k in spec}
+        raise CheckpointError(f"cannot rebuild the model saved at {weights_path.with_suffix('')}: {e}") from e
+    _check_weights(model, weights_path)
+    model.load_state_dict(load_file(str(weights_path), device="cpu"), strict=True)
+    if isinstance(zoo, dict):
+        model.sss_spec = zoo
     return model.to(map_location).eval()
+
+
+def _check_weights(model: nn.Module, weights_path: Path) -> None:
+    """Compares the file's tensor names and shapes with the rebuilt model before loading any."""
+    try:
+        with safe_open(str(weights_path), "pt") as f:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118  (not a dict)
+    except Exception as e:
+        raise CheckpointError(f"{weights_path} is not a readable safetensors file ({e}); re-save the model") from e
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing, extra = sorted(expected.keys() - shapes.keys()), sorted(shapes.keys() - expected.keys())
+    wrong = [f"{k}: file {shapes[k]}, model {v}" for k, v in expected.items() if k in shapes and shapes[k] != v]
+    if missing or extra or wrong:
+        problems = [f"missing {missing[:3]}" if missing else "", f"unexpected {extra[:3]}" if extra else "",
+                    f"shapes differ ({'; '.join(wrong[:3])})" if wrong else ""]  # fmt: skip
+        raise CheckpointError(f"the weights in {weights_path} do not fit the rebuilt model: "
+                              + ", ".join(p for p in problems if p) + " (a base other than the saved model's?)")

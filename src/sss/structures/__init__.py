@@ -1,8 +1,32 @@
-"""Structures that carry a learnable scaling factor, and the factors themselves."""
+"""Structures that carry a learnable scaling factor, and the factors themselves.
 
+Importing this package registers the built-in kinds: channel, group, block, branch (the order
+in which ``attach`` gates them and ``prune`` removes them; see ``StructureKind.order``).
+"""
+
+from sss.structures import blocks, branches, channels, groups  # noqa: F401  (the built-in kinds register)
 from sss.structures.attach import attach
-from sss.structures.discovery import find_structures
+from sss.structures.discovery import StructureReport, find_structures
 from sss.structures.gate import Gate, GateRef, factor_parameters, gates
+from sss.structures.history import history, removed_blocks
+from sss.structures.registry import Discovery, Removal, StructureKind, kind_names, register_kind, unregister_kind
 from sss.structures.residual import ResidualBlock
 
-__all__ = ["Gate", "GateRef", "ResidualBlock", "attach", "factor_parameters", "find_structures", "gates"]
+__all__ = [
+    "Discovery",
+    "Gate",
+    "GateRef",
+    "Removal",
+    "ResidualBlock",
+    "StructureKind",
+    "StructureReport",
+    "attach",
+    "factor_parameters",
+    "find_structures",
+    "gates",
+    "history",
+    "kind_names",
+    "register_kind",
+    "removed_blocks",
+    "unregister_kind",
+]

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from sss.errors import UnsupportedModelError
-from sss.structures.branches import attach_traced_branches
-from sss.structures.discovery import attach_traced
-from sss.structures.gate import KINDS, Gate
-from sss.structures.paths import under
-from sss.structures.residual import ResidualBlock
-from sss.structures.traced_blocks import attach_traced_blocks
+from sss.structures.discovery import find_structures
+from sss.structures.history import record
+from sss.structures.registry import get_kind, kind_names
+
+logger = logging.getLogger("sss")
 
 
 def attach(
@@ -25,77 +25,50 @@ def attach(
     ignore: Sequence[str] = (),
     inplace: bool = False,
 ) -> nn.Module:
-    """Returns ``model`` with a scaling factor λ = 1 on each chosen structure.
+    """Returns ``model`` with a scaling factor λ = 1 on each structure of the chosen kinds.
+
+    The kinds of a model are found by tracing (see :func:`sss.find_structures`, which also
+    says why a candidate was skipped). Kinds the model has none of are reported in a log line
+    and skipped; only a model with nothing at all to gate is refused.
 
     Args:
-        model: For ``"block"``, a model with residual blocks: submodules whose forward
-            adds a branch to their input (or a downsample of it), found by ``torch.fx``
-            (torchvision-style, pre-activation and inverted residual blocks; see
-            :mod:`sss.structures.traced_blocks`), or :class:`sss.structures.ResidualBlock`
-            (the ResNets of :mod:`sss.models`, which know their removed form). For
-            ``"channel"`` and ``"group"``, any model that runs on ``example_inputs``:
-            Torch-Pruning traces it, every removable conv/linear output channel gets a
+        model: Any model. ``"block"``: submodules whose forward adds a branch to their input
+            (or a downsample of it), found by ``torch.fx`` (torchvision-style, pre-activation
+            and inverted residual blocks), or :class:`sss.structures.ResidualBlock` (the
+            zoo's ResNets). ``"channel"``: every removable conv/linear output channel, one
             factor shared by all layers coupled to it (residual sums, concat, depthwise
-            convs), and every group of a grouped conv gets one (see
-            :func:`sss.structures.find_structures`, which also says why a layer was skipped).
-        example_inputs: An input batch; required for ``"channel"`` and ``"group"``.
-        structures: Which structures get factors: any of ``"block"``, ``"group"``, ``"channel"``,
-            or ``"branch"`` (one factor per branch of a module that concatenates parallel
-            branches, GAL's Inception masks; see :mod:`sss.structures.branches`).
+            convs), found with Torch-Pruning. ``"group"``: every group of a grouped conv.
+            ``"branch"``: every branch of a module that concatenates parallel branches (GAL's
+            Inception masks). Kinds added with :func:`sss.structures.register_kind` too.
+        example_inputs: An input batch; required by every kind but ``"block"``.
+        structures: Which kinds get factors.
         ignore: Module paths (and everything below them) that get no factor, e.g. a layer
             whose width must stay fixed or a block that must stay.
         inplace: Modify ``model`` itself instead of a copy.
 
     Raises:
-        UnsupportedModelError: A structure kind is unknown or not supported on this model.
+        ValueError: A kind is unknown, or needs ``example_inputs`` and got none.
+        UnsupportedModelError: The model has no structure of any requested kind.
     """
-    unknown = [s for s in structures if s not in KINDS]
-    if unknown:
-        raise ValueError(f"unknown structure kind(s) {unknown}; choose from {KINDS}")
-    if "branch" in structures and ({"channel", "group"} & set(structures)):
-        raise UnsupportedModelError("branch factors cannot be combined with channel or group factors yet; "
-                                    "use structures=('branch',) or ('block', 'branch')")  # fmt: skip
+    kinds = [get_kind(name) for name in structures]
+    for kind in kinds:
+        if kind.needs_example and example_inputs is None:
+            raise ValueError(f"{kind.name} factors need example_inputs (one input batch) to trace the model")
+    report = find_structures(model, example_inputs, structures, ignore)
+    if not report.found:
+        reasons = f" ({'; '.join(report.skipped)})" if report.skipped else ""
+        raise UnsupportedModelError(f"{type(model).__name__} has nothing to gate: " + "; ".join(
+            f"no {kind.not_found}" for kind in kinds) + reasons + " (sss.find_structures lists every candidate "
+            "and why it was skipped)")  # fmt: skip
+    if report.missing:
+        logger.warning("%s has no %s structures; gating the other kinds", type(model).__name__,
+                       "/".join(report.missing))  # fmt: skip
+    logger.info("%s: %s", type(model).__name__, report.summary())
     if not inplace:
         model = copy.deepcopy(model)
-    if "branch" in structures:
-        if example_inputs is None:
-            raise ValueError("branch factors need example_inputs (one input batch) to trace the model")
-        found_branches, skipped = attach_traced_branches(model, example_inputs, ignore)
-        if not found_branches:
-            reasons = f" ({'; '.join(skipped)})" if skipped else ""
-            raise UnsupportedModelError(
-                f"{type(model).__name__} has no branch module to gate{reasons}: a branch module returns "
-                "torch.cat of two or more branches of its input, each ending in a BN/conv/linear layer"
-            )
-        spec = getattr(model, "sss_spec", None)
-        if spec is not None:
-            spec["attach_input_shape"] = list(example_inputs.shape[1:])
-    traced = [s for s in structures if s in ("channel", "group")]
-    if traced:
-        if example_inputs is None:
-            raise ValueError(f"{'/'.join(traced)} factors need example_inputs (one input batch) to trace the model")
-        found = attach_traced(model, example_inputs, traced, ignore)
-        for kind in traced:
-            if not any(g.kind == kind for g in found):
-                raise UnsupportedModelError(
-                    f"{type(model).__name__} has no removable {kind} structures (sss.find_structures "
-                    "lists each candidate and why it was skipped)"
-                )
-        spec = getattr(model, "sss_spec", None)
-        if spec is not None:
-            spec["attach_input_shape"] = list(example_inputs.shape[1:])
-    if "block" in structures:
-        ref = next(iter(model.parameters()))
-        blocks = [m for n, m in model.named_modules() if isinstance(m, ResidualBlock) and not under(n, ignore)]
-        for block in blocks:
-            if not isinstance(block.gate, Gate):
-                block.gate = Gate("block").to(device=ref.device, dtype=ref.dtype)
-        found_blocks, skipped = attach_traced_blocks(model, ignore)
-        if not blocks and not found_blocks:
-            reasons = f" ({'; '.join(skipped)})" if skipped else ""
-            raise UnsupportedModelError(
-                f"{type(model).__name__} has no residual block to gate{reasons}: a block is a submodule whose "
-                "forward adds a branch ending in a BatchNorm/conv/linear layer to its input or a downsample of it "
-                "(torch.fx must trace it), or an sss.structures.ResidualBlock"
-            )
+    for kind in sorted(kinds, key=lambda k: kind_names().index(k.name)):  # layers are wrapped before modules trace
+        if report.structures[kind.name]:
+            kind.gate(model, report.structures[kind.name])
+    shape = list(example_inputs.shape[1:]) if example_inputs is not None else None
+    record(model, [{"op": "attach", "kinds": report.found, "ignore": list(ignore), "input_shape": shape}])
     return model

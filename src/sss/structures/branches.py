@@ -12,27 +12,18 @@ last affine layer (exact through ReLU for λ ≥ 0). A module keeps at least one
 
 from __future__ import annotations
 
-import copy
 import operator
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch_pruning as tp
 from torch import fx, nn
 
-from sss.structures.channels import (
-    LAYERS,
-    LayerSlice,
-    build_graph,
-    call_counts,
-    cut_slices,
-    describe,
-    out_width,
-    removal_is_exact,
-)  # fmt: skip
-from sss.structures.gate import Gate
+from sss.structures.channels import LAYERS, LayerSlice, describe, out_width
+from sss.structures.gate import Gate, fold_output_scale
 from sss.structures.paths import under
-from sss.structures.residual import fold_output_scale
+from sss.structures.registry import Discovery, Edit, Removal, StructureKind, register_kind
 from sss.structures.traced_blocks import ancestors, trace_module
 
 _AFFINE = (nn.BatchNorm1d, nn.BatchNorm2d, *LAYERS)
@@ -128,64 +119,83 @@ def is_branch_module(module: nn.Module) -> bool:
     return isinstance(module, fx.GraphModule) and isinstance(getattr(module, "gate", None), BranchGate)
 
 
-def compact_branches(model: nn.Module, threshold: float = 0.0) -> dict[str, list[int]]:
-    """Removes the zero-factor branches (folding the others), in place; returns the dropped
-    branch indices per module path."""
-    dropped, cuts = {}, {}
-    for name, m in list(model.named_modules()):
-        if not is_branch_module(m):
-            continue
-        gate, lam = m.gate, m.gate.weight.detach()
-        removed = [i for i in range(lam.numel()) if abs(float(lam[i])) <= threshold]
-        if len(removed) == lam.numel():
-            removed = removed[1:]  # keep one branch (its factor 0 is folded: zero output)
-        for i in range(lam.numel()):
-            if i in removed:
-                for s in gate.readers[i]:
-                    cuts.setdefault((s.path, s.role), set()).update(s.index[0])
-            else:
-                fold_output_scale(m.get_submodule(gate.fold_into[i]), lam[i : i + 1])
-        drop_branches(m, set(removed))
-        dropped[name] = removed
-    existing = {n for n, _ in model.named_modules()}  # a reader inside a dropped branch is gone already
-    cut_slices(model, {key: idxs for key, idxs in cuts.items() if key[0] in existing})
-    return dropped
+@dataclass(frozen=True)
+class BranchModule:
+    """A module found to concatenate parallel branches: where it is, the layer each branch's
+    factor folds into, and the outside layers' slices that read each branch's channels."""
+
+    path: str
+    fold_into: tuple[str, ...]
+    readers: tuple[tuple[LayerSlice, ...], ...]
 
 
-def attach_traced_branches(
-    model: nn.Module, example_inputs: torch.Tensor, ignore: Sequence[str] = ()
-) -> tuple[list[str], list[str]]:
-    """Gates every branch module of ``model``, in place, after checking on ``example_inputs``
-    that removing branches (half of them, in a copy with random BN statistics) is exact.
-    Returns the gated module paths and, for modules ending in a concat that are not gated, why."""
-    graph = build_graph(model, example_inputs)
-    names = {m: n for n, m in model.named_modules()}
-    calls = call_counts(model, example_inputs)
-    ref = next(iter(model.parameters()))
-    found, skipped = [], []
-    for path, module in list(model.named_modules()):
-        if not path or under(path, [*ignore, *found]) or isinstance(module, nn.Sequential):
-            continue
-        if not any(True for _ in module.children()):
-            continue
-        described = _describe_module(model, path, module, graph, names, calls)
-        if isinstance(described, str):
-            if not described.startswith("its output is not") and not described.startswith("torch.fx"):
-                skipped.append(f"{path}: {described}")
-            continue
-        gate = BranchGate(*described).to(device=ref.device, dtype=ref.dtype)
-        if not _removes_exactly(model, path, gate, example_inputs):
-            skipped.append(f"{path}: removing a branch changes the output")
-            continue
-        model.set_submodule(path, _gate(module, gate))
-        found.append(path)
-    return found, skipped
+class BranchKind(StructureKind):
+    """One factor per branch of each module whose output concatenates parallel branches."""
+
+    name = "branch"
+    order = 40
+    ops = ("drop_branches",)
+    not_found = (
+        "branch module to gate: a branch module returns torch.cat of two or more branches of its input, "
+        "each ending in a BN/conv/linear layer"
+    )
+
+    def find(
+        self, model: nn.Module, example_inputs: torch.Tensor, ignore: Sequence[str], discovery: Discovery
+    ) -> tuple[list[BranchModule], list[str]]:
+        found: list[BranchModule] = []
+        skipped: list[str] = []
+        for path, module in model.named_modules():
+            if not path or under(path, [*ignore, *(b.path for b in found)]) or isinstance(module, nn.Sequential):
+                continue
+            if not any(True for _ in module.children()):
+                continue
+            described = _describe_module(model, path, module, discovery.graph, discovery.names, discovery.calls)
+            if isinstance(described, str):
+                if not described.startswith("its output is not") and not described.startswith("torch.fx"):
+                    skipped.append(f"{path}: {described}")
+                continue
+            fold_into, readers = described
+            found.append(BranchModule(path, tuple(fold_into), tuple(tuple(r) for r in readers)))
+        return found, skipped
+
+    def label(self, candidate: BranchModule) -> str:
+        return candidate.path
+
+    def gate(self, model: nn.Module, candidates: Sequence[BranchModule]) -> None:
+        ref = next(iter(model.parameters()))
+        for b in candidates:
+            gate = BranchGate(b.fold_into, b.readers).to(device=ref.device, dtype=ref.dtype)
+            model.set_submodule(b.path, _gate(model.get_submodule(b.path), gate))
+
+    def plan(self, model: nn.Module, remove: bool, round_to: int, removal: Removal) -> None:
+        dropped: dict[str, list[int]] = {}
+        for name, m in model.named_modules():
+            if not is_branch_module(m):
+                continue
+            lam = m.gate.weight.detach()
+            removed = [i for i in range(lam.numel()) if remove and float(lam[i]) == 0.0]
+            if len(removed) == lam.numel():
+                removed = removed[1:]  # keep one branch (its factor 0 is folded: zero output)
+            for i in removed:
+                for s in m.gate.readers[i]:
+                    removal.cut(s.path, s.role, s.index[0])
+            dropped[name] = removed
+        removal.steps.append(lambda model: self._compact(model, dropped))
+
+    def _compact(self, model: nn.Module, dropped: dict[str, list[int]]) -> list[Edit]:
+        for name, removed in dropped.items():
+            m = model.get_submodule(name)
+            lam = m.gate.weight.detach()
+            for i in range(lam.numel()):
+                if i not in removed:
+                    fold_output_scale(m.get_submodule(m.gate.fold_into[i]), lam[i : i + 1])
+            drop_branches(m, set(removed))
+        return [{"op": "drop_branches", "path": n, "branches": r} for n, r in dropped.items() if r]
+
+    def replay(self, model: nn.Module, edit: Edit) -> None:
+        path = edit["path"]
+        model.set_submodule(path, drop_branches(trace_module(model.get_submodule(path)), set(edit["branches"])))
 
 
-def _removes_exactly(model: nn.Module, path: str, gate: BranchGate, example_inputs: torch.Tensor) -> bool:
-    trial = copy.deepcopy(model).eval()
-    trial_gate = copy.deepcopy(gate)
-    with torch.no_grad():
-        trial_gate.weight.fill_(0.75)[::2] = 0.0
-    trial.set_submodule(path, _gate(trial.get_submodule(path), trial_gate))
-    return removal_is_exact(trial, example_inputs, compact_branches)
+register_kind(BranchKind())

@@ -12,16 +12,17 @@ and flatten keep zeros), and the group's slices can be cut with no change to the
 :func:`sss.structures.find_structures` checks that promise on the example input: it removes half of
 each group's channels from a copy (with random BatchNorm statistics) and compares outputs,
 and a group that fails, say through ``sigmoid`` or ``x + 1`` on the channel, is skipped
-with the reason. Torch-Pruning is used for discovery and its per-layer pruning functions
-for the cuts; folding and the exactness check are ours (docs/design.md, "coupled channels").
+with the reason (:mod:`sss.structures.discovery`). Torch-Pruning is used for discovery and
+its per-layer pruning functions for the cuts; folding and the exactness check are ours
+(docs/design.md, "coupled channels").
 """
 
 from __future__ import annotations
 
-import copy
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch_pruning as tp
@@ -29,7 +30,8 @@ from torch import nn
 
 from sss.errors import UnsupportedModelError
 from sss.structures.gate import ChannelGated, Gate
-from sss.structures.residual import fold_output_scale
+from sss.structures.paths import under
+from sss.structures.registry import Discovery, Removal, StructureKind, register_kind
 
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 LAYERS = (nn.Conv1d, nn.Conv2d, nn.Linear)
@@ -160,40 +162,7 @@ def wrap(model: nn.Module, group: ChannelGroup) -> None:
         wrapper.add_slice(gate, s.index, group if i == 0 else None)
 
 
-def removes_exactly(model: nn.Module, groups: list[ChannelGroup], example_inputs: torch.Tensor) -> bool:
-    """Gates ``groups`` in a copy, zeroes every other factor (the rest 0.75) and checks that
-    pruning the copy keeps its outputs (:func:`removal_is_exact`)."""
-    trial = copy.deepcopy(model).eval()
-    for group in groups:
-        wrap(trial, group)
-    with torch.no_grad():
-        for m in trial.modules():
-            if isinstance(m, Gate) and m.kind != "block":
-                m.weight.fill_(0.75)[::2] = 0.0
-    return removal_is_exact(trial, example_inputs, prune_channels)
-
-
-def removal_is_exact(trial: nn.Module, example_inputs: torch.Tensor, remove: Callable[[nn.Module], object]) -> bool:
-    """Gives ``trial`` (a gated copy, modified) random BN statistics and checks that ``remove``
-    leaves its outputs on ``example_inputs`` unchanged (to 1e-4 relative) and does not fail."""
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for m in trial.modules():
-            if isinstance(m, _NORMS) and m.affine and m.track_running_stats:
-                m.running_mean.uniform_(-0.5, 0.5, generator=gen)
-                m.running_var.uniform_(0.5, 2.0, generator=gen)
-                m.bias.uniform_(-0.3, 0.3, generator=gen)
-        try:
-            expected = trial(example_inputs)
-            remove(trial)
-            actual = trial(example_inputs)
-        except Exception:
-            return False
-    scale = float(expected.abs().max()) or 1.0
-    return actual.shape == expected.shape and float((actual - expected).abs().max()) <= 1e-4 * scale
-
-
-def _kept_channels(lam: torch.Tensor, round_to: int) -> torch.Tensor:
+def kept_channels(lam: torch.Tensor, round_to: int) -> torch.Tensor:
     """A mask of the nonzero factors, topped up with the first zero-factor channels to a
     multiple of ``round_to`` (at least one channel): a kept zero channel adds nothing."""
     keep = lam != 0
@@ -202,40 +171,6 @@ def _kept_channels(lam: torch.Tensor, round_to: int) -> torch.Tensor:
     if extra > 0:
         keep[torch.nonzero(~keep).flatten()[:extra]] = True
     return keep
-
-
-def prune_channels(
-    model: nn.Module, threshold: float = 0.0, round_to: int = 1, kinds: Sequence[str] = ("channel", "group")
-) -> None:
-    """Removes the zero-factor channels and groups, in place, and drops the gates.
-
-    Factors with ``|λ| <= threshold`` count as zero; every factor is folded into the layers it
-    scales, so the function is unchanged. A structure group keeps at least one member, and
-    with ``round_to`` a multiple of that many (fast kernels prefer widths like 8 or 16): the
-    extra ones keep a zero factor, so they contribute exactly nothing. Factors of a kind not
-    in ``kinds`` are folded and nothing of theirs is removed.
-    """
-    wrappers = [(name, m) for name, m in model.named_modules() if isinstance(m, ChannelGated)]
-    cuts: dict[tuple[str, str], set[int]] = {}
-    with torch.no_grad():
-        for name, owner in wrappers:
-            if owner.group is None:
-                continue
-            lam = owner.gate.weight
-            if bool((lam < 0).any()):
-                raise UnsupportedModelError(
-                    f"{name}: negative channel factors cannot be folded exactly; train them with nonneg=True"
-                )
-            lam[lam.abs() <= threshold] = 0.0
-            if owner.gate.kind not in kinds:
-                continue
-            removed = torch.nonzero(~_kept_channels(lam, round_to)).flatten().tolist()
-            for s in owner.group.slices:
-                cuts.setdefault((s.path, s.role), set()).update(i for c in removed for i in s.index[c])
-        for name, wrapper in wrappers:
-            fold_output_scale(wrapper.inner, wrapper.scale())
-            model.set_submodule(name, wrapper.inner)
-    cut_slices(model, cuts)
 
 
 def cut_slices(model: nn.Module, cuts: dict[tuple[str, str], set[int]]) -> None:
@@ -264,3 +199,57 @@ def _cut_conv_groups(conv: nn.Conv1d | nn.Conv2d, out_idxs: list[int]) -> None:
     conv.in_channels -= removed * (conv.in_channels // conv.groups)
     conv.out_channels -= removed * per_group
     conv.groups -= removed
+
+
+class LayerGateKind(StructureKind):
+    """A kind whose factors scale layer outputs through :class:`ChannelGated` wrappers, one
+    :class:`ChannelGroup` per gate: channels, and groups of grouped convs."""
+
+    not_found = "removable structures of this kind"
+
+    def label(self, candidate: ChannelGroup) -> str:
+        return candidate.name
+
+    def gate(self, model: nn.Module, candidates: Sequence[ChannelGroup]) -> None:
+        for group in candidates:
+            wrap(model, group)
+
+    def plan(self, model: nn.Module, remove: bool, round_to: int, removal: Removal) -> None:
+        for name, owner in model.named_modules():
+            if not isinstance(owner, ChannelGated) or owner.group is None or owner.gate.kind != self.name:
+                continue
+            lam = owner.gate.weight.detach()
+            if bool((lam < 0).any()):
+                raise UnsupportedModelError(
+                    f"{name}: negative {self.name} factors cannot be folded exactly; train them with nonneg=True"
+                )
+            if remove:
+                removed = torch.nonzero(~kept_channels(lam, round_to)).flatten().tolist()
+                for s in owner.group.slices:
+                    removal.cut(s.path, s.role, (i for c in removed for i in s.index[c]))
+
+
+class ChannelKind(LayerGateKind):
+    """One factor per channel (neuron) of each group of coupled conv/linear layers."""
+
+    name = "channel"
+    order = 10
+    not_found = "removable channel structures"
+
+    def find(
+        self, model: nn.Module, example_inputs: torch.Tensor, ignore: Sequence[str], discovery: Discovery
+    ) -> tuple[list[ChannelGroup], list[str]]:
+        found, skipped = [], []
+        for tp_group in discovery.graph.get_all_groups(root_module_types=LAYERS):
+            root = discovery.names.get(tp_group[0].dep.target.module, "?")
+            described: Any = describe(discovery.graph, tp_group, discovery.names, discovery.calls)
+            if isinstance(described, str):
+                skipped.append(f"{root}: {described}")
+            elif any(under(s.path, ignore) for s in described.slices):
+                skipped.append(f"{root}: ignored")
+            else:
+                found.append(described)
+        return found, skipped
+
+
+register_kind(ChannelKind())

@@ -1,73 +1,117 @@
-"""Finding the channel and group structures of any model by tracing, checked for exactness."""
+"""Finding a model's structures of every requested kind, each checked for exact removal."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 
-from sss.structures.channels import (
-    LAYERS,
-    ChannelGroup,
-    build_graph,
-    call_counts,
-    describe,
-    is_grouped,
-    removes_exactly,
-    wrap,
-)  # fmt: skip
-from sss.structures.groups import describe_conv_groups
-from sss.structures.paths import under
+from sss.structures.gate import Gate
+from sss.structures.registry import Discovery, StructureKind, get_kind
+
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+
+
+@dataclass
+class StructureReport:
+    """What :func:`find_structures` found.
+
+    Attributes:
+        structures: Kind name → the structures of that kind that can be gated (each kind's
+            own description objects; :meth:`names` gives their module paths).
+        skipped: ``"path: reason"`` for every candidate that cannot be gated.
+    """
+
+    structures: dict[str, list[Any]] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+
+    def names(self, kind: str) -> list[str]:
+        """Module paths of the structures found of ``kind``."""
+        return [get_kind(kind).label(c) for c in self.structures.get(kind, [])]
+
+    @property
+    def found(self) -> list[str]:
+        """The kinds with at least one structure."""
+        return [k for k, found in self.structures.items() if found]
+
+    @property
+    def missing(self) -> list[str]:
+        """The requested kinds of which the model has none."""
+        return [k for k, found in self.structures.items() if not found]
+
+    def summary(self) -> str:
+        """One line: how many structures of each kind, and which kinds were not found."""
+        parts = [f"{len(self.structures[k])} {k}" for k in self.found]
+        text = "gated " + (", ".join(parts) or "nothing")
+        return text + (f"; not found: {', '.join(self.missing)}" if self.missing else "")
 
 
 def find_structures(
-    model: nn.Module, example_inputs: torch.Tensor, kinds: Sequence[str] = ("channel",), ignore: Sequence[str] = ()
-) -> tuple[list[ChannelGroup], list[str]]:
-    """Returns the removable ``"channel"`` and/or ``"group"`` structures of ``model`` and, for
-    each candidate that cannot be gated, a sentence saying why. ``model`` is unchanged.
+    model: nn.Module,
+    example_inputs: torch.Tensor | None,
+    kinds: Sequence[str] = ("channel",),
+    ignore: Sequence[str] = (),
+) -> StructureReport:
+    """Returns the structures of each kind in ``kinds`` that :func:`sss.attach` would gate and,
+    for each candidate that cannot be gated, a sentence saying why. ``model`` is unchanged.
 
-    Every structure found is checked on ``example_inputs``: a copy with random BN statistics
-    loses half of each structure and must compute the same outputs; a structure that fails
-    (an op on the way that turns zeros into something else) is reported, not returned.
+    Every structure found by a kind that asks for it (``check_exactness``) is checked on
+    ``example_inputs``: a copy with random BN statistics loses half of each structure and must
+    compute the same outputs; a structure that fails (an op on the way that turns zeros into
+    something else) is reported, not returned.
     """
-    graph = build_graph(model, example_inputs)
-    names = {m: n for n, m in model.named_modules()}
-    calls = call_counts(model, example_inputs)
-    described: list[tuple[str, ChannelGroup | str]] = []
-    if "channel" in kinds:
-        for tp_group in graph.get_all_groups(root_module_types=LAYERS):
-            root = tp_group[0].dep.target.module
-            described.append((names.get(root, "?"), describe(graph, tp_group, names, calls)))
-    if "group" in kinds:
-        for m, path in names.items():
-            if is_grouped(m):
-                described.append((path, describe_conv_groups(graph, m, names, calls)))
-    found, skipped = [], []
-    for root, d in described:
-        if isinstance(d, str):
-            skipped.append(f"{root}: {d}")
-        elif any(under(s.path, ignore) for s in d.slices):
-            skipped.append(f"{root}: ignored")
-        else:
-            found.append(d)
-    if not removes_exactly(model, found, example_inputs):  # find the culprits one at a time
-        exact = []
-        for group in found:
-            if removes_exactly(model, [group], example_inputs):
-                exact.append(group)
-            else:
-                skipped.append(f"{group.name}: removing its channels changes the output (an op on the way "
-                               "does not keep zeros or moves channels: sigmoid, a constant add, padding)")  # fmt: skip
-        found = exact
-    return found, skipped
+    discovery = Discovery(model, example_inputs)
+    report = StructureReport()
+    for name in kinds:
+        kind = get_kind(name)
+        found, skipped = kind.find(model, example_inputs, ignore, discovery)
+        if found and kind.check_exactness and example_inputs is not None:
+            found, failed = exact_subset(model, kind, found, example_inputs)
+            skipped += [f"{kind.label(c)}: removing its {kind.name} structures changes the output (an op on the "
+                        "way does not keep zeros or moves channels: sigmoid, a constant add, padding)"
+                        for c in failed]  # fmt: skip
+        report.structures[name] = found
+        report.skipped += skipped
+    return report
 
 
-def attach_traced(
-    model: nn.Module, example_inputs: torch.Tensor, kinds: Sequence[str], ignore: Sequence[str] = ()
-) -> list[ChannelGroup]:
-    """Puts a factor vector on each structure :func:`find_structures` returns, in place."""
-    found, _ = find_structures(model, example_inputs, kinds, ignore)
-    for group in found:
-        wrap(model, group)
-    return found
+def exact_subset(
+    model: nn.Module, kind: StructureKind, candidates: list[Any], example_inputs: torch.Tensor
+) -> tuple[list[Any], list[Any]]:
+    """Splits ``candidates`` into those whose removal keeps the outputs and those whose removal
+    does not: all at once first (one copy), then one at a time to find the culprits."""
+    if _removes_exactly(model, kind, candidates, example_inputs):
+        return candidates, []
+    exact, failed = [], []
+    for c in candidates:
+        (exact if _removes_exactly(model, kind, [c], example_inputs) else failed).append(c)
+    return exact, failed
+
+
+def _removes_exactly(model: nn.Module, kind: StructureKind, candidates: list[Any], example_inputs) -> bool:
+    """Gates ``candidates`` in a copy, zeroes every other factor (the rest 0.75) and checks that
+    pruning keeps the outputs (to 1e-4 relative) with random BN statistics."""
+    from sss.surgery.prune import prune
+
+    trial = copy.deepcopy(model).eval()
+    gen = torch.Generator().manual_seed(0)
+    try:
+        kind.gate(trial, candidates)
+        with torch.no_grad():
+            for m in trial.modules():
+                if isinstance(m, Gate) and m.kind == kind.name:
+                    m.weight.fill_(0.75)[::2] = 0.0
+                elif isinstance(m, _NORMS) and m.affine and m.track_running_stats:
+                    m.running_mean.uniform_(-0.5, 0.5, generator=gen)
+                    m.running_var.uniform_(0.5, 2.0, generator=gen)
+                    m.bias.uniform_(-0.3, 0.3, generator=gen)
+            expected = trial(example_inputs)
+            actual = prune(trial)(example_inputs)
+    except Exception:
+        return False
+    scale = float(expected.abs().max()) or 1.0
+    return actual.shape == expected.shape and float((actual - expected).abs().max()) <= 1e-4 * scale

@@ -9,9 +9,6 @@ from typing import Any
 import torch
 from torch import nn
 
-#: Structure kinds a gate can sit on.
-KINDS = ("block", "group", "channel", "branch")
-
 
 class Gate(nn.Module):
     """Multiplies channel ``c`` of its input by learnable factor ``λ_c``, initialised to 1.
@@ -21,14 +18,12 @@ class Gate(nn.Module):
     trained by a proximal optimizer (:class:`sss.APG`) that drives them to exact zeros.
 
     Args:
-        kind: The structure the factor scales, one of ``"block"``, ``"group"``, ``"channel"``.
+        kind: The registered structure kind the factor scales (``"block"``, ``"channel"``, ...).
         size: Number of factors (1 for a block).
     """
 
     def __init__(self, kind: str, size: int = 1) -> None:
         super().__init__()
-        if kind not in KINDS:
-            raise ValueError(f"unknown gate kind {kind!r}; expected one of {KINDS}")
         self.kind = kind
         self.weight = nn.Parameter(torch.ones(size))
 
@@ -106,3 +101,31 @@ def factor_parameters(model: nn.Module) -> Iterator[nn.Parameter]:
     """Yields the factor parameters, the ones that belong to the proximal optimizer."""
     for ref in gates(model):
         yield ref.weight
+
+
+def unwrap_gated_layers(model: nn.Module) -> None:
+    """Folds every :class:`ChannelGated` layer's factors into the layer and puts the plain layer
+    back in its place, in place: the same function, with no gate left on any layer."""
+    for name, wrapper in [(n, m) for n, m in model.named_modules() if isinstance(m, ChannelGated)]:
+        fold_output_scale(wrapper.inner, wrapper.scale().detach())
+        model.set_submodule(name, wrapper.inner)
+
+
+def fold_output_scale(layer: nn.Module, scale: torch.Tensor) -> None:
+    """Scales the output of an affine ``layer`` (BatchNorm, conv or linear) by ``scale`` in place.
+
+    For BatchNorm this scales γ and β (``λ·(γx̂+β) = (λγ)x̂ + λβ``); for conv/linear the
+    weight and bias. The result is the same function up to float rounding.
+    """
+    with torch.no_grad():
+        if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+            if not layer.affine:
+                raise ValueError(f"cannot fold a factor into non-affine {layer}; use affine=True")
+            layer.weight.mul_(scale)
+            layer.bias.mul_(scale)
+        elif isinstance(layer, nn.Conv2d | nn.Linear | nn.Conv1d):
+            layer.weight.mul_(scale.view(-1, *[1] * (layer.weight.dim() - 1)))
+            if layer.bias is not None:
+                layer.bias.mul_(scale)
+        else:
+            raise TypeError(f"cannot fold a scaling factor into {type(layer).__name__}")

@@ -10,10 +10,15 @@ else, and its output is not summed with another layer's (those would keep the ch
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import torch
 import torch_pruning as tp
 from torch import nn
 
-from sss.structures.channels import ChannelGroup, LayerSlice, describe
+from sss.structures.channels import ChannelGroup, LayerGateKind, LayerSlice, describe, is_grouped
+from sss.structures.paths import under
+from sss.structures.registry import Discovery, register_kind
 
 
 def _by_group(index: tuple[tuple[int, ...], ...], per_group: int, groups: int) -> tuple[tuple[int, ...], ...]:
@@ -56,3 +61,30 @@ def describe_conv_groups(
 
 def _module(names: dict[nn.Module, str], path: str) -> nn.Module:
     return next(m for m, p in names.items() if p == path)
+
+
+class GroupKind(LayerGateKind):
+    """One factor per group of each grouped conv (ResNeXt cardinality)."""
+
+    name = "group"
+    order = 20
+    not_found = "removable group structures"
+
+    def find(
+        self, model: nn.Module, example_inputs: torch.Tensor, ignore: Sequence[str], discovery: Discovery
+    ) -> tuple[list[ChannelGroup], list[str]]:
+        found, skipped = [], []
+        for m, path in discovery.names.items():
+            if not is_grouped(m):
+                continue
+            described = describe_conv_groups(discovery.graph, m, discovery.names, discovery.calls)
+            if isinstance(described, str):
+                skipped.append(f"{path}: {described}")
+            elif any(under(s.path, ignore) for s in described.slices):
+                skipped.append(f"{path}: ignored")
+            else:
+                found.append(described)
+        return found, skipped
+
+
+register_kind(GroupKind())

@@ -67,23 +67,3 @@ class ResidualBlock(nn.Module):
         kept.gate = nn.Identity()
         kept.fold_scale(lam)
         return kept
-
-
-def fold_output_scale(layer: nn.Module, scale: torch.Tensor) -> None:
-    """Scales the output of an affine ``layer`` (BatchNorm, conv or linear) by ``scale`` in place.
-
-    For BatchNorm this scales γ and β (``λ·(γx̂+β) = (λγ)x̂ + λβ``); for conv/linear the
-    weight and bias. The result is the same function up to float rounding.
-    """
-    with torch.no_grad():
-        if isinstance(layer, nn.modules.batchnorm._BatchNorm):
-            if not layer.affine:
-                raise ValueError(f"cannot fold a factor into non-affine {layer}; use affine=True")
-            layer.weight.mul_(scale)
-            layer.bias.mul_(scale)
-        elif isinstance(layer, nn.Conv2d | nn.Linear | nn.Conv1d):
-            layer.weight.mul_(scale.view(-1, *[1] * (layer.weight.dim() - 1)))
-            if layer.bias is not None:
-                layer.bias.mul_(scale)
-        else:
-            raise TypeError(f"cannot fold a scaling factor into {type(layer).__name__}")

@@ -14,14 +14,11 @@ after the sum (a final ReLU), exactly. Otherwise λ is folded into the branch's 
 from __future__ import annotations
 
 import operator
-from collections.abc import Sequence
 
 import torch
 from torch import fx, nn
 
-from sss.structures.gate import ChannelGated, Gate
-from sss.structures.paths import under
-from sss.structures.residual import ResidualBlock, fold_output_scale
+from sss.structures.gate import ChannelGated, Gate, fold_output_scale
 
 _ADDS = (operator.add, operator.iadd, torch.add)
 _AFFINE = (nn.BatchNorm1d, nn.BatchNorm2d, nn.Conv1d, nn.Conv2d, nn.Linear)
@@ -82,7 +79,7 @@ def _residual_add(gm: fx.GraphModule) -> fx.Node | str:
     return node
 
 
-def _gate_block(module: nn.Module, device, dtype) -> fx.GraphModule | str:
+def gate_block(module: nn.Module, device, dtype) -> fx.GraphModule | str:
     try:
         gm = trace_module(module)
     except Exception as e:
@@ -101,35 +98,8 @@ def _gate_block(module: nn.Module, device, dtype) -> fx.GraphModule | str:
     return gm
 
 
-def attach_traced_blocks(model: nn.Module, ignore: Sequence[str] = ()) -> tuple[list[str], list[str]]:
-    """Gates every residual block of ``model`` that is not a :class:`ResidualBlock`, in place.
-
-    Returns the block paths and, for submodules with a residual sum that are not blocks, why.
-    Blocks are searched top-down; a module that is a block is not searched inside.
-    """
-    ref = next(iter(model.parameters()))
-    found, skipped, done = [], [], list(ignore)
-    for name, module in list(model.named_modules()):
-        if not name or under(name, done):
-            continue
-        if isinstance(module, ResidualBlock | ChannelGated):  # zoo blocks carry their own gate
-            done.append(name)
-            continue
-        if isinstance(module, nn.Sequential | nn.ModuleList) or not any(True for _ in module.children()):
-            continue
-        gated = _gate_block(module, ref.device, ref.dtype)
-        if isinstance(gated, str):
-            if not gated.startswith("it has "):  # not a residual block at all, or a container of blocks
-                skipped.append(f"{name}: {gated}")
-            continue
-        model.set_submodule(name, gated)
-        found.append(name)
-        done.append(name)
-    return found, skipped
-
-
 def is_traced_block(module: nn.Module) -> bool:
-    """Whether ``module`` is a block gated by :func:`attach_traced_blocks`."""
+    """Whether ``module`` is a block gated by :func:`gate_block`."""
     gate = getattr(module, "gate", None)
     return isinstance(module, fx.GraphModule) and isinstance(gate, Gate) and gate.kind == "block"
 
@@ -141,14 +111,31 @@ def compact_traced_block(gm: fx.GraphModule, threshold: float = 0.0) -> fx.Graph
     gate_node = next(n for n in gm.graph.nodes if n.op == "call_module" and n.target == "gate")
     branch = gate_node.args[0]
     if float(lam.abs().max()) <= threshold:
-        add = next(iter(gate_node.users))
-        shortcut = add.args[1] if add.args[0] is gate_node else add.args[0]
-        add.replace_all_uses_with(shortcut)
-        gm.graph.erase_node(add)
-    else:
-        fold_output_scale(gm.get_submodule(branch.target), lam)
-        gate_node.replace_all_uses_with(branch)
+        return _drop_branch(gm, next(iter(gate_node.users)), gate_node)
+    fold_output_scale(gm.get_submodule(branch.target), lam)
+    gate_node.replace_all_uses_with(branch)
     gm.graph.eliminate_dead_code()
     gm.delete_all_unused_submodules()
     gm.recompile()
     return gm
+
+
+def _drop_branch(gm: fx.GraphModule, add: fx.Node, branch: fx.Node) -> fx.GraphModule:
+    """Replaces the residual sum ``add`` by its shortcut operand; the branch goes as dead code."""
+    shortcut = add.args[1] if add.args[0] is branch else add.args[0]
+    add.replace_all_uses_with(shortcut)
+    gm.graph.erase_node(add)
+    gm.graph.eliminate_dead_code()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+    return gm
+
+
+def removed_traced_block(module: nn.Module) -> fx.GraphModule:
+    """What is left of an ungated block (any module :func:`gate_block` accepts) without its
+    branch: the form a zero-factor block is pruned to, rebuilt from the block itself."""
+    gm = trace_module(module)
+    add = _residual_add(gm)
+    if isinstance(add, str):
+        raise ValueError(f"{type(module).__name__} is not a residual block: {add}")
+    return _drop_branch(gm, add, add.args[0])

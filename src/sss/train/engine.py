@@ -48,6 +48,22 @@ class TrainResult:
     factor_trace: list[dict] = field(default_factory=list)
 
 
+@dataclass
+class BatchResult:
+    """What :meth:`Trainer.batch_loss` returns for one batch.
+
+    ``loss`` is what :meth:`Trainer.optimizer_step` minimises; the epoch's "train" accuracy
+    compares ``logits.argmax(1)`` with ``targets``; ``figures`` are further per-batch numbers
+    (a discriminator's loss, say) whose epoch means go into the log line and the metrics.
+    Every number is checked for NaN/inf before the step.
+    """
+
+    loss: torch.Tensor
+    logits: torch.Tensor
+    targets: torch.Tensor
+    figures: dict[str, float] = field(default_factory=dict)
+
+
 class Trainer:
     """Trains a zoo model with SSS (or densely) from a :class:`TrainConfig`.
 
@@ -56,7 +72,22 @@ class Trainer:
     checkpoint at the same epoch with the same optimizer state (APG momentum included);
     data order and augmentation depend only on (seed, epoch), so a resumed run matches an
     uninterrupted one.
+
+    Other training methods (GAL, a budget controller, another criterion) subclass it and
+    override only these hooks; the loop, logging, NaN guard, factor snapshots, freeze,
+    checkpoints and resume stay here:
+
+    - :meth:`build_model` and :meth:`build_optimizers`: what is trained, and by what.
+    - :meth:`on_epoch_start`: after the learning rate is set for the epoch.
+    - :meth:`batch_loss`: the loss of one batch (it may take steps of its own, e.g. GAL's
+      discriminator), and :meth:`optimizer_step`: the step on that loss.
+    - :meth:`extra_state` / :meth:`load_extra_state`: what the checkpoint holds beyond the
+      model and its two optimizers.
+    - :meth:`on_finish`: after the final models are saved.
     """
+
+    #: Label of the progress bar.
+    progress_label = "epoch"
 
     def __init__(
         self,
@@ -86,16 +117,16 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.example = torch.zeros(1, *full.shape)
         if model is None:
-            model = self._build_model(full)
+            model = self.build_model(full)
         self.model = model.to(memory_format=torch.channels_last) if cfg.channels_last else model
         # Seeded, hence the same on resume: what `after_freeze: rewind` resets the weights to.
         self.init_state = copy.deepcopy(self.model.state_dict()) if cfg.after_freeze == "rewind" else None
-        self.weights_opt, self.factors_opt = self._build_optimizers()
+        self.weights_opt, self.factors_opt = self.build_optimizers()
         self.dense_macs = count(self.model, self.example)[0]
         self.num_factors = sum(ref.weight.numel() for ref in gates(self.model))
         self.frozen_masks: dict[str, torch.Tensor] | None = None
         self.selected: nn.Module | None = None
-        self.epoch_extras: dict[str, float] = {}  # subclasses' per-epoch figures for the log
+        self.epoch_extras: dict[str, float] = {}  # epoch means of BatchResult.figures, for the log
         self.epoch = 0
         self.history: list[dict] = []
         self.factor_trace: list[dict] = []
@@ -111,7 +142,16 @@ class Trainer:
             "frozen_masks": self.frozen_masks,
             "history": self.history,
             "factor_trace": self.factor_trace,
+            "extra": self.extra_state(),
         }
+
+    def extra_state(self) -> dict:
+        """Hook: what a subclass's checkpoint holds beyond the model and optimizers (tensors,
+        numbers, strings, dicts, lists; see :func:`sss.serialization.save_state`)."""
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        """Hook: restores what :meth:`extra_state` saved."""
 
     def load(self, path: Path) -> None:
         state = load_state(path)
@@ -127,21 +167,25 @@ class Trainer:
         if self.factors_opt is not None:
             self.factors_opt.load_state_dict(state["factors_opt"])
         self.epoch, self.history, self.factor_trace = state["epoch"], state["history"], state["factor_trace"]
+        self.load_extra_state(state.get("extra", {}))
 
-    def _build_model(self, data: ArrayDataset) -> nn.Module:
+    def build_model(self, data: ArrayDataset) -> nn.Module:
+        """Hook: the model to train (default: ``cfg.model`` from the zoo, with factors attached)."""
         cfg = self.cfg
         model = create(cfg.model, num_classes=data.num_classes, in_channels=data.shape[0], **cfg.model_kwargs)
         if cfg.sparsity != "none":
             model = attach(model, self.example, structures=cfg.structures, inplace=True)
         return model
 
-    def _build_optimizers(self) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer | None]:
+    def build_optimizers(self) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer | None]:
+        """Hook: the weights' optimizer and the factors' (``None`` without factors). Called
+        again after a freeze, for the compact model."""
         cfg = self.cfg
         method = cfg.sparsity if cfg.sparsity != "none" else "apg"
         return build_optimizers(self.model, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                                method=method, gamma=cfg.gamma, gamma_weights=self._gamma_weights())  # fmt: skip
+                                method=method, gamma=cfg.gamma, gamma_weights=self.gamma_weights())  # fmt: skip
 
-    def _gamma_weights(self) -> dict[str, float] | None:
+    def gamma_weights(self) -> dict[str, float] | None:
         """Per-gate γ multipliers when ``gamma_macs_power`` > 0 (see :func:`sss.measure.mac_weights`)."""
         power = self.cfg.gamma_macs_power
         return mac_weights(self.model, self.example, power) if power > 0 and gates(self.model) else None
@@ -169,7 +213,7 @@ class Trainer:
                 for ref in refs:
                     ref.weight.copy_(masks[ref.name])
         self.model = prune(self.model, self.cfg.prune_threshold, round_to=self.cfg.round_to)
-        self.weights_opt, self.factors_opt = self._build_optimizers()
+        self.weights_opt, self.factors_opt = self.build_optimizers()
         self.frozen_masks = masks
 
     # -- loop -----------------------------------------------------------------------------
@@ -191,12 +235,15 @@ class Trainer:
                 group["lr"] = lr
         return lr
 
+    def on_epoch_start(self) -> None:
+        """Hook: runs at the start of each epoch, after the learning rate is set."""
+
     def _snapshot(self, step: int) -> None:
         values = [float(v) for ref in gates(self.model) for v in ref.weight.detach().flatten()]
         if values:
             self.factor_trace.append({"epoch": self.epoch + (step + 1) / self.steps_per_epoch, "values": values})
 
-    def _batches(self, desc: str = "epoch") -> tqdm:
+    def _batches(self) -> tqdm:
         """This epoch's shuffled, augmented batches (order fixed by seed and epoch), with a bar."""
         cfg = self.cfg
         gen = torch.Generator().manual_seed(cfg.seed * 100_003 + self.epoch)
@@ -204,11 +251,17 @@ class Trainer:
                                   generator=gen, drop_last=True)  # fmt: skip
         if cfg.channels_last:
             batches = ((x.contiguous(memory_format=torch.channels_last), y) for x, y in batches)
-        return tqdm(batches, total=self.steps_per_epoch, desc=f"{desc} {self.epoch + 1}/{cfg.epochs}", leave=False,
+        return tqdm(batches, total=self.steps_per_epoch, desc=f"{self.progress_label} {self.epoch + 1}/{cfg.epochs}",
+                    leave=False,
                     disable=None if self.progress else True)  # fmt: skip
 
-    def _optimize(self, loss: torch.Tensor) -> None:
-        """One step of the weights' and the factors' optimizers on ``loss``."""
+    def batch_loss(self, x: torch.Tensor, y: torch.Tensor) -> BatchResult:
+        """Hook: the loss of one training batch (default: cross-entropy on the labels)."""
+        logits = self.model(x)
+        return BatchResult(F.cross_entropy(logits, y), logits, y)
+
+    def optimizer_step(self, loss: torch.Tensor) -> None:
+        """Hook: one step of the weights' and the factors' optimizers on ``loss``."""
         self.weights_opt.zero_grad(set_to_none=True)
         if self.factors_opt:
             self.factors_opt.zero_grad(set_to_none=True)
@@ -218,28 +271,31 @@ class Trainer:
             self.factors_opt.step()
 
     def _train_epoch(self) -> tuple[float, float]:
-        model = self.model
-        model.train()
-        loss_sum, correct, seen = 0.0, 0, 0
+        self.model.train()
+        loss_sum, correct, seen, figures = 0.0, 0, 0, {}
         every = max(1, self.steps_per_epoch // SNAPSHOTS_PER_EPOCH)
         bar = self._batches()
         for step, (x, y) in enumerate(bar):
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
-            value = loss.item()
-            if not math.isfinite(value):
+            out = self.batch_loss(x, y)
+            values = {"loss": out.loss.item(), **out.figures}
+            bad = {k: v for k, v in values.items() if not math.isfinite(v)}
+            if bad:
                 raise TrainingDivergedError(
-                    f"loss became {value} at epoch {self.epoch + 1}, step {step + 1}. The last good checkpoint "
-                    f"({self.out / CHECKPOINT}, epoch {self.epoch}) is kept. Lower lr or gamma, check the "
-                    "input data for NaN/inf, then rerun with --resume."
+                    f"{', '.join(f'{k} became {v}' for k, v in bad.items())} at epoch {self.epoch + 1}, step "
+                    f"{step + 1}. The last good checkpoint ({self.out / CHECKPOINT}, epoch {self.epoch}) is kept. "
+                    "Lower lr or gamma, check the input data for NaN/inf, then rerun with --resume."
                 )
-            self._optimize(loss)
-            loss_sum += value * len(y)
-            correct += int((logits.argmax(1) == y).sum())
-            seen += len(y)
+            self.optimizer_step(out.loss)
+            n = len(x)
+            loss_sum += values.pop("loss") * n
+            for k, v in values.items():
+                figures[k] = figures.get(k, 0.0) + v * n
+            correct += int((out.logits.argmax(1) == out.targets).sum())
+            seen += n
             if step % every == 0:
                 self._snapshot(step)
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}")
+        self.epoch_extras = {k: v / seen for k, v in figures.items()}
         return loss_sum / seen, 100.0 * correct / seen
 
     def fit(self, resume: bool = False) -> TrainResult:
@@ -264,6 +320,7 @@ class Trainer:
                 self._freeze_and_log()
             start = time.perf_counter()
             lr = self._set_lr()
+            self.on_epoch_start()
             train_loss, train_acc = self._train_epoch()
             val_acc, val_loss = evaluate(self.model, self.val_data, cfg.eval_batch_size)
             self.epoch += 1
@@ -304,4 +361,9 @@ class Trainer:
         compact = prune(model, round_to=self.cfg.round_to)
         save(model, self.out / "model")
         save(compact, self.out / "compact")
-        return TrainResult(model, compact, self.selected, self.history, self.factor_trace)
+        result = TrainResult(model, compact, self.selected, self.history, self.factor_trace)
+        self.on_finish(result)
+        return result
+
+    def on_finish(self, result: TrainResult) -> None:
+        """Hook: runs after the final models are saved (figures, reports)."""
