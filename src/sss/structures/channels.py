@@ -20,9 +20,8 @@ its per-layer pruning functions for the cuts; folding and the exactness check ar
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch_pruning as tp
@@ -207,6 +206,23 @@ class LayerGateKind(StructureKind):
 
     not_found = "removable structures of this kind"
 
+    def describe_all(self, discovery: Discovery) -> Iterator[tuple[str, ChannelGroup | str]]:
+        """Each candidate's root path and its :class:`ChannelGroup`, or why it cannot be one."""
+        raise NotImplementedError
+
+    def find(
+        self, model: nn.Module, example_inputs: torch.Tensor, ignore: Sequence[str], discovery: Discovery
+    ) -> tuple[list[ChannelGroup], list[str]]:
+        found, skipped = [], []
+        for root, described in self.describe_all(discovery):
+            if isinstance(described, str):
+                skipped.append(f"{root}: {described}")
+            elif any(under(s.path, ignore) for s in described.slices):
+                skipped.append(f"{root}: ignored")
+            else:
+                found.append(described)
+        return found, skipped
+
     def label(self, candidate: ChannelGroup) -> str:
         return candidate.name
 
@@ -236,20 +252,10 @@ class ChannelKind(LayerGateKind):
     order = 10
     not_found = "removable channel structures"
 
-    def find(
-        self, model: nn.Module, example_inputs: torch.Tensor, ignore: Sequence[str], discovery: Discovery
-    ) -> tuple[list[ChannelGroup], list[str]]:
-        found, skipped = [], []
+    def describe_all(self, discovery: Discovery) -> Iterator[tuple[str, ChannelGroup | str]]:
         for tp_group in discovery.graph.get_all_groups(root_module_types=LAYERS):
             root = discovery.names.get(tp_group[0].dep.target.module, "?")
-            described: Any = describe(discovery.graph, tp_group, discovery.names, discovery.calls)
-            if isinstance(described, str):
-                skipped.append(f"{root}: {described}")
-            elif any(under(s.path, ignore) for s in described.slices):
-                skipped.append(f"{root}: ignored")
-            else:
-                found.append(described)
-        return found, skipped
+            yield root, describe(discovery.graph, tp_group, discovery.names, discovery.calls)
 
 
 register_kind(ChannelKind())

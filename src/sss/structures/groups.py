@@ -10,14 +10,12 @@ else, and its output is not summed with another layer's (those would keep the ch
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator
 
-import torch
 import torch_pruning as tp
 from torch import nn
 
 from sss.structures.channels import ChannelGroup, LayerGateKind, LayerSlice, describe, is_grouped
-from sss.structures.paths import under
 from sss.structures.registry import Discovery, register_kind
 
 
@@ -70,21 +68,10 @@ class GroupKind(LayerGateKind):
     order = 20
     not_found = "removable group structures"
 
-    def find(
-        self, model: nn.Module, example_inputs: torch.Tensor, ignore: Sequence[str], discovery: Discovery
-    ) -> tuple[list[ChannelGroup], list[str]]:
-        found, skipped = [], []
+    def describe_all(self, discovery: Discovery) -> Iterator[tuple[str, ChannelGroup | str]]:
         for m, path in discovery.names.items():
-            if not is_grouped(m):
-                continue
-            described = describe_conv_groups(discovery.graph, m, discovery.names, discovery.calls)
-            if isinstance(described, str):
-                skipped.append(f"{path}: {described}")
-            elif any(under(s.path, ignore) for s in described.slices):
-                skipped.append(f"{path}: ignored")
-            else:
-                found.append(described)
-        return found, skipped
+            if is_grouped(m):
+                yield path, describe_conv_groups(discovery.graph, m, discovery.names, discovery.calls)
 
 
 register_kind(GroupKind())
