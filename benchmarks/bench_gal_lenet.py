@@ -35,13 +35,14 @@ def main() -> int:
     train, test = load_dataset("fashion-mnist", True), load_dataset("fashion-mnist", False)
     common = {"model": "lenet5", "val_size": 5000, "batch_size": 128, "augment_pad": 0, "channels_last": False}
     teacher_cfg = TrainConfig(**common, sparsity="none", epochs=TEACHER_EPOCHS, lr=0.05, out_dir=str(out / "teacher"))
-    teacher = Trainer(teacher_cfg, train_data=train, progress=False).fit().model
+    teacher = Trainer(teacher_cfg, train_data=train, progress=False).fit(overwrite=True).model
     gal_cfg = GALConfig(**common, teacher=str(out / "teacher" / "model"), structures=["channel"], epochs=GAL_EPOCHS,
                         gamma=args.gamma, lr=0.01, out_dir=str(out / "gal"))  # fmt: skip
-    gal = GALTrainer(gal_cfg, train_data=train, progress=False).fit()
+    gal = GALTrainer(gal_cfg, train_data=train, progress=False).fit(overwrite=True)
     g_acc, c_acc = sss.evaluate(gal.model, test)[0], sss.evaluate(gal.compact, test)[0]  # before fine-tuning
     ft_cfg = TrainConfig(**common, sparsity="none", epochs=FINETUNE_EPOCHS, lr=0.01, out_dir=str(out / "finetune"))
-    tuned = Trainer(ft_cfg, train_data=train, model=copy.deepcopy(gal.compact).train(), progress=False).fit().model
+    student = copy.deepcopy(gal.compact).train()
+    tuned = Trainer(ft_cfg, train_data=train, model=student, progress=False).fit(overwrite=True).model
     example = torch.zeros(1, 1, 28, 28)
     t_acc, (t_macs, t_params) = sss.evaluate(teacher, test)[0], sss.count(teacher, example)
     f_acc, (f_macs, f_params) = sss.evaluate(tuned, test)[0], sss.count(tuned, example)

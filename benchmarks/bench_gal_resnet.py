@@ -45,12 +45,13 @@ def main() -> int:
     gal_cfg = GALConfig(model="resnet20", teacher=str(demo / "dense" / "model"), structures=["block"], **data,
                         epochs=GAL_EPOCHS, gamma=args.gamma, lr=0.01, freeze_epoch=args.freeze_epoch,
                         out_dir=str(out / "gal"))  # fmt: skip
-    gal = GALTrainer(gal_cfg, train_data=train, progress=False).fit()
+    gal = GALTrainer(gal_cfg, train_data=train, progress=False).fit(overwrite=True)
     gated = gal.selected if gal.selected is not None else gal.model  # the gated student at removal
     g_acc, c_acc = sss.evaluate(gated, test)[0], sss.evaluate(sss.prune(gated), test)[0]
     ft_cfg = dataclasses.replace(DEMO_CONFIG, sparsity="none", freeze_epoch=None, epochs=args.finetune_epochs,
                                  lr=args.finetune_lr, out_dir=str(out / "finetune"))  # fmt: skip
-    tuned = Trainer(ft_cfg, train_data=train, model=copy.deepcopy(gal.compact).train(), progress=False).fit().model
+    student = copy.deepcopy(gal.compact).train()
+    tuned = Trainer(ft_cfg, train_data=train, model=student, progress=False).fit(overwrite=True).model
     example = torch.zeros(1, 1, 28, 28)
     teacher = sss.load(demo / "dense" / "model")
     sss_final = sss.load(demo / "sss" / "compact")

@@ -67,7 +67,8 @@ def test_gal_then_finetune(tmp_path, capsys):
 def test_structures_flag_on_train_and_prune(tmp_path, capsys):
     out = tmp_path / "resnext"
     small = ["--set", "model_kwargs.cardinality=4", "--set", "model_kwargs.base_width=2", "--set",
-             "model_kwargs.widen=1", "--set", "train_subset=600", "--set", "val_size=100", "--epochs", "1"]  # fmt: skip
+             "model_kwargs.widen=1", "--set", "train_subset=600", "--set", "val_size=100", "--epochs", "1",
+             "--set", "allow_collapse=true"]  # γ = 5 cuts every path; this test is about the flags  # fmt: skip
     args = ["train", "--model", "resnext29", "--structures", "block,group,channel", "--gamma", "5", "--out", str(out)]
     assert main([*args, *small]) == 0
     capsys.readouterr()

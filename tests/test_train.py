@@ -12,8 +12,7 @@ import torch
 import sss
 from conftest import synthetic_dataset
 from sss.serialization import load_state
-from sss.train import CHECKPOINT, TrainConfig, Trainer, load_config
-from sss.train.engine import METRICS
+from sss.train import CHECKPOINT, METRICS, TrainConfig, Trainer, load_config
 
 
 def _cfg(tmp_path, **kw):
@@ -67,11 +66,20 @@ def test_resume_matches_uninterrupted_run(tmp_path):
     assert len((tmp_path / "b" / "run" / METRICS).read_text().splitlines()) == 3
 
 
-def test_resume_refuses_a_different_config(tmp_path):
+def test_resume_refuses_a_different_model_but_takes_a_new_lr(tmp_path):
     data = synthetic_dataset(128)
-    Trainer(_cfg(tmp_path, epochs=1), train_data=data, log=_quiet, progress=False).fit()
-    with pytest.raises(ValueError, match="gamma"):
-        Trainer(_cfg(tmp_path, epochs=2, gamma=0.5), train_data=data, log=_quiet, progress=False).fit(resume=True)
+    Trainer(_cfg(tmp_path, epochs=1, **RESUMABLE), train_data=data, log=_quiet, progress=False).fit()
+    with pytest.raises(ValueError, match=r"differs in \['model_kwargs', 'structures'\]"):
+        Trainer(_cfg(tmp_path, epochs=2, model_kwargs={"width": 8}, structures=["block", "channel"], **RESUMABLE),
+                train_data=data, log=_quiet, progress=False).fit(resume=True)  # fmt: skip
+    lines = []
+    trainer = Trainer(_cfg(tmp_path, epochs=2, lr=0.01, weight_decay=0.0, gamma=0.2, **RESUMABLE), train_data=data,
+                      log=lines.append, progress=False)  # fmt: skip
+    trainer.fit(resume=True)
+    assert "resume changes lr: 0.05 -> 0.01" in lines and "resume changes gamma: 0.05 -> 0.2" in lines
+    assert trainer.history[-1]["lr"] == pytest.approx(0.01)
+    assert all(g["weight_decay"] == 0.0 for g in trainer.weights_opt.param_groups)  # the new value, not the saved
+    assert all(g["gamma"] == pytest.approx(0.2) for g in trainer.factors_opt.param_groups)
 
 
 def test_nan_loss_stops_with_clear_message_and_keeps_checkpoint(tmp_path):

@@ -19,3 +19,11 @@ class TrainingDivergedError(SSSError, RuntimeError):
 
 class DataError(SSSError, ValueError):
     """A dataset folder or file is missing or malformed."""
+
+
+class RunFolderError(SSSError, OSError):
+    """A run's output folder is in use, holds another run, or cannot be written."""
+
+
+class SelectionCollapsedError(SSSError, RuntimeError):
+    """The selection removed every path from the input to the output."""

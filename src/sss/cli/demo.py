@@ -58,7 +58,8 @@ def run_demo(
     The table compares the gated model at the moment of removal, its compact form (the same
     function: exactness) and, when the selection was frozen early, the compact model after the
     remaining epochs. With ``baseline`` a dense model is trained with the same schedule too.
-    Returns the report, also saved as ``report.json``.
+    Returns the report, also saved as ``report.json``. A rerun replaces the demo's own runs
+    in ``out_dir`` (``sss`` and ``dense``).
     """
     out = Path(out_dir)
     base = dataclasses.replace(config or (QUICK_CONFIG if quick else DEMO_CONFIG), data_dir=data_dir)
@@ -66,13 +67,13 @@ def run_demo(
     start = time.perf_counter()
     log(f"== SSS: {base.model} on {base.dataset}, γ={base.gamma}, {base.epochs} epochs ==")
     run = Trainer(dataclasses.replace(base, out_dir=str(out / "sss")), train_data=train, log=log,
-                  progress=progress).fit()  # fmt: skip
+                  progress=progress).fit(overwrite=True)  # fmt: skip
     gated = run.selected if run.selected is not None else run.model
     models: dict[str, nn.Module] = {}
     if baseline:
         log("== dense baseline: same model and schedule, no factors ==")
         dense_cfg = dataclasses.replace(base, sparsity="none", freeze_epoch=None, out_dir=str(out / "dense"))
-        models["dense"] = Trainer(dense_cfg, train_data=train, log=log, progress=progress).fit().model
+        models["dense"] = Trainer(dense_cfg, train_data=train, log=log, progress=progress).fit(overwrite=True).model
     models["SSS before removal"] = gated
     models["SSS after removal"] = prune(gated, round_to=base.round_to)
     if run.selected is not None:
@@ -99,12 +100,15 @@ def run_demo(
     out.mkdir(parents=True, exist_ok=True)
     save(run.compact, out / "compact")
     plot_factor_trace(run.factor_trace, [g.name for g in gates(gated)], out / "factors.png",
-                      freeze_epoch=base.freeze_epoch)  # fmt: skip
+                      freeze_epoch=base.freeze_epoch, removed=report["zero_factors"])  # fmt: skip
     table = format_table(rows)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "report.md").write_text(table + "\n")
     log("\n" + table + "\n")
-    gap = f", {report['accuracy_gap_vs_dense']:+.2f} points below dense" if baseline else ""
+    gap = ""
+    if baseline:
+        diff = report["accuracy_gap_vs_dense"]
+        gap = f", {abs(diff):.2f} points {'below' if diff >= 0 else 'above'} dense"
     kinds = "/".join(base.structures)
     log(
         f"{report['zero_factors']}/{report['factors']} {kinds} factors zero: "

@@ -48,7 +48,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
     keys = ("model", "dataset", "data_dir", "epochs", "gamma", "sparsity", "out_dir")
     cfg = load_config(args.config, _overrides(args, keys))
-    _report(cfg, Trainer(cfg).fit(resume=args.resume))
+    _report(cfg, Trainer(cfg).fit(resume=args.resume, overwrite=args.overwrite))
 
 
 def _cmd_gal(args: argparse.Namespace) -> None:
@@ -59,7 +59,7 @@ def _cmd_gal(args: argparse.Namespace) -> None:
     keys = ("teacher", "dataset", "data_dir", "epochs", "gamma", "mu", "out_dir")
     cfg = load_config(args.config, _overrides(args, keys), cls=GALConfig)
     cfg.model = _zoo_name(load(cfg.teacher), cfg.teacher)
-    _report(cfg, GALTrainer(cfg).fit(resume=args.resume))
+    _report(cfg, GALTrainer(cfg).fit(resume=args.resume, overwrite=args.overwrite))
 
 
 def _cmd_finetune(args: argparse.Namespace) -> None:
@@ -69,7 +69,7 @@ def _cmd_finetune(args: argparse.Namespace) -> None:
     model = load(args.model)
     keys = ("dataset", "data_dir", "epochs", "lr", "out_dir")
     cfg = load_config(args.config, [f"model={_zoo_name(model, args.model)}", "sparsity=none", *_overrides(args, keys)])
-    _report(cfg, Trainer(cfg, model=model.train()).fit(resume=args.resume))
+    _report(cfg, Trainer(cfg, model=model.train()).fit(resume=args.resume, overwrite=args.overwrite))
 
 
 def _zoo_name(model: torch.nn.Module, path: str) -> str:
@@ -92,6 +92,7 @@ def _cmd_prune(args: argparse.Namespace) -> None:
     from sss.serialization import load, save
     from sss.structures import gates, kind_names
     from sss.surgery import prune, zero_small_factors
+    from sss.train.checks import collapse_warnings, is_constant_output
 
     model = load(args.model)
     if not gates(model):
@@ -103,6 +104,11 @@ def _cmd_prune(args: argparse.Namespace) -> None:
     example = torch.zeros(1, *_input_shape(args, model))
     (dm, dp), (cm, cp) = count(model, example), count(compact, example)
     save(compact, args.out)
+    for warning in collapse_warnings(model):
+        print(f"warning: {warning}", file=sys.stderr)
+    if is_constant_output(compact, torch.randn(8, *example.shape[1:], generator=torch.Generator().manual_seed(0))):
+        print("warning: the compact model gives the same output for every input: the zero factors cut every path",
+              file=sys.stderr)  # fmt: skip
     zeros = {k: sum(g.num_zero for g in gates(model) if g.kind == k) for k in kinds}
     removed = ", ".join(f"{n} {k}(s)" for k, n in zeros.items() if n)
     print(f"removed {removed or 'nothing'}: MACs {dm / 1e6:.2f}M -> {cm / 1e6:.2f}M, "
@@ -154,6 +160,18 @@ def _structures_help() -> str:
     return f"comma-separated structure kinds: {', '.join(kind_names())} (default: block)"
 
 
+def _run_folder_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
+    p.add_argument("--overwrite", action="store_true", help="replace the run that OUT holds (default: refuse)")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sss", description="Sparse Structure Selection: train, prune, measure.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -170,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sparsity", choices=["apg", "ista", "sgd", "none"])
     p.add_argument("--structures", help=_structures_help())
     p.add_argument("--out", dest="out_dir")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
+    _run_folder_flags(p)
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("gal", help="GAL: prune a trained teacher without labels, adversarially")
@@ -184,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mu", type=float, help="weight of the teacher-student MSE")
     p.add_argument("--structures", help=_structures_help())
     p.add_argument("--out", dest="out_dir", default="runs/gal")
-    p.add_argument("--resume", action="store_true")
+    _run_folder_flags(p)
     p.set_defaults(func=_cmd_gal)
 
     p = sub.add_parser("finetune", help="train a saved (compact) model further with cross-entropy")
@@ -196,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--out", dest="out_dir", default="runs/finetune")
-    p.add_argument("--resume", action="store_true")
+    _run_folder_flags(p)
     p.set_defaults(func=_cmd_finetune)
 
     p = sub.add_parser("prune", help="remove the zero-factor structures of a saved gated model")
@@ -205,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=0.0, help="treat |λ| <= this as zero (L1-SGD runs)")
     p.add_argument("--input-shape", type=int, nargs=3, metavar=("C", "H", "W"), help="for MAC counts")
     p.add_argument("--structures", help="comma-separated kinds to remove (default: all); others are folded")
-    p.add_argument("--round-to", type=int, default=1, help="keep channel counts a multiple of this (e.g. 8)")
+    p.add_argument("--round-to", type=_positive_int, default=1, help="keep channel counts a multiple of this (e.g. 8)")
     p.set_defaults(func=_cmd_prune)
 
     p = sub.add_parser("eval", help="test accuracy, MACs, params (and latency) of saved models")
@@ -243,6 +261,10 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except (SSSError, ValueError) as e:
         print(f"sss {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a full disk, a vanished folder: name the file, no traceback
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"sss {args.command}: error: {e.strerror or e}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; rerun with --resume to continue from the last checkpoint", file=sys.stderr)

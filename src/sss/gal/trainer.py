@@ -16,7 +16,8 @@ from sss.gal.discriminator import Discriminator
 from sss.optim import FISTA, factor_param_groups, weight_param_groups
 from sss.serialization import load
 from sss.structures import attach, gates
-from sss.train.config import TrainConfig
+from sss.train.checks import load_optimizer_state
+from sss.train.config import NonNegativeFloat, PositiveFloat, PositiveInt, TrainConfig
 from sss.train.engine import BatchResult, Trainer, TrainResult
 from sss.viz import plot_metrics
 
@@ -40,21 +41,20 @@ class GALConfig(TrainConfig):
     """
 
     teacher: str = ""
-    mu: float = 1.0
-    d_lr: float = 0.01
-    mask_interval: int = 1
+    mu: NonNegativeFloat = 1.0
+    d_lr: PositiveFloat = 0.01
+    mask_interval: PositiveInt = 1
     restart: bool = False
     official: bool = False
-    lr: float = 0.01
-    weight_decay: float = 2e-4
-    gamma: float = 0.6
+    lr: PositiveFloat = 0.01
+    weight_decay: NonNegativeFloat = 2e-4
+    gamma: NonNegativeFloat | dict[str, NonNegativeFloat] = 0.6
 
-    def validate(self) -> None:
-        super().validate()
+    def cross_field_problems(self) -> list[str]:
+        problems = super().cross_field_problems()
         if not self.teacher:
-            raise ValueError("GAL needs a teacher: a model saved by `sss train` (e.g. --teacher runs/dense/model)")
-        if self.mu < 0 or self.d_lr <= 0 or self.mask_interval < 1:
-            raise ValueError("need mu >= 0, d_lr > 0, mask_interval >= 1")
+            problems.append("GAL needs a teacher: a model saved by `sss train` (e.g. --teacher runs/dense/model)")
+        return problems
 
 
 class GALTrainer(Trainer):
@@ -125,7 +125,7 @@ class GALTrainer(Trainer):
 
     def load_extra_state(self, state: dict) -> None:
         self.discriminator.load_state_dict(state["discriminator"])
-        self.d_opt.load_state_dict(state["d_opt"])
+        load_optimizer_state(self.d_opt, state["d_opt"])
 
     def on_finish(self, result: TrainResult) -> None:
         plot_metrics(

@@ -22,6 +22,8 @@ class LeNet5(nn.Module):
             nn.Conv2d(20, 50, 5), nn.ReLU(inplace=True), nn.MaxPool2d(2),
         )  # fmt: skip
         side = ((image_size - 4) // 2 - 4) // 2
+        if side < 1:
+            raise ValueError(f"lenet5 needs image_size >= 16 (two 5x5 convs and two 2x2 pools), got {image_size}")
         self.classifier = nn.Sequential(
             nn.Flatten(), nn.Linear(50 * side * side, 500), nn.ReLU(inplace=True), nn.Linear(500, num_classes)
         )

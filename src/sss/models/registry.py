@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 from torch import nn
@@ -18,6 +19,11 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
 def list_models() -> list[str]:
     """Names accepted by :func:`create`, sorted."""
     return sorted(_BUILDERS)
+
+
+def model_parameters(name: str) -> set[str]:
+    """The keywords the builder of ``name`` accepts."""
+    return set(inspect.signature(_BUILDERS[name]).parameters)
 
 
 def create(name: str, **kwargs) -> nn.Module:

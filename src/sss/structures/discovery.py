@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import nn
+from torch import fx, nn
 
+from sss.errors import UnsupportedModelError
 from sss.structures.gate import Gate
+from sss.structures.paths import under
 from sss.structures.registry import Discovery, StructureKind, get_kind
+from sss.structures.traced_blocks import Tracer
+
+logger = logging.getLogger("sss")
 
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 
@@ -64,6 +70,7 @@ def find_structures(
     compute the same outputs; a structure that fails (an op on the way that turns zeros into
     something else) is reported, not returned.
     """
+    check_single_path(model, ignore)
     discovery = Discovery(model, example_inputs)
     report = StructureReport()
     for name in kinds:
@@ -77,6 +84,88 @@ def find_structures(
         report.structures[name] = found
         report.skipped += skipped
     return report
+
+
+class _IgnoringTracer(Tracer):
+    """Traces through everything but sss wrappers, torch layers and the ``ignore`` paths."""
+
+    def __init__(self, ignore: Sequence[str]) -> None:
+        super().__init__()
+        self.ignore = ignore
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return under(qualname, self.ignore) or super().is_leaf_module(m, qualname)
+
+
+def _trace(module: nn.Module, ignore: Sequence[str]) -> fx.Graph:
+    return _IgnoringTracer(ignore).trace(module)
+
+
+def _graph_shape(module: nn.Module, training: bool, ignore: Sequence[str]) -> list[tuple[str, str]]:
+    """The traced graph of ``module`` in one mode, as (op, target) pairs (constant arguments such
+    as ``F.dropout(..., training=self.training)`` do not count)."""
+    was_training = module.training
+    try:
+        graph = _trace(module.train(training), ignore)
+    finally:
+        module.train(was_training)
+    return [(n.op, str(n.target)) for n in graph.nodes]
+
+
+def _culprit(model: nn.Module, fails, ignore: Sequence[str]) -> str | None:
+    """The deepest module (not under ``ignore``) for which ``fails(module, ignore inside it)``
+    holds, or None."""
+    failing = []
+    for name, m in model.named_modules():
+        if under(name, ignore) or not any(m.children()):
+            continue
+        inner = [p[len(name) + 1 :] if name else p for p in ignore if not name or p.startswith(name + ".")]
+        if fails(m, inner):
+            failing.append(name)
+    return max(failing, key=lambda n: n.count(".") + bool(n), default=None)
+
+
+def check_single_path(model: nn.Module, ignore: Sequence[str] = ()) -> None:
+    """Refuses a model whose forward takes another path on other data or in the other mode.
+
+    Structures are found along the path that one example input takes in one mode, so a
+    forward that branches on its input's values (``if x.mean() > 0``) or on ``self.training``
+    would be gated and cut along that path only, and the compact model would be wrong (or
+    crash) on the other. ``torch.fx`` refuses the first and shows the second as two different
+    graphs; the module to blame is named, so it can be fixed or excluded with ``ignore``.
+    A model that ``torch.fx`` cannot trace for another reason is not checked (logged).
+    """
+
+    def branches_on_data(m: nn.Module, inner_ignore: Sequence[str]) -> bool:
+        try:
+            _trace(m, inner_ignore)
+        except Exception as e:
+            return "control flow" in str(e)
+        return False
+
+    try:
+        same = _graph_shape(model, True, ignore) == _graph_shape(model, False, ignore)
+    except Exception as e:
+        culprit = _culprit(model, branches_on_data, ignore) if "control flow" in str(e) else None
+        if culprit is not None:
+            where = culprit or type(model).__name__
+            raise UnsupportedModelError(
+                f"{where} branches on the values of its input (torch.fx: {str(e).splitlines()[0]}); gating follows "
+                f"the path of one example input only, so the compact model would be wrong on inputs that take "
+                f"another. Make its forward branch-free, or exclude it with ignore=[{where!r}]"
+            ) from None
+        if "control flow" not in str(e):
+            logger.info("%s: torch.fx cannot trace it (%s), so it is not checked for data-dependent paths",
+                        type(model).__name__, type(e).__name__)  # fmt: skip
+        return
+    if not same:
+        culprit = _culprit(model, lambda m, ig: _graph_shape(m, True, ig) != _graph_shape(m, False, ig), ignore)
+        if culprit is not None:
+            raise UnsupportedModelError(
+                f"{culprit} computes a different graph in training and in eval mode (a branch on self.training); "
+                "gating follows one mode only, so the compact model would differ in the other. Make both modes "
+                f"run the same layers, or exclude it with ignore=[{culprit!r}]"
+            )
 
 
 def exact_subset(

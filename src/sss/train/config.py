@@ -1,4 +1,9 @@
-"""Training configuration: a dataclass, read from YAML and overridden from the command line."""
+"""Training configuration: a typed dataclass, read from YAML and overridden from the command line.
+
+Every field's type and range is declared once, in its annotation; :meth:`TrainConfig.validate`
+coerces and checks them all with pydantic (so ``1e-3`` in YAML, which YAML 1.1 reads as a
+string, is a float) and reports every problem in one error, one line per field.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +11,19 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import Field, TypeAdapter, ValidationError
+
+PositiveInt = Annotated[int, Field(ge=1)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+NonNegativeFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+#: Keys a resume may change: they change how the model trains from here, not its shape.
+RESUMABLE_KEYS = frozenset({"epochs", "out_dir", "lr", "momentum", "weight_decay", "schedule", "milestones",
+                            "lr_decay", "gamma", "eval_batch_size", "allow_collapse"})  # fmt: skip
 
 
 @dataclass
@@ -26,35 +41,38 @@ class TrainConfig:
     ``gamma_macs_power`` p scales γ per gate by (MACs one of its structures costs)^p,
     normalised to 1 on average per kind: 0 (default) is the paper's uniform γ, 1 aims the
     penalty at compute, 0.5 is in between (docs/design.md, "channel selection").
+    ``allow_collapse`` lets a run go on when its compact model's output no longer depends on
+    the input (every path cut); by default that stops the run with an error.
     """
 
     model: str = "resnet20"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     dataset: str = "fashion-mnist"
     data_dir: str | None = None
-    train_subset: int | None = None
-    val_size: int = 5000
-    augment_pad: int = 2
-    structures: list[str] = field(default_factory=lambda: ["block"])
-    sparsity: str = "apg"
-    gamma: float | dict[str, float] = 0.01
-    gamma_macs_power: float = 0.0
-    prune_threshold: float = 0.0
-    round_to: int = 1
-    freeze_epoch: int | None = None
-    after_freeze: str = "continue"
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    schedule: str = "cosine"
-    milestones: list[int] = field(default_factory=lambda: [])
-    lr_decay: float = 0.1
-    seed: int = 0
+    train_subset: PositiveInt | None = None
+    val_size: PositiveInt = 5000
+    augment_pad: NonNegativeInt = 2
+    structures: Annotated[list[str], Field(min_length=1)] = field(default_factory=lambda: ["block"])
+    sparsity: Literal["apg", "ista", "sgd", "none"] = "apg"
+    gamma: NonNegativeFloat | dict[str, NonNegativeFloat] = 0.01
+    gamma_macs_power: NonNegativeFloat = 0.0
+    prune_threshold: NonNegativeFloat = 0.0
+    round_to: PositiveInt = 1
+    freeze_epoch: PositiveInt | None = None
+    after_freeze: Literal["continue", "rewind"] = "continue"
+    epochs: PositiveInt = 10
+    batch_size: PositiveInt = 128
+    lr: PositiveFloat = 0.1
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    weight_decay: NonNegativeFloat = 1e-4
+    schedule: Literal["step", "cosine", "constant"] = "cosine"
+    milestones: list[PositiveInt] = field(default_factory=lambda: [])
+    lr_decay: Annotated[float, Field(gt=0, le=1)] = 0.1
+    seed: NonNegativeInt = 0
     channels_last: bool = True
-    eval_batch_size: int = 500
+    eval_batch_size: PositiveInt = 500
     out_dir: str = "runs/train"
+    allow_collapse: bool = False
 
     def lr_factor(self, epoch: int) -> float:
         """Multiplier of ``lr`` during ``epoch`` (0-based): step decays or per-epoch cosine."""
@@ -67,42 +85,67 @@ class TrainConfig:
         raise ValueError(f"schedule must be step, cosine or constant, got {self.schedule!r}")
 
     def validate(self) -> None:
+        """Coerces every field to its declared type and checks ranges and cross-field rules, in
+        place. Raises ``ValueError`` listing every problem, one per field."""
+        try:
+            checked = TypeAdapter(type(self)).validate_python(dataclasses.asdict(self))
+        except ValidationError as e:
+            raise ValueError(f"invalid {type(self).__name__}: " + "; ".join(_field_errors(e))) from None
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, getattr(checked, f.name))
+        problems = self.cross_field_problems()
+        if problems:
+            raise ValueError(f"invalid {type(self).__name__}: " + "; ".join(problems))
+
+    def cross_field_problems(self) -> list[str]:
+        """The rules that involve more than one field, or the registries."""
         from sss.data import DATASETS
-        from sss.models import list_models
+        from sss.models import list_models, model_parameters
+        from sss.structures import kind_names
 
         problems = []
         if self.model not in list_models():
             problems.append(f"model {self.model!r} is not one of {list_models()}")
+        else:
+            allowed = model_parameters(self.model) - {"num_classes", "in_channels"}
+            unknown = sorted(set(self.model_kwargs) - allowed)
+            if unknown:
+                problems.append(f"model_kwargs {unknown} are not keywords of {self.model} (it takes {sorted(allowed)}; "
+                                "num_classes and in_channels come from the dataset)")  # fmt: skip
         if self.dataset not in DATASETS:
             problems.append(f"dataset {self.dataset!r} is not one of {list(DATASETS)}")
-        if self.sparsity not in ("apg", "ista", "sgd", "none"):
-            problems.append(f"sparsity {self.sparsity!r} is not apg, ista, sgd or none")
+        unknown_kinds = sorted(set(self.structures) - set(kind_names()))
+        if unknown_kinds:
+            problems.append(f"structures {unknown_kinds} are not kinds; choose from {list(kind_names())}")
         if self.sparsity == "sgd" and self.prune_threshold <= 0:
             problems.append("sparsity 'sgd' makes no exact zeros: set prune_threshold > 0 (e.g. 0.01)")
-        if self.freeze_epoch is not None and not 0 < self.freeze_epoch < self.epochs:
+        if self.freeze_epoch is not None and not self.freeze_epoch < self.epochs:
             problems.append(
                 f"freeze_epoch must be between 1 and epochs - 1 ({self.epochs - 1}), got {self.freeze_epoch}"
             )
-        if self.after_freeze not in ("continue", "rewind"):
-            problems.append(f"after_freeze must be 'continue' or 'rewind', got {self.after_freeze!r}")
-        gammas = self.gamma.values() if isinstance(self.gamma, dict) else [self.gamma]
-        if self.round_to < 1:
-            problems.append(f"round_to must be >= 1, got {self.round_to}")
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or any(g < 0 for g in gammas):
-            problems.append("need epochs >= 1, batch_size >= 1, lr > 0, gamma >= 0")
         if isinstance(self.gamma, dict) and set(self.gamma) - set(self.structures):
             problems.append(f"gamma names kinds {sorted(set(self.gamma) - set(self.structures))} not in structures")
-        if problems:
-            raise ValueError("invalid training config: " + "; ".join(problems))
-        self.lr_factor(0)
+        return problems
 
 
-def _coerce(name: str, value: Any) -> Any:
-    if isinstance(value, str):
-        value = yaml.safe_load(value)
-    if name == "model_kwargs" and not isinstance(value, dict):
-        raise ValueError(f"model_kwargs must be a mapping, got {value!r}")
-    return value
+def _field_errors(error: ValidationError) -> list[str]:
+    """One line per field: its name, what is wrong (each alternative of a union), and the value."""
+    by_field: dict[str, tuple[list[str], Any]] = {}
+    for err in error.errors():
+        name = str(err["loc"][0]) if err["loc"] else "config"
+        index = "".join(f"[{p}]" for p in err["loc"][1:] if isinstance(p, int))
+        messages, _ = by_field.setdefault(name + index, ([], err.get("input")))
+        if err["msg"] not in messages:
+            messages.append(err["msg"])
+    return [f"{name}: {' or '.join(m[0].lower() + m[1:] for m in msgs)} (got {value!r})"
+            for name, (msgs, value) in by_field.items()]  # fmt: skip
+
+
+def _parse(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text  # a plain string; the field's type decides
 
 
 def load_config(
@@ -115,18 +158,26 @@ def load_config(
     """
     data: dict[str, Any] = {}
     if path is not None:
-        loaded = yaml.safe_load(Path(path).read_text())
+        try:
+            loaded = yaml.safe_load(Path(path).read_text())
+        except OSError as e:
+            raise ValueError(f"cannot read config file {path}: {e.strerror or e}") from None
+        except yaml.YAMLError as e:
+            raise ValueError(f"config file {path} is not valid YAML: {e}") from None
         if not isinstance(loaded, dict):
-            raise ValueError(f"{path} must hold a YAML mapping of config keys")
+            raise ValueError(f"{path} must hold a YAML mapping of config keys, got {type(loaded).__name__}")
         data.update(loaded)
     for item in overrides or []:
         key, sep, value = item.partition("=")
         if not sep:
             raise ValueError(f"override {item!r} must look like key=value")
         if key.startswith("model_kwargs."):
-            data.setdefault("model_kwargs", {})[key.split(".", 1)[1]] = yaml.safe_load(value)
+            kwargs = data.setdefault("model_kwargs", {})
+            if not isinstance(kwargs, dict):
+                raise ValueError(f"model_kwargs must be a mapping, got {kwargs!r}")
+            kwargs[key.split(".", 1)[1]] = _parse(value)
         else:
-            data[key] = _coerce(key, value)
+            data[key] = _parse(value)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import math
 import time
 from collections.abc import Callable
@@ -17,17 +16,17 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from sss.data import ArrayDataset, iterate_batches, load_dataset, split_validation
-from sss.errors import TrainingDivergedError
+from sss.errors import CheckpointError, RunFolderError, TrainingDivergedError
 from sss.measure import count, evaluate, mac_weights
 from sss.models import create
 from sss.optim import build_optimizers
 from sss.serialization import load_state, save, save_state
 from sss.structures import attach, gates
 from sss.surgery import prune, zero_small_factors
+from sss.train.checks import check_checkpoint, check_collapse, load_optimizer_state, nonfinite_tensors, resume_changes
 from sss.train.config import TrainConfig
+from sss.train.run_folder import CHECKPOINT, RunFolder
 
-CHECKPOINT = "checkpoint.safetensors"
-METRICS = "metrics.jsonl"
 #: Factor snapshots per epoch kept for the plot of λ over training.
 SNAPSHOTS_PER_EPOCH = 10
 
@@ -154,20 +153,25 @@ class Trainer:
         """Hook: restores what :meth:`extra_state` saved."""
 
     def load(self, path: Path) -> None:
+        """Restores the run from checkpoint ``path``. The config may differ only in
+        :data:`~sss.train.config.RESUMABLE_KEYS` (lr, schedule, γ, epochs, ...): those changes
+        are logged and take effect from here."""
         state = load_state(path)
-        saved = {k: v for k, v in state["config"].items() if k not in ("epochs", "out_dir")}
-        current = {k: v for k, v in dataclasses.asdict(self.cfg).items() if k not in ("epochs", "out_dir")}
-        if saved != current:
-            diff = sorted(k for k in current if saved.get(k) != current[k])
-            raise ValueError(f"cannot resume {path}: the config differs in {diff}; only 'epochs' may change")
-        if state["frozen_masks"] is not None:
-            self._freeze(state["frozen_masks"])
-        self.model.load_state_dict(state["model"])
-        self.weights_opt.load_state_dict(state["weights_opt"])
-        if self.factors_opt is not None:
-            self.factors_opt.load_state_dict(state["factors_opt"])
+        check_checkpoint(state, path, self.cfg.epochs)
+        for line in resume_changes(state["config"], dataclasses.asdict(self.cfg), path):
+            self.log(line)
+        try:
+            if state.get("frozen_masks") is not None:
+                self._freeze(state["frozen_masks"])
+            self.model.load_state_dict(state["model"])
+            load_optimizer_state(self.weights_opt, state["weights_opt"])
+            if self.factors_opt is not None:
+                load_optimizer_state(self.factors_opt, state["factors_opt"])
+            self.load_extra_state(state.get("extra", {}))
+        except (KeyError, RuntimeError, ValueError, TypeError) as e:
+            raise CheckpointError(f"{path} does not fit this run's model ({type(e).__name__}: {e}); delete it or "
+                                  "resume with the config it was written with") from e  # fmt: skip
         self.epoch, self.history, self.factor_trace = state["epoch"], state["history"], state["factor_trace"]
-        self.load_extra_state(state.get("extra", {}))
 
     def build_model(self, data: ArrayDataset) -> nn.Module:
         """Hook: the model to train (default: ``cfg.model`` from the zoo, with factors attached)."""
@@ -280,11 +284,8 @@ class Trainer:
             values = {"loss": out.loss.item(), **out.figures}
             bad = {k: v for k, v in values.items() if not math.isfinite(v)}
             if bad:
-                raise TrainingDivergedError(
-                    f"{', '.join(f'{k} became {v}' for k, v in bad.items())} at epoch {self.epoch + 1}, step "
-                    f"{step + 1}. The last good checkpoint ({self.out / CHECKPOINT}, epoch {self.epoch}) is kept. "
-                    "Lower lr or gamma, check the input data for NaN/inf, then rerun with --resume."
-                )
+                raise self._diverged(f"{', '.join(f'{k} became {v}' for k, v in bad.items())} at epoch "
+                                     f"{self.epoch + 1}, step {step + 1}")  # fmt: skip
             self.optimizer_step(out.loss)
             n = len(x)
             loss_sum += values.pop("loss") * n
@@ -292,27 +293,49 @@ class Trainer:
                 figures[k] = figures.get(k, 0.0) + v * n
             correct += int((out.logits.argmax(1) == out.targets).sum())
             seen += n
-            if step % every == 0:
+            if step % every == 0 or step == self.steps_per_epoch - 1:  # the last: the factors the epoch ends with
                 self._snapshot(step)
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}")
         self.epoch_extras = {k: v / seen for k, v in figures.items()}
         return loss_sum / seen, 100.0 * correct / seen
 
-    def fit(self, resume: bool = False) -> TrainResult:
-        """Trains until ``cfg.epochs``; with ``resume`` starts from the run's checkpoint."""
+    def _diverged(self, what: str) -> TrainingDivergedError:
+        ckpt = self.out / CHECKPOINT
+        if ckpt.exists():
+            kept, then = f"The last good checkpoint ({ckpt}, epoch {self.epoch}) is kept", "rerun with --resume"
+        else:
+            kept, then = "No checkpoint was written (the first epoch diverged)", "rerun"
+        return TrainingDivergedError(f"{what}. {kept}. Lower lr or gamma (a resume may change them: --resume --set "
+                                     f"lr=...), check the input data for NaN/inf, then {then}.")  # fmt: skip
+
+    def fit(self, resume: bool = False, overwrite: bool = False) -> TrainResult:
+        """Trains until ``cfg.epochs``; with ``resume`` starts from the run's checkpoint.
+
+        The output folder is locked for the run. A folder that holds another run is refused
+        unless ``resume`` (continue it) or ``overwrite`` (replace it) is given.
+        """
+        folder = RunFolder(self.out)
+        for note in folder.open(resume=resume, overwrite=overwrite):
+            self.log(note)
+        try:
+            if resume:
+                if not folder.checkpoint.exists():
+                    raise RunFolderError(f"nothing to resume in {self.out}: it has no {CHECKPOINT}; start the run "
+                                         "without --resume")  # fmt: skip
+                self.load(folder.checkpoint)
+                self.log(f"resumed {folder.checkpoint} after epoch {self.epoch}")
+            # Drop metric lines of epochs the checkpoint does not contain (a crash in between).
+            folder.write_metrics(folder.read_metrics(up_to_epoch=self.epoch))
+            return self._loop(folder)
+        finally:
+            folder.close()
+
+    def _loop(self, folder: RunFolder) -> TrainResult:
         cfg = self.cfg
-        self.out.mkdir(parents=True, exist_ok=True)
-        ckpt, metrics = self.out / CHECKPOINT, self.out / METRICS
-        if resume:
-            self.load(ckpt)
-            self.log(f"resumed {ckpt} after epoch {self.epoch}")
-        # Drop metric lines of epochs the checkpoint does not contain (a crash in between).
-        kept = [r for r in (json.loads(s) for s in metrics.read_text().splitlines()) if r["epoch"] <= self.epoch] \
-            if metrics.exists() else []  # fmt: skip
-        metrics.write_text("".join(json.dumps(r) + "\n" for r in kept))
         self.steps_per_epoch = len(self.train_data) // cfg.batch_size
         if self.steps_per_epoch == 0:
             raise ValueError(f"batch_size {cfg.batch_size} exceeds the {len(self.train_data)} training images")
+        probe = next(iterate_batches(self.val_data, min(64, len(self.val_data)), shuffle=False))[0]
         if not self.factor_trace:
             self._snapshot(step=-1)  # the initial factors, before the first update
         while self.epoch < cfg.epochs:
@@ -323,22 +346,28 @@ class Trainer:
             self.on_epoch_start()
             train_loss, train_acc = self._train_epoch()
             val_acc, val_loss = evaluate(self.model, self.val_data, cfg.eval_batch_size)
+            broken = nonfinite_tensors(self.model)
+            if broken or not math.isfinite(val_loss):
+                what = f"weights {broken[:3]} hold NaN/inf" if broken else f"validation loss became {val_loss}"
+                raise self._diverged(f"after epoch {self.epoch + 1} the {what}")
+            compact = prune(self.model, self.cfg.prune_threshold, round_to=self.cfg.round_to)
+            for warning in check_collapse(self.model, compact, probe, self.epoch + 1, self.cfg.allow_collapse):
+                self.log(f"warning: {warning}")
             self.epoch += 1
-            record = self._record(lr, train_loss, train_acc, val_loss, val_acc, time.perf_counter() - start)
+            record = self._record(lr, train_loss, train_acc, val_loss, val_acc, time.perf_counter() - start, compact)
             self.history.append(record)
-            with metrics.open("a") as f:
-                f.write(json.dumps(record) + "\n")
-            save_state(self.state(), ckpt)
+            folder.append_metrics(record)
+            save_state(self.state(), folder.checkpoint)
         return self._finish()
 
-    def _record(self, lr, train_loss, train_acc, val_loss, val_acc, seconds) -> dict:
+    def _record(self, lr, train_loss, train_acc, val_loss, val_acc, seconds, compact: nn.Module) -> dict:
         refs = gates(self.model)
         if self.frozen_masks is not None:
             zeros = sum(int((m == 0).sum()) for m in self.frozen_masks.values())
         else:
             zeros = sum(r.num_zero for r in refs)
         total = self.num_factors
-        macs = count(prune(self.model, self.cfg.prune_threshold, round_to=self.cfg.round_to), self.example)[0]
+        macs = count(compact, self.example)[0]
         record = {
             "epoch": self.epoch, "lr": lr, "train_loss": train_loss, "train_acc": train_acc,
             "val_loss": val_loss, "val_acc": val_acc, "zero_factors": zeros, "factors": total,

@@ -9,7 +9,12 @@ from sss.viz.figure import save_figure
 
 
 def plot_factor_trace(
-    trace: Sequence[dict], names: Sequence[str], path: str | Path, title: str = "", freeze_epoch: int | None = None
+    trace: Sequence[dict],
+    names: Sequence[str],
+    path: str | Path,
+    title: str = "",
+    freeze_epoch: int | None = None,
+    removed: int | None = None,
 ) -> Path:
     """Draws each factor's value against the epoch and saves a PNG.
 
@@ -19,6 +24,8 @@ def plot_factor_trace(
         path: Output PNG path.
         title: Figure title.
         freeze_epoch: Where the selection was frozen (drawn as a dashed line), if it was.
+        removed: How many factors the run removed, for the title (default: the zeros of the
+            last snapshot).
     """
     import matplotlib
 
@@ -37,13 +44,15 @@ def plot_factor_trace(
             label=stage if stage not in seen else None,
         )  # fmt: skip
         seen.add(stage)
-    final_zero = sum(v == 0 for v in trace[-1]["values"]) if trace else 0
+    if removed is None:
+        removed = sum(v == 0 for v in trace[-1]["values"]) if trace else 0
     ax.axhline(0, color="0.6", lw=0.8)
     if freeze_epoch is not None:
         ax.axvline(freeze_epoch, color="0.3", ls="--", lw=1, label="selection frozen")
     ax.set_xlabel("epoch")
     ax.set_ylabel("scaling factor λ")
-    ax.set_title(title or f"SSS block factors over training ({final_zero}/{len(names)} exactly zero at the end)")
+    when = "at the freeze" if freeze_epoch is not None else "at the end"
+    ax.set_title(title or f"SSS factors over training ({removed}/{len(names)} zero {when}, removed)")
     ax.legend(frameon=False)
     ax.grid(alpha=0.3)
     return save_figure(fig, path)

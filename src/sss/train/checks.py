@@ -1,0 +1,112 @@
+"""Checks that keep a run from going on silently wrong: non-finite weights, a selection that
+cut everything, and checkpoints that are not what they claim."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from sss.errors import CheckpointError, SelectionCollapsedError
+from sss.structures import gates
+from sss.structures.registry import get_kind
+from sss.train.config import RESUMABLE_KEYS
+
+
+def nonfinite_tensors(model: nn.Module) -> list[str]:
+    """Names of the parameters and buffers of ``model`` that hold NaN or inf."""
+    return [k for k, v in model.state_dict().items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
+@torch.no_grad()
+def is_constant_output(model: nn.Module, x: torch.Tensor) -> bool:
+    """Whether ``model`` gives (to rounding) the same output for every input in the batch ``x``."""
+    was_training = model.training
+    out = model.eval()(x)
+    model.train(was_training)
+    spread = float((out - out[:1]).abs().max())
+    return spread <= 1e-6 * max(float(out.abs().max()), 1e-12)
+
+
+def collapse_warnings(model: nn.Module) -> list[str]:
+    """Structures a gated model is about to lose entirely: a layer whose every channel factor is
+    zero (it keeps one zero channel and passes nothing on), or a stage whose every block is."""
+    warnings, stages = [], {}
+    for ref in gates(model):
+        zero = ref.num_zero == ref.weight.numel()
+        if get_kind(ref.kind).min_keep > 0:
+            if zero and ref.weight.numel() > 1:
+                owner = ref.name.rsplit(".", 1)[0]
+                warnings.append(f"{owner}: every {ref.kind} factor is zero, so it passes nothing on")
+        else:
+            parent = ref.name.rsplit(".", 2)[0] if ref.name.count(".") >= 2 else ""
+            stages.setdefault(parent, []).append(zero)
+    warnings += [f"{stage}: all {len(zeros)} blocks are removed" for stage, zeros in stages.items()
+                 if stage and len(zeros) > 1 and all(zeros)]  # fmt: skip
+    return warnings
+
+
+def check_collapse(model: nn.Module, compact: nn.Module, probe: torch.Tensor, epoch: int, allow: bool) -> list[str]:
+    """Returns warnings about layers and stages the selection empties (:func:`collapse_warnings`);
+    raises ``SelectionCollapsedError`` when the compact model no longer depends on its input
+    (the same output for every image of ``probe``), unless ``allow``."""
+    warnings = collapse_warnings(model)
+    if not allow and is_constant_output(compact, probe):
+        detail = f" ({'; '.join(warnings)})" if warnings else ""
+        raise SelectionCollapsedError(
+            f"after epoch {epoch} the compact model gives the same output for every input: the selection cut every "
+            f"path{detail}. The last checkpoint is kept. Lower gamma or lr, or set allow_collapse=true to train on "
+            "anyway."
+        )
+    return warnings
+
+
+def resume_changes(saved: dict, current: dict, path: Path) -> list[str]:
+    """Log lines for the config keys a resume changes; ``ValueError`` if one of them may not
+    change (:data:`~sss.train.config.RESUMABLE_KEYS`)."""
+    changed = sorted(k for k in current if saved.get(k) != current[k])
+    refused = [k for k in changed if k not in RESUMABLE_KEYS]
+    if refused:
+        raise ValueError(f"cannot resume {path}: the config differs in {refused}, which change the model or its "
+                         f"data; only {sorted(RESUMABLE_KEYS)} may change")  # fmt: skip
+    return [f"resume changes {k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed if k != "out_dir"]
+
+
+#: Checkpoint keys and the types a real one has (a crafted file gets a clear error, not a crash).
+_TYPES: dict[str, type | tuple[type, ...]] = {"epoch": int, "config": dict, "model": dict, "weights_opt": dict,
+                                              "history": list, "factor_trace": list}  # fmt: skip
+
+
+def check_checkpoint(state: Any, path: Path, epochs: int) -> None:
+    """Raises ``CheckpointError`` naming ``path`` unless ``state`` looks like this trainer's checkpoint."""
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a training checkpoint; delete it")
+    problems = [f"{key} is {type(state.get(key)).__name__}, expected {typ.__name__}"
+                for key, typ in _TYPES.items()
+                if not isinstance(state.get(key), typ) or isinstance(state.get(key), bool)]  # fmt: skip
+    if not problems:
+        if not all(isinstance(v, torch.Tensor) for v in state["model"].values()):
+            problems.append("the model state holds non-tensors")
+        masks = state.get("frozen_masks")
+        if masks is not None and not (isinstance(masks, dict) and all(isinstance(v, torch.Tensor)
+                                                                      for v in masks.values())):  # fmt: skip
+            problems.append("frozen_masks is not a mapping of tensors")
+        if state["epoch"] < 0 or len(state["history"]) != state["epoch"]:
+            problems.append(f"epoch {state['epoch']} does not match its {len(state['history'])} history records")
+    if problems:
+        raise CheckpointError(f"{path} is not a valid training checkpoint ({'; '.join(problems)}); delete it, or "
+                              "resume from a copy of an earlier one")  # fmt: skip
+    if state["epoch"] > epochs:
+        raise CheckpointError(f"{path} is at epoch {state['epoch']}, beyond epochs={epochs}: resume with "
+                              f"--epochs {state['epoch']} or more")  # fmt: skip
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Loads ``state`` (buffers such as momentum) but keeps the hyperparameters the optimizer was
+    built with, so a resume that changes lr, momentum, weight decay or γ trains with the new ones."""
+    fresh = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, values in zip(optimizer.param_groups, fresh, strict=True):
+        group.update(values)
