@@ -35,7 +35,7 @@ def _report(cfg, result) -> None:
     from sss.data import load_dataset
     from sss.measure import count, evaluate
 
-    test = load_dataset(cfg.dataset, False, cfg.data_dir)
+    test = load_dataset(cfg.dataset, False, cfg.data_dir, **cfg.dataset_options())
     example = torch.zeros(1, *test.shape)
     gated_acc, compact_acc = evaluate(result.model, test)[0], evaluate(result.compact, test)[0]
     (dm, dp), (cm, cp) = count(result.model, example), count(result.compact, example)

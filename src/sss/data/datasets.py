@@ -8,6 +8,7 @@ import numpy as np
 
 from sss.data.cifar import load_cifar
 from sss.data.idx import read_idx
+from sss.data.image_folder import ImageFolder
 from sss.data.loader import ArrayDataset
 from sss.errors import DataError
 
@@ -20,7 +21,8 @@ _STATS = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
 }
-DATASETS = tuple(_STATS)
+#: Every named dataset; ``imagefolder`` reads ``data_dir/train/<class>/*`` and ``data_dir/val/<class>/*``.
+DATASETS = (*_STATS, "imagefolder")
 
 
 def _load_idx_folder(root: Path, train: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -37,14 +39,24 @@ def _load_idx_folder(root: Path, train: bool) -> tuple[np.ndarray, np.ndarray]:
     raise DataError(f"no {images}[.gz] in {root}{hint}")
 
 
-def load_dataset(name: str, train: bool, data_dir: str | Path | None = None) -> ArrayDataset:
-    """Loads a split of a named dataset into memory.
+def load_dataset(
+    name: str, train: bool, data_dir: str | Path | None = None, *, image_size: int = 224, on_bad_image: str = "fail"
+) -> ArrayDataset | ImageFolder:
+    """Loads a split of a named dataset: into memory, or (``imagefolder``) as a list of files.
 
     Args:
-        name: ``"fashion-mnist"``, ``"cifar10"`` or ``"cifar100"``.
-        train: The training split (else the test split).
+        name: ``"fashion-mnist"``, ``"cifar10"``, ``"cifar100"`` or ``"imagefolder"``.
+        train: The training split (else the test split: ``val/`` of an image folder).
         data_dir: Folder with the files; Fashion-MNIST defaults to the Debian package's.
+        image_size: Crop size of an image folder (its evaluation resize is 256/224 of it).
+        on_bad_image: ``"fail"`` or ``"skip"`` an image folder's undecodable images.
     """
+    if name == "imagefolder":
+        if data_dir is None:
+            raise DataError("imagefolder needs --data-dir: a folder with train/<class>/* and val/<class>/*")
+        classes = ImageFolder.scan(Path(data_dir) / "train").classes if not train else None
+        return ImageFolder.scan(Path(data_dir) / ("train" if train else "val"), classes, image_size=image_size,
+                                resize=round(image_size * 256 / 224), on_bad_image=on_bad_image)  # fmt: skip
     if name not in _STATS:
         raise DataError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
     if name == "fashion-mnist":

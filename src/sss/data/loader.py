@@ -14,6 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sss.data.image_folder import ImageFolder
+
 
 @dataclass
 class ArrayDataset:
@@ -64,24 +66,39 @@ def pad_crop_flip(x: torch.Tensor, pad: int, generator: torch.Generator) -> torc
 
 
 def iterate_batches(
-    data: ArrayDataset,
+    data: ArrayDataset | ImageFolder,
     batch_size: int,
     *,
     shuffle: bool,
     augment_pad: int = 0,
     generator: torch.Generator | None = None,
     drop_last: bool = False,
+    shard: tuple[int, int] = (0, 1),
+    workers: int = 0,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yields normalised float batches ``(x, y)``; shuffles and augments with ``generator``."""
+    """Yields normalised float batches ``(x, y)``; shuffles and augments with ``generator``.
+
+    ``shard=(rank, world)`` yields rank's share of each global batch of ``batch_size``, the
+    same rows a one-process run would put there. In-memory datasets pad-crop-flip by
+    ``augment_pad`` pixels; an :class:`ImageFolder` takes ``augment_pad > 0`` to mean its
+    training pipeline (random-resized-crop + flip) and decodes in ``workers`` processes.
+    """
     n = len(data)
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    stop = n - n % batch_size if drop_last else n
+    rank, world = shard
+    if isinstance(data, ImageFolder):
+        seeds = torch.randint(2**62, (n,), generator=generator).tolist() if augment_pad else [None] * n
+        plan = [[(int(i), seeds[int(i)]) for i in order[start : start + batch_size].chunk(world)[rank]]
+                for start in range(0, stop, batch_size)]  # fmt: skip
+        yield from data.batches(plan, workers)
+        return
     mean = torch.tensor(data.mean).view(1, -1, 1, 1)
     std = torch.tensor(data.std).view(1, -1, 1, 1)
     images, labels = torch.from_numpy(data.images), torch.from_numpy(data.labels)
-    stop = n - n % batch_size if drop_last else n
     for start in range(0, stop, batch_size):
         idx = order[start : start + batch_size]
         x = images[idx].float().div_(255.0)
-        if augment_pad:
+        if augment_pad:  # the global batch's augmentation, then this rank's rows of it
             x = pad_crop_flip(x, augment_pad, generator or torch.default_generator)
-        yield (x - mean) / std, labels[idx]
+        yield ((x - mean) / std).chunk(world)[rank], labels[idx].chunk(world)[rank]

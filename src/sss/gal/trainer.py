@@ -87,10 +87,12 @@ class GALTrainer(Trainer):
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         super().__init__(cfg, train_data=train_data, log=log, progress=progress)
+        self.teacher = self.teacher.to(self.runtime.device)
         if cfg.channels_last:
             self.teacher = self.teacher.to(memory_format=torch.channels_last)
-        num_logits = self.teacher(self.example).shape[-1]
-        self.discriminator = Discriminator(num_logits, official=cfg.official)
+        num_logits = self.teacher(self.example.to(self.runtime.device)).shape[-1]
+        self.discriminator = Discriminator(num_logits, official=cfg.official).to(self.runtime.device)
+        self.d_net = self.runtime.wrap(self.discriminator)  # under DDP, D's gradients are averaged too
         self.d_opt = SGD(self.discriminator.parameters(), lr=cfg.d_lr, momentum=cfg.momentum,
                          weight_decay=cfg.weight_decay)  # fmt: skip
 
@@ -139,26 +141,28 @@ class GALTrainer(Trainer):
         """``Σ γ_kind·‖m‖₁``: the official code's extra L1 term in the student loss."""
         gamma = self.cfg.gamma
         return sum(((gamma[r.kind] if isinstance(gamma, dict) else gamma) * r.weight.abs().sum()
-                    for r in gates(self.model)), torch.zeros(()))  # fmt: skip
+                    for r in gates(self.model)), torch.zeros((), device=self.runtime.device))  # fmt: skip
 
     def batch_loss(self, x: torch.Tensor, y: torch.Tensor) -> BatchResult:
         """One discriminator step, then the student's loss; ``y`` (the labels) is never read."""
-        cfg, disc = self.cfg, self.discriminator
+        cfg, disc, n = self.cfg, self.discriminator, len(x)
         with torch.no_grad():
-            real = self.teacher(x)
-        fake = self.model(x)
-        ones, zeros = torch.ones(len(x)), torch.zeros(len(x))
-        # Discriminator step, on the student's logits detached from the student.
-        disc.requires_grad_(True)
-        d_real, d_fake = disc(real), disc(fake.detach())
+            real = self.teacher(x).float()
+        fake = self.net(x).float()
+        ones, zeros = torch.ones(n, device=x.device), torch.zeros(n, device=x.device)
         bce = F.binary_cross_entropy_with_logits
-        loss_d = bce(d_real, ones) + bce(d_fake, zeros) + bce(d_fake, ones)
-        self.d_opt.zero_grad(set_to_none=True)
-        loss_d.backward()
-        self.d_opt.step()
-        # Student loss: match the teacher and fool the (now fixed) discriminator.
-        disc.requires_grad_(False)
-        loss_g = cfg.mu * F.mse_loss(fake, real) + bce(disc(fake), ones)
+        # Discriminator step, on the student's logits detached from the student: one forward
+        # of both (D has no batch statistics), in fp32 (D is tiny), outside the autocast.
+        with torch.autocast(x.device.type, enabled=False):
+            disc.requires_grad_(True)
+            d_real, d_fake = self.d_net(torch.cat([real, fake.detach()])).split(n)
+            loss_d = bce(d_real, ones) + bce(d_fake, zeros) + bce(d_fake, ones)
+            self.d_opt.zero_grad(set_to_none=True)
+            loss_d.backward()
+            self.d_opt.step()
+            # Student loss: match the teacher and fool the (now fixed) discriminator.
+            disc.requires_grad_(False)
+            loss_g = cfg.mu * F.mse_loss(fake, real) + bce(disc(fake), ones)
         if cfg.official:
             loss_g = loss_g + self._l1()
         figures = {"d_loss": loss_d.item(), "d_acc_real": float((d_real > 0).float().mean()),

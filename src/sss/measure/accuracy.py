@@ -15,8 +15,10 @@ def evaluate(model: nn.Module, data: ArrayDataset, batch_size: int = 500) -> tup
     was_training = model.training
     model.eval()
     correct, loss_sum = 0, 0.0
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
     for x, y in iterate_batches(data, batch_size, shuffle=False):
-        logits = model(x)
+        x, y = x.to(device), y.to(device)
+        logits = model(x).float()
         loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
         correct += int((logits.argmax(1) == y).sum())
     model.train(was_training)

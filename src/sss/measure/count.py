@@ -15,6 +15,8 @@ def count(model: nn.Module, example_inputs: torch.Tensor | tuple[torch.Tensor, .
     elementwise ops, BN and pooling are not counted. Use a batch of 1 for per-image MACs.
     """
     inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    inputs = tuple(x.to(device) for x in inputs)
     was_training = model.training
     model.eval()
     try:

@@ -1,7 +1,8 @@
-"""CPU latency of several models, measured in interleaved rounds."""
+"""Latency of several models (CPU or GPU), measured in interleaved rounds."""
 
 from __future__ import annotations
 
+import copy
 import statistics
 from collections.abc import Mapping, Sequence
 
@@ -18,6 +19,7 @@ def compare_latency(
     rounds: int = 7,
     min_run_time: float = 0.2,
     num_threads: int | None = None,
+    device: str | torch.device = "cpu",
 ) -> dict[str, dict[int, float]]:
     """Median forward latency in milliseconds, ``{model: {batch: ms}}``.
 
@@ -31,13 +33,18 @@ def compare_latency(
         rounds: Interleaved rounds per batch size.
         min_run_time: Seconds each timing lasts at least.
         num_threads: Threads for torch (default: torch's current setting).
+        device: Where to time them; models elsewhere are timed as copies moved there. On a GPU
+            ``torch.utils.benchmark`` synchronises before reading the clock.
     """
+    device = torch.device(device)
+    models = {name: m if next(m.parameters()).device == device else copy.deepcopy(m).to(device)
+              for name, m in models.items()}  # fmt: skip
     threads = num_threads or torch.get_num_threads()
     result: dict[str, dict[int, float]] = {name: {} for name in models}
     for m in models.values():
         m.eval()
     for batch in batch_sizes:
-        x = torch.randn(batch, *input_shape)
+        x = torch.randn(batch, *input_shape, device=device)
         timers = {
             name: benchmark.Timer("model(x)", globals={"model": m, "x": x}, num_threads=threads)
             for name, m in models.items()

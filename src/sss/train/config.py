@@ -23,7 +23,8 @@ NonNegativeFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
 #: Keys a resume may change: they change how the model trains from here, not its shape.
 RESUMABLE_KEYS = frozenset({"epochs", "out_dir", "lr", "momentum", "weight_decay", "schedule", "milestones",
-                            "lr_decay", "gamma", "eval_batch_size", "allow_collapse"})  # fmt: skip
+                            "lr_decay", "gamma", "eval_batch_size", "allow_collapse", "device", "amp", "compile",
+                            "workers"})  # fmt: skip
 
 
 @dataclass
@@ -43,6 +44,11 @@ class TrainConfig:
     penalty at compute, 0.5 is in between (docs/design.md, "channel selection").
     ``allow_collapse`` lets a run go on when its compact model's output no longer depends on
     the input (every path cut); by default that stops the run with an error.
+    ``device`` (``auto``: CUDA when present), ``amp`` (autocast precision; the factors and their
+    optimizer stay fp32), ``compile`` (``torch.compile`` the training forward) and ``workers``
+    (DataLoader processes for image folders) say where and how it computes; under ``torchrun``
+    ``batch_size`` is the global batch, split evenly over the ranks. ``image_size`` and
+    ``on_bad_image`` (``fail`` or ``skip``) apply to ``dataset: imagefolder``.
     """
 
     model: str = "resnet20"
@@ -73,6 +79,12 @@ class TrainConfig:
     eval_batch_size: PositiveInt = 500
     out_dir: str = "runs/train"
     allow_collapse: bool = False
+    device: str = "auto"
+    amp: Literal["none", "bf16", "fp16"] = "none"
+    compile: bool = False
+    workers: NonNegativeInt = 0
+    image_size: PositiveInt = 224
+    on_bad_image: Literal["fail", "skip"] = "fail"
 
     def lr_factor(self, epoch: int) -> float:
         """Multiplier of ``lr`` during ``epoch`` (0-based): step decays or per-epoch cosine."""
@@ -96,6 +108,10 @@ class TrainConfig:
         problems = self.cross_field_problems()
         if problems:
             raise ValueError(f"invalid {type(self).__name__}: " + "; ".join(problems))
+
+    def dataset_options(self) -> dict[str, Any]:
+        """The keywords of :func:`sss.data.load_dataset` this config sets."""
+        return {"image_size": self.image_size, "on_bad_image": self.on_bad_image}
 
     def cross_field_problems(self) -> list[str]:
         """The rules that involve more than one field, or the registries."""

@@ -25,7 +25,9 @@ from sss.structures import attach, gates
 from sss.surgery import prune, zero_small_factors
 from sss.train.checks import check_checkpoint, check_collapse, load_optimizer_state, nonfinite_tensors, resume_changes
 from sss.train.config import TrainConfig
+from sss.train.freeze import FreezeMixin
 from sss.train.run_folder import CHECKPOINT, RunFolder
+from sss.train.runtime import create_runtime
 
 #: Factor snapshots per epoch kept for the plot of λ over training.
 SNAPSHOTS_PER_EPOCH = 10
@@ -47,6 +49,10 @@ class TrainResult:
     factor_trace: list[dict] = field(default_factory=list)
 
 
+def _silent(message: str) -> None:
+    """The log of ranks other than 0."""
+
+
 @dataclass
 class BatchResult:
     """What :meth:`Trainer.batch_loss` returns for one batch.
@@ -63,7 +69,7 @@ class BatchResult:
     figures: dict[str, float] = field(default_factory=dict)
 
 
-class Trainer:
+class Trainer(FreezeMixin):
     """Trains a zoo model with SSS (or densely) from a :class:`TrainConfig`.
 
     Every epoch it logs one line, appends a JSON record to ``metrics.jsonl`` and writes
@@ -106,9 +112,16 @@ class Trainer:
         progress: Show progress bars (on a terminal).
         """
         cfg.validate()
-        self.cfg, self.log, self.progress = cfg, log, progress
+        self.runtime = create_runtime(cfg.device, cfg.amp)
+        if cfg.batch_size % self.runtime.world:
+            raise ValueError(f"batch_size {cfg.batch_size} (the global batch) must split evenly over "
+                             f"{self.runtime.world} processes")  # fmt: skip
+        main = self.runtime.main
+        self.cfg, self.log, self.progress = cfg, log if main else _silent, progress and main
         self.out = Path(cfg.out_dir)
-        full = train_data if train_data is not None else load_dataset(cfg.dataset, True, cfg.data_dir)
+        if train_data is None:
+            train_data = load_dataset(cfg.dataset, True, cfg.data_dir, **cfg.dataset_options())
+        full = train_data
         if cfg.train_subset:
             full = full.subset(torch.randperm(len(full), generator=torch.Generator().manual_seed(cfg.seed))
                                [: cfg.train_subset].sort().values.numpy())  # fmt: skip
@@ -117,10 +130,13 @@ class Trainer:
         self.example = torch.zeros(1, *full.shape)
         if model is None:
             model = self.build_model(full)
+        model = model.to(self.runtime.device)
         self.model = model.to(memory_format=torch.channels_last) if cfg.channels_last else model
         # Seeded, hence the same on resume: what `after_freeze: rewind` resets the weights to.
         self.init_state = copy.deepcopy(self.model.state_dict()) if cfg.after_freeze == "rewind" else None
         self.weights_opt, self.factors_opt = self.build_optimizers()
+        self.scaler = self.runtime.grad_scaler()
+        self._wrap()
         self.dense_macs = count(self.model, self.example)[0]
         self.num_factors = sum(ref.weight.numel() for ref in gates(self.model))
         self.frozen_masks: dict[str, torch.Tensor] | None = None
@@ -129,6 +145,12 @@ class Trainer:
         self.epoch = 0
         self.history: list[dict] = []
         self.factor_trace: list[dict] = []
+
+    def _wrap(self) -> None:
+        """``self.net``: the model as the training forward runs it (DDP, compiled)."""
+        self.net = self.runtime.wrap(self.model)
+        if self.cfg.compile:
+            self.net = torch.compile(self.net)
 
     # -- state --------------------------------------------------------------------------
     def state(self) -> dict:
@@ -194,44 +216,6 @@ class Trainer:
         power = self.cfg.gamma_macs_power
         return mac_weights(self.model, self.example, power) if power > 0 and gates(self.model) else None
 
-    @property
-    def frozen(self) -> bool:
-        return self.frozen_masks is not None
-
-    def _freeze(self, masks: dict[str, torch.Tensor] | None = None) -> None:
-        """Ends the selection: the model becomes its compact form, trained from here on by SGD.
-
-        ``masks`` (gate name → 1 kept / 0 removed, as stored in a checkpoint) rebuild a frozen
-        structure on resume; without them the current zero factors decide, and with
-        ``after_freeze: rewind`` the weights return to their initial values first.
-        """
-        refs = gates(self.model)
-        restore = masks is not None
-        if masks is None:
-            masks = {r.name: (r.weight.detach().abs() > self.cfg.prune_threshold).float() for r in refs}
-            if self.init_state is not None:
-                self.model.load_state_dict(self.init_state)
-                restore = True
-        if restore:
-            with torch.no_grad():
-                for ref in refs:
-                    ref.weight.copy_(masks[ref.name])
-        self.model = prune(self.model, self.cfg.prune_threshold, round_to=self.cfg.round_to)
-        self.weights_opt, self.factors_opt = self.build_optimizers()
-        self.frozen_masks = masks
-
-    # -- loop -----------------------------------------------------------------------------
-    def _freeze_and_log(self) -> None:
-        self.selected = copy.deepcopy(self.model).to(memory_format=torch.contiguous_format)
-        gated_acc = evaluate(self.selected, self.val_data, self.cfg.eval_batch_size)[0]
-        compact = prune(self.selected, self.cfg.prune_threshold, round_to=self.cfg.round_to)
-        compact_acc = evaluate(compact, self.val_data, self.cfg.eval_batch_size)[0]
-        self._freeze()
-        zeros = sum(int((m == 0).sum()) for m in self.frozen_masks.values())
-        rewound = "; weights rewound to their initial values" if self.init_state is not None else ""
-        self.log(f"selection frozen after epoch {self.epoch}: {zeros} zero factor(s) removed; validation accuracy "
-                 f"{gated_acc:.2f}% gated, {compact_acc:.2f}% compact{rewound}")  # fmt: skip
-
     def _set_lr(self) -> float:
         lr = self.cfg.lr * self.cfg.lr_factor(self.epoch)
         for opt in (self.weights_opt, self.factors_opt):
@@ -251,17 +235,20 @@ class Trainer:
         """This epoch's shuffled, augmented batches (order fixed by seed and epoch), with a bar."""
         cfg = self.cfg
         gen = torch.Generator().manual_seed(cfg.seed * 100_003 + self.epoch)
+        rt, fmt = self.runtime, torch.channels_last if cfg.channels_last else torch.contiguous_format
+        # Every rank trains on its share of the same global batch: the data, order and
+        # augmentation of a one-process run with the same global batch.
         batches = iterate_batches(self.train_data, cfg.batch_size, shuffle=True, augment_pad=cfg.augment_pad,
-                                  generator=gen, drop_last=True)  # fmt: skip
-        if cfg.channels_last:
-            batches = ((x.contiguous(memory_format=torch.channels_last), y) for x, y in batches)
+                                  generator=gen, drop_last=True, shard=(rt.rank, rt.world), workers=cfg.workers)
+        batches = ((rt.to_device(x).contiguous(memory_format=fmt), rt.to_device(y)) for x, y in batches)
         return tqdm(batches, total=self.steps_per_epoch, desc=f"{self.progress_label} {self.epoch + 1}/{cfg.epochs}",
                     leave=False,
                     disable=None if self.progress else True)  # fmt: skip
 
     def batch_loss(self, x: torch.Tensor, y: torch.Tensor) -> BatchResult:
-        """Hook: the loss of one training batch (default: cross-entropy on the labels)."""
-        logits = self.model(x)
+        """Hook: the loss of one training batch (default: cross-entropy on the labels). It runs
+        under the run's autocast; ``self.net`` is the model as trained (DDP-wrapped, compiled)."""
+        logits = self.net(x)
         return BatchResult(F.cross_entropy(logits, y), logits, y)
 
     def optimizer_step(self, loss: torch.Tensor) -> None:
@@ -269,10 +256,16 @@ class Trainer:
         self.weights_opt.zero_grad(set_to_none=True)
         if self.factors_opt:
             self.factors_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.weights_opt.step()
-        if self.factors_opt:
-            self.factors_opt.step()
+        optimizers = [o for o in (self.weights_opt, self.factors_opt) if o is not None]
+        if self.scaler is None:
+            loss.backward()
+            for opt in optimizers:
+                opt.step()
+            return
+        self.scaler.scale(loss).backward()  # fp16: scaled; a step with inf/NaN gradients is skipped
+        for opt in optimizers:
+            self.scaler.step(opt)
+        self.scaler.update()
 
     def _train_epoch(self) -> tuple[float, float]:
         self.model.train()
@@ -280,14 +273,15 @@ class Trainer:
         every = max(1, self.steps_per_epoch // SNAPSHOTS_PER_EPOCH)
         bar = self._batches()
         for step, (x, y) in enumerate(bar):
-            out = self.batch_loss(x, y)
+            with self.runtime.autocast():
+                out = self.batch_loss(x, y)
             values = {"loss": out.loss.item(), **out.figures}
             bad = {k: v for k, v in values.items() if not math.isfinite(v)}
             if bad:
                 raise self._diverged(f"{', '.join(f'{k} became {v}' for k, v in bad.items())} at epoch "
                                      f"{self.epoch + 1}, step {step + 1}")  # fmt: skip
             self.optimizer_step(out.loss)
-            n = len(x)
+            n = len(x)  # this rank's share: the epoch figures are rank 0's
             loss_sum += values.pop("loss") * n
             for k, v in values.items():
                 figures[k] = figures.get(k, 0.0) + v * n
@@ -314,18 +308,24 @@ class Trainer:
         The output folder is locked for the run. A folder that holds another run is refused
         unless ``resume`` (continue it) or ``overwrite`` (replace it) is given.
         """
-        folder = RunFolder(self.out)
-        for note in folder.open(resume=resume, overwrite=overwrite):
-            self.log(note)
+        folder, problem = RunFolder(self.out), None
+        if self.runtime.main:  # one process owns the folder; the others wait for its verdict
+            try:
+                for note in folder.open(resume=resume, overwrite=overwrite):
+                    self.log(note)
+                if resume and not folder.checkpoint.exists():
+                    problem = f"nothing to resume in {self.out}: it has no {CHECKPOINT}; start the run without --resume"
+            except RunFolderError as e:
+                problem = str(e)
+        problem = self.runtime.agree(problem)
         try:
+            if problem:
+                raise RunFolderError(problem)
             if resume:
-                if not folder.checkpoint.exists():
-                    raise RunFolderError(f"nothing to resume in {self.out}: it has no {CHECKPOINT}; start the run "
-                                         "without --resume")  # fmt: skip
                 self.load(folder.checkpoint)
                 self.log(f"resumed {folder.checkpoint} after epoch {self.epoch}")
-            # Drop metric lines of epochs the checkpoint does not contain (a crash in between).
-            folder.write_metrics(folder.read_metrics(up_to_epoch=self.epoch))
+            if self.runtime.main:  # drop metric lines of epochs the checkpoint lacks (a crash in between)
+                folder.write_metrics(folder.read_metrics(up_to_epoch=self.epoch))
             return self._loop(folder)
         finally:
             folder.close()
@@ -345,6 +345,7 @@ class Trainer:
             lr = self._set_lr()
             self.on_epoch_start()
             train_loss, train_acc = self._train_epoch()
+            self.runtime.sync_buffers(self.model)
             val_acc, val_loss = evaluate(self.model, self.val_data, cfg.eval_batch_size)
             broken = nonfinite_tensors(self.model)
             if broken or not math.isfinite(val_loss):
@@ -356,8 +357,9 @@ class Trainer:
             self.epoch += 1
             record = self._record(lr, train_loss, train_acc, val_loss, val_acc, time.perf_counter() - start, compact)
             self.history.append(record)
-            folder.append_metrics(record)
-            save_state(self.state(), folder.checkpoint)
+            if self.runtime.main:
+                folder.append_metrics(record)
+                save_state(self.state(), folder.checkpoint)
         return self._finish()
 
     def _record(self, lr, train_loss, train_acc, val_loss, val_acc, seconds, compact: nn.Module) -> dict:
@@ -388,10 +390,11 @@ class Trainer:
             n = zero_small_factors(model, self.cfg.prune_threshold)
             self.log(f"zeroed {n} factor(s) with |λ| <= {self.cfg.prune_threshold} (L1-SGD pruning threshold)")
         compact = prune(model, round_to=self.cfg.round_to)
-        save(model, self.out / "model")
-        save(compact, self.out / "compact")
         result = TrainResult(model, compact, self.selected, self.history, self.factor_trace)
-        self.on_finish(result)
+        if self.runtime.main:
+            save(model, self.out / "model")
+            save(compact, self.out / "compact")
+            self.on_finish(result)
         return result
 
     def on_finish(self, result: TrainResult) -> None:
