@@ -15,9 +15,13 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
-# torch is pinned in pyproject.toml; installing it first keeps pip on the local CPU wheel.
-if ! .venv/bin/python -c "import torch, sss" 2>/dev/null; then
+# pyproject.toml takes torch>=2.3; installing 2.13.0 first keeps pip on the local CPU wheel
+# (an unpinned torch would pull a multi-GB CUDA build).
+# Reinstall when pyproject.toml changed since the last install (a new dependency).
+stamp=.venv/.sss-pyproject.sha256
+if ! .venv/bin/python -c "import torch, sss" 2>/dev/null || ! sha256sum -c --status "$stamp" 2>/dev/null; then
     .venv/bin/python -m pip install -q --upgrade pip
     .venv/bin/python -m pip install -q torch==2.13.0
     .venv/bin/python -m pip install -q -e ".[dev]"
+    sha256sum pyproject.toml > "$stamp"
 fi

@@ -56,3 +56,15 @@ def test_unknown_model_names_choices():
         sss.models.create("resnet57")
     with pytest.raises(ValueError, match="6n\\+2"):
         sss.models.resnet_cifar.CifarResNet(21)
+
+
+@pytest.mark.parametrize(("name", "macs", "params"), [("resnet50", 4_089_184_256, 25_557_032),
+                                                      ("resnext50_32x4d", 4_230_479_872, 25_028_904)])  # fmt: skip
+def test_imagenet_models_match_torchvision(name, macs, params):
+    # torchvision's published sizes (4.09/4.23 GFLOPs as multiply-adds, 25.56M/25.03M params), and
+    # its layer names, so its pretrained state dicts load as they are.
+    model = sss.models.create(name)
+    assert sss.count(model, torch.zeros(1, 3, 224, 224)) == (macs, params)
+    names = set(model.state_dict())
+    assert {"conv1.weight", "bn1.running_mean", "layer1.0.downsample.0.weight", "layer4.2.bn3.weight",
+            "fc.bias"} <= names  # fmt: skip

@@ -129,6 +129,10 @@ def test_config_overrides_and_errors(tmp_path):
 def test_shipped_configs_are_valid(path):
     cfg = load_config(path)
     assert cfg.epochs >= 1
+    model = sss.models.create(cfg.model, **cfg.model_kwargs)  # the recipe builds its model
+    if cfg.dataset == "imagefolder":  # the papers' ImageNet recipes: their structures exist there
+        report = sss.find_structures(model, torch.zeros(1, 3, 64, 64), cfg.structures)
+        assert report.missing == [] and len(report.structures["block"]) == 16
 
 
 def test_evaluate_counts_correctly():
@@ -237,3 +241,23 @@ def test_a_method_built_on_the_hooks_logs_and_resumes(tmp_path):
     resumed = CountingTrainer(_cfg(tmp_path, epochs=2, **RESUMABLE), train_data=data, log=_quiet, progress=False)
     resumed.fit(resume=True)
     assert resumed.batches_seen == 2 * steps
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_keeps_factors_fp32_and_zeros_exact(tmp_path, amp):
+    cfg = _cfg(tmp_path, epochs=1, gamma=3.0, amp=amp, device="cpu", allow_collapse=True)
+    result = Trainer(cfg, train_data=synthetic_dataset(256), log=_quiet, progress=False).fit()
+    refs = sss.gates(result.model)
+    assert all(r.weight.dtype == torch.float32 for r in refs)
+    assert sum(r.num_zero for r in refs) > 0  # γ = 2 zeroes blocks within a few steps, in any precision
+    x = torch.randn(4, 1, 12, 12)
+    with torch.no_grad():
+        assert torch.allclose(result.model(x), result.compact(x), atol=1e-5)
+
+
+def test_device_errors_are_clear():
+    with pytest.raises(ValueError, match="device must be"):
+        sss.train.runtime.resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="sees no CUDA GPU"):
+            sss.train.runtime.resolve_device("cuda")

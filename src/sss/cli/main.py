@@ -10,6 +10,9 @@ import torch
 
 from sss.errors import SSSError
 
+#: Where and how a run computes: flags of train, gal and finetune (config keys of the same names).
+RUNTIME_KEYS = ("device", "amp", "compile", "workers")
+
 
 def _overrides(args: argparse.Namespace, keys: tuple[str, ...]) -> list[str]:
     overrides = list(args.set)
@@ -46,7 +49,7 @@ def _report(cfg, result) -> None:
 def _cmd_train(args: argparse.Namespace) -> None:
     from sss.train import Trainer, load_config
 
-    keys = ("model", "dataset", "data_dir", "epochs", "gamma", "sparsity", "out_dir")
+    keys = ("model", "dataset", "data_dir", "epochs", "gamma", "sparsity", "out_dir", *RUNTIME_KEYS)
     cfg = load_config(args.config, _overrides(args, keys))
     _report(cfg, Trainer(cfg).fit(resume=args.resume, overwrite=args.overwrite))
 
@@ -56,7 +59,7 @@ def _cmd_gal(args: argparse.Namespace) -> None:
     from sss.serialization import load
     from sss.train import load_config
 
-    keys = ("teacher", "dataset", "data_dir", "epochs", "gamma", "mu", "out_dir")
+    keys = ("teacher", "dataset", "data_dir", "epochs", "gamma", "mu", "out_dir", *RUNTIME_KEYS)
     cfg = load_config(args.config, _overrides(args, keys), cls=GALConfig)
     cfg.model = _zoo_name(load(cfg.teacher), cfg.teacher)
     _report(cfg, GALTrainer(cfg).fit(resume=args.resume, overwrite=args.overwrite))
@@ -67,7 +70,7 @@ def _cmd_finetune(args: argparse.Namespace) -> None:
     from sss.train import Trainer, load_config
 
     model = load(args.model)
-    keys = ("dataset", "data_dir", "epochs", "lr", "out_dir")
+    keys = ("dataset", "data_dir", "epochs", "lr", "out_dir", *RUNTIME_KEYS)
     cfg = load_config(args.config, [f"model={_zoo_name(model, args.model)}", "sparsity=none", *_overrides(args, keys)])
     _report(cfg, Trainer(cfg, model=model.train()).fit(resume=args.resume, overwrite=args.overwrite))
 
@@ -122,7 +125,8 @@ def _cmd_eval(args: argparse.Namespace) -> None:
 
     test = load_dataset(args.dataset, False, args.data_dir)
     models = {Path(p).stem: load(p) for p in args.models}
-    print(format_table(compare_models(models, test, latency_of=tuple(models) if args.latency else ())))
+    timed = tuple(models) if args.latency else ()
+    print(format_table(compare_models(models, test, latency_of=timed, device=args.device)))
 
 
 def _cmd_export(args: argparse.Namespace) -> None:
@@ -163,6 +167,10 @@ def _structures_help() -> str:
 def _run_folder_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
     p.add_argument("--overwrite", action="store_true", help="replace the run that OUT holds (default: refuse)")
+    p.add_argument("--device", help="auto (CUDA when present; one GPU per torchrun rank), cpu, cuda or cuda:N")
+    p.add_argument("--amp", choices=["none", "bf16", "fp16"], help="autocast precision (factors stay fp32)")
+    p.add_argument("--compile", action="store_const", const=True, help="torch.compile the training forward")
+    p.add_argument("--workers", type=int, help="DataLoader processes decoding an image folder (default 0)")
 
 
 def _positive_int(text: str) -> int:
@@ -230,7 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("models", nargs="+")
     p.add_argument("--dataset", default="fashion-mnist")
     p.add_argument("--data-dir")
-    p.add_argument("--latency", action="store_true", help="also time batch 1 and 64 on this CPU")
+    p.add_argument("--latency", action="store_true", help="also time batch 1 and 64")
+    p.add_argument("--device", default="cpu", help="where to time them: cpu, cuda or cuda:N")
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("export", help="write a saved compact model as ONNX (dynamic batch)")
@@ -269,6 +278,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; rerun with --resume to continue from the last checkpoint", file=sys.stderr)
         return 130
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()  # a torchrun job leaves its process group cleanly
     return 0
 
 

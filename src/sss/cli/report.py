@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from sss.data import ArrayDataset
-from sss.measure import compare_latency, count, evaluate
+from sss.measure import compare_latency, count, device_name, evaluate
 from sss.structures import ResidualBlock
 
 
@@ -19,18 +19,25 @@ def blocks_per_stage(model: nn.Module) -> list[int]:
 
 
 def compare_models(
-    models: Mapping[str, nn.Module], test: ArrayDataset, *, latency_of: tuple[str, ...], rounds: int = 7
+    models: Mapping[str, nn.Module],
+    test: ArrayDataset,
+    *,
+    latency_of: tuple[str, ...],
+    rounds: int = 7,
+    device: str = "cpu",
 ) -> dict[str, dict]:
-    """Accuracy, MACs, params, blocks per stage for each model; latency for ``latency_of``."""
+    """Accuracy, MACs, params, blocks per stage for each model; latency on ``device`` (named in
+    each timed row as ``latency_device``) for ``latency_of``."""
     example = torch.zeros(1, *test.shape)
     rows: dict[str, dict] = {}
     for name, model in models.items():
         macs, params = count(model, example)
         acc, _ = evaluate(model, test)
         rows[name] = {"accuracy": acc, "macs": macs, "params": params, "blocks": blocks_per_stage(model)}
-    timed = compare_latency({n: models[n] for n in latency_of}, test.shape, (1, 64), rounds=rounds)
+    timed = compare_latency({n: models[n] for n in latency_of}, test.shape, (1, 64), rounds=rounds, device=device)
     for name, ms in timed.items():
         rows[name]["latency_ms"] = {str(b): v for b, v in ms.items()}
+        rows[name]["latency_device"] = device_name(device)
     return rows
 
 
@@ -52,4 +59,7 @@ def format_table(rows: Mapping[str, dict]) -> str:
         lines.append(("blocks per stage", ["/".join(map(str, rows[n]["blocks"])) for n in names]))
     out = ["| | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     out += [f"| {label} | " + " | ".join(cells) + " |" for label, cells in lines]
+    devices = sorted({rows[n]["latency_device"] for n in names if "latency_device" in rows[n]})
+    if devices:
+        out.append(f"\nLatency measured on {', '.join(devices)}.")
     return "\n".join(out)

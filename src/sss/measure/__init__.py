@@ -2,7 +2,7 @@
 
 from sss.measure.accuracy import evaluate
 from sss.measure.count import count
-from sss.measure.latency import compare_latency
-from sss.measure.structure_costs import mac_weights, structure_macs
+from sss.measure.latency import compare_latency, device_name
+from sss.measure.structure_costs import mac_weights, structure_costs, structure_macs
 
-__all__ = ["compare_latency", "count", "evaluate", "mac_weights", "structure_macs"]
+__all__ = ["compare_latency", "count", "device_name", "evaluate", "mac_weights", "structure_costs", "structure_macs"]

@@ -11,6 +11,14 @@ from torch import nn
 from torch.utils import benchmark
 
 
+def device_name(device: str | torch.device) -> str:
+    """What a latency was measured on, for reports: ``cpu (2 threads)`` or the GPU's name."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
 def compare_latency(
     models: Mapping[str, nn.Module],
     input_shape: Sequence[int],

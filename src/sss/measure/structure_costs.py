@@ -12,12 +12,18 @@ from sss.surgery.prune import prune
 
 
 def structure_macs(model: nn.Module, example_inputs: torch.Tensor) -> dict[str, float]:
-    """``{gate name: MACs per structure}`` of a gated model, by measurement: each gate's
-    factors are zeroed in turn, the model is pruned and counted, and the MACs saved are
+    """``{gate name: MACs per structure}`` of a gated model (:func:`structure_costs`)."""
+    return structure_costs(model, example_inputs, "macs")
+
+
+def structure_costs(model: nn.Module, example_inputs: torch.Tensor, metric: str = "macs") -> dict[str, float]:
+    """``{gate name: MACs (or params) per structure}`` of a gated model, by measurement: each
+    gate's factors are zeroed in turn, the model is pruned and counted, and what is saved is
     divided by the structures removed. Measuring (instead of a formula per layer type)
     covers every layer a structure touches: its filters, its BN, the readers' inputs.
     """
-    full = count(model, example_inputs)[0]
+    which = {"macs": 0, "params": 1}[metric]
+    full = count(model, example_inputs)[which]
     costs = {}
     for ref in gates(model):
         saved = ref.weight.detach().clone()
@@ -25,7 +31,7 @@ def structure_macs(model: nn.Module, example_inputs: torch.Tensor) -> dict[str, 
             ref.weight.zero_()
         try:
             removed = ref.weight.numel() - get_kind(ref.kind).min_keep  # e.g. a layer keeps one channel
-            costs[ref.name] = (full - count(prune(model), example_inputs)[0]) / max(1, removed)
+            costs[ref.name] = (full - count(prune(model), example_inputs)[which]) / max(1, removed)
         finally:
             with torch.no_grad():
                 ref.weight.copy_(saved)

@@ -4,5 +4,6 @@ from sss.models.registry import create, list_models, model_parameters, register_
 
 # Importing the families registers their builders.
 from sss.models import densenet_cifar, googlenet_cifar, plain, preact_resnet, resnet_cifar, resnext_cifar  # noqa: F401  isort: skip
+from sss.models import resnet_imagenet  # noqa: F401  isort: skip
 
 __all__ = ["create", "list_models", "model_parameters", "register_model"]

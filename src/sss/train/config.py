@@ -49,6 +49,9 @@ class TrainConfig:
     (DataLoader processes for image folders) say where and how it computes; under ``torchrun``
     ``batch_size`` is the global batch, split evenly over the ranks. ``image_size`` and
     ``on_bad_image`` (``fail`` or ``skip``) apply to ``dataset: imagefolder``.
+    ``target_macs`` / ``target_params`` aim the selection at a budget instead of a γ: a fraction of
+    the dense model (``0.5``) or a count (``18M``); γ is then the starting strength that the run
+    steers, and the selection lands within ±2% of the target at the freeze (or the end).
     """
 
     model: str = "resnet20"
@@ -85,6 +88,8 @@ class TrainConfig:
     workers: NonNegativeInt = 0
     image_size: PositiveInt = 224
     on_bad_image: Literal["fail", "skip"] = "fail"
+    target_macs: Annotated[float, Field(gt=0, allow_inf_nan=False)] | str | None = None
+    target_params: Annotated[float, Field(gt=0, allow_inf_nan=False)] | str | None = None
 
     def lr_factor(self, epoch: int) -> float:
         """Multiplier of ``lr`` during ``epoch`` (0-based): step decays or per-epoch cosine."""
@@ -118,6 +123,7 @@ class TrainConfig:
         from sss.data import DATASETS
         from sss.models import list_models, model_parameters
         from sss.structures import kind_names
+        from sss.train.budget import parse_budget
 
         problems = []
         if self.model not in list_models():
@@ -139,6 +145,17 @@ class TrainConfig:
             problems.append(
                 f"freeze_epoch must be between 1 and epochs - 1 ({self.epochs - 1}), got {self.freeze_epoch}"
             )
+        if self.target_macs is not None and self.target_params is not None:
+            problems.append("give target_macs or target_params, not both")
+        if (self.target_macs is not None or self.target_params is not None) and self.sparsity == "none":
+            problems.append("a target needs factors to steer: sparsity apg, ista or sgd")
+        for name in ("target_macs", "target_params"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                try:
+                    parse_budget(value, 1.0, name[7:])
+                except ValueError as e:
+                    problems.append(str(e))
         if isinstance(self.gamma, dict) and set(self.gamma) - set(self.structures):
             problems.append(f"gamma names kinds {sorted(set(self.gamma) - set(self.structures))} not in structures")
         return problems

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -16,16 +15,18 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from sss.data import ArrayDataset, iterate_batches, load_dataset, split_validation
-from sss.errors import CheckpointError, RunFolderError, TrainingDivergedError
+from sss.errors import RunFolderError, TrainingDivergedError
 from sss.measure import count, evaluate, mac_weights
 from sss.models import create
 from sss.optim import build_optimizers
-from sss.serialization import load_state, save, save_state
+from sss.serialization import save, save_state
 from sss.structures import attach, gates
 from sss.surgery import prune, zero_small_factors
-from sss.train.checks import check_checkpoint, check_collapse, load_optimizer_state, nonfinite_tensors, resume_changes
+from sss.train.budget import BudgetController
+from sss.train.checks import check_collapse, nonfinite_tensors
 from sss.train.config import TrainConfig
 from sss.train.freeze import FreezeMixin
+from sss.train.resume import ResumeMixin
 from sss.train.run_folder import CHECKPOINT, RunFolder
 from sss.train.runtime import create_runtime
 
@@ -69,7 +70,7 @@ class BatchResult:
     figures: dict[str, float] = field(default_factory=dict)
 
 
-class Trainer(FreezeMixin):
+class Trainer(FreezeMixin, ResumeMixin):
     """Trains a zoo model with SSS (or densely) from a :class:`TrainConfig`.
 
     Every epoch it logs one line, appends a JSON record to ``metrics.jsonl`` and writes
@@ -136,6 +137,7 @@ class Trainer(FreezeMixin):
         self.init_state = copy.deepcopy(self.model.state_dict()) if cfg.after_freeze == "rewind" else None
         self.weights_opt, self.factors_opt = self.build_optimizers()
         self.scaler = self.runtime.grad_scaler()
+        self.budget = self._budget_controller()
         self._wrap()
         self.dense_macs = count(self.model, self.example)[0]
         self.num_factors = sum(ref.weight.numel() for ref in gates(self.model))
@@ -146,54 +148,25 @@ class Trainer(FreezeMixin):
         self.history: list[dict] = []
         self.factor_trace: list[dict] = []
 
+    def _budget_controller(self) -> BudgetController | None:
+        cfg = self.cfg
+        metric = "macs" if cfg.target_macs is not None else "params" if cfg.target_params is not None else None
+        if metric is None or self.factors_opt is None:
+            return None
+        target = cfg.target_macs if metric == "macs" else cfg.target_params
+        return BudgetController(self.model, self.example, metric, target, self.factors_opt, round_to=cfg.round_to)
+
+    def _land_budget(self) -> None:
+        """Brings the selection inside the target's band (see :mod:`sss.train.budget`)."""
+        if self.budget is not None and not self.frozen:
+            for line in self.budget.land(self.model)[1]:
+                self.log(line)
+
     def _wrap(self) -> None:
         """``self.net``: the model as the training forward runs it (DDP, compiled)."""
         self.net = self.runtime.wrap(self.model)
         if self.cfg.compile:
             self.net = torch.compile(self.net)
-
-    # -- state --------------------------------------------------------------------------
-    def state(self) -> dict:
-        return {
-            "epoch": self.epoch,
-            "config": dataclasses.asdict(self.cfg),
-            "model": self.model.state_dict(),
-            "weights_opt": self.weights_opt.state_dict(),
-            "factors_opt": self.factors_opt.state_dict() if self.factors_opt else None,
-            "frozen_masks": self.frozen_masks,
-            "history": self.history,
-            "factor_trace": self.factor_trace,
-            "extra": self.extra_state(),
-        }
-
-    def extra_state(self) -> dict:
-        """Hook: what a subclass's checkpoint holds beyond the model and optimizers (tensors,
-        numbers, strings, dicts, lists; see :func:`sss.serialization.save_state`)."""
-        return {}
-
-    def load_extra_state(self, state: dict) -> None:
-        """Hook: restores what :meth:`extra_state` saved."""
-
-    def load(self, path: Path) -> None:
-        """Restores the run from checkpoint ``path``. The config may differ only in
-        :data:`~sss.train.config.RESUMABLE_KEYS` (lr, schedule, γ, epochs, ...): those changes
-        are logged and take effect from here."""
-        state = load_state(path)
-        check_checkpoint(state, path, self.cfg.epochs)
-        for line in resume_changes(state["config"], dataclasses.asdict(self.cfg), path):
-            self.log(line)
-        try:
-            if state.get("frozen_masks") is not None:
-                self._freeze(state["frozen_masks"])
-            self.model.load_state_dict(state["model"])
-            load_optimizer_state(self.weights_opt, state["weights_opt"])
-            if self.factors_opt is not None:
-                load_optimizer_state(self.factors_opt, state["factors_opt"])
-            self.load_extra_state(state.get("extra", {}))
-        except (KeyError, RuntimeError, ValueError, TypeError) as e:
-            raise CheckpointError(f"{path} does not fit this run's model ({type(e).__name__}: {e}); delete it or "
-                                  "resume with the config it was written with") from e  # fmt: skip
-        self.epoch, self.history, self.factor_trace = state["epoch"], state["history"], state["factor_trace"]
 
     def build_model(self, data: ArrayDataset) -> nn.Module:
         """Hook: the model to train (default: ``cfg.model`` from the zoo, with factors attached)."""
@@ -281,6 +254,8 @@ class Trainer(FreezeMixin):
                 raise self._diverged(f"{', '.join(f'{k} became {v}' for k, v in bad.items())} at epoch "
                                      f"{self.epoch + 1}, step {step + 1}")  # fmt: skip
             self.optimizer_step(out.loss)
+            if self.budget is not None and self.factors_opt is not None and not self.frozen:
+                self.budget.after_step(self.model, self.factors_opt)
             n = len(x)  # this rank's share: the epoch figures are rank 0's
             loss_sum += values.pop("loss") * n
             for k, v in values.items():
@@ -385,6 +360,7 @@ class Trainer(FreezeMixin):
         return record
 
     def _finish(self) -> TrainResult:
+        self._land_budget()  # a run without a freeze lands at its end
         model = self.model.to(memory_format=torch.contiguous_format).eval()  # returned ready for inference
         if self.cfg.sparsity == "sgd":
             n = zero_small_factors(model, self.cfg.prune_threshold)

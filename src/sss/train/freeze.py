@@ -48,6 +48,7 @@ class FreezeMixin:
         self._wrap()
 
     def _freeze_and_log(self) -> None:
+        self._land_budget()  # a target: the selection lands inside its band first
         self.selected = copy.deepcopy(self.model).to(memory_format=torch.contiguous_format)
         gated_acc = evaluate(self.selected, self.val_data, self.cfg.eval_batch_size)[0]
         compact = prune(self.selected, self.cfg.prune_threshold, round_to=self.cfg.round_to)

@@ -24,13 +24,16 @@ def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     """``auto`` (CUDA when present, one GPU per local rank), ``cpu``, ``cuda`` or ``cuda:N``."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = torch.device("meta")  # refused below, with the choices
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"device {name!r} asked for, but this torch sees no CUDA GPU; use --device cpu or auto")
         if device.index is None:
             device = torch.device("cuda", local_rank % torch.cuda.device_count())
-    elif device.type != "cpu":
+    elif device.type != "cpu" or device.index not in (None, 0):
         raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
     return device
 

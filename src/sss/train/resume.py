@@ -1,0 +1,59 @@
+"""What a training checkpoint holds, and resuming from one."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from sss.errors import CheckpointError
+from sss.serialization import load_state
+from sss.train.checks import check_checkpoint, load_optimizer_state, resume_changes
+
+
+class ResumeMixin:
+    """The part of :class:`~sss.train.Trainer` that writes and reads its checkpoint state."""
+
+    def state(self) -> dict:
+        return {
+            "epoch": self.epoch,
+            "config": dataclasses.asdict(self.cfg),
+            "model": self.model.state_dict(),
+            "weights_opt": self.weights_opt.state_dict(),
+            "factors_opt": self.factors_opt.state_dict() if self.factors_opt else None,
+            "frozen_masks": self.frozen_masks,
+            "history": self.history,
+            "factor_trace": self.factor_trace,
+            "extra": self.extra_state(),
+            "budget": self.budget.state() if self.budget is not None else None,
+        }
+
+    def extra_state(self) -> dict:
+        """Hook: what a subclass's checkpoint holds beyond the model and optimizers (tensors,
+        numbers, strings, dicts, lists; see :func:`sss.serialization.save_state`)."""
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        """Hook: restores what :meth:`extra_state` saved."""
+
+    def load(self, path: Path) -> None:
+        """Restores the run from checkpoint ``path``. The config may differ only in
+        :data:`~sss.train.config.RESUMABLE_KEYS` (lr, schedule, γ, epochs, ...): those changes
+        are logged and take effect from here."""
+        state = load_state(path)
+        check_checkpoint(state, path, self.cfg.epochs)
+        for line in resume_changes(state["config"], dataclasses.asdict(self.cfg), path):
+            self.log(line)
+        try:
+            if state.get("frozen_masks") is not None:
+                self._freeze(state["frozen_masks"])
+            self.model.load_state_dict(state["model"])
+            load_optimizer_state(self.weights_opt, state["weights_opt"])
+            if self.factors_opt is not None:
+                load_optimizer_state(self.factors_opt, state["factors_opt"])
+            self.load_extra_state(state.get("extra", {}))
+            if self.budget is not None and state.get("budget") is not None:
+                self.budget.load_state(state["budget"])
+        except (KeyError, RuntimeError, ValueError, TypeError) as e:
+            raise CheckpointError(f"{path} does not fit this run's model ({type(e).__name__}: {e}); delete it or "
+                                  "resume with the config it was written with") from e  # fmt: skip
+        self.epoch, self.history, self.factor_trace = state["epoch"], state["history"], state["factor_trace"]

@@ -1,0 +1,62 @@
+"""Budgets: the selection is steered toward a MACs or parameter target and lands within ±2% of
+it, exactly (the pruned model equals the gated one); unreachable targets are refused first."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+import sss
+from conftest import synthetic_dataset
+from sss.train import TrainConfig, Trainer, load_config
+from sss.train.budget import parse_budget
+
+
+def _cfg(tmp_path, **kw):
+    base = TrainConfig(model="resnet20", model_kwargs={"width": 8}, structures=["block", "channel"], val_size=64,
+                       epochs=2, batch_size=32, lr=0.05, gamma={"block": 0.05, "channel": 0.005},
+                       out_dir=str(tmp_path / "run"), channels_last=False, freeze_epoch=1, schedule="step")  # fmt: skip
+    return dataclasses.replace(base, **kw)
+
+
+def test_parse_budget():
+    assert parse_budget(0.5, 40e6, "macs") == 20e6
+    assert parse_budget("18M", 40e6, "macs") == 18e6 and parse_budget("250k", 1e6, "params") == 250e3
+    assert parse_budget("2.5e6", 40e6, "macs") == 2.5e6
+    with pytest.raises(ValueError, match="neither a fraction"):
+        parse_budget("half", 1.0, "macs")
+
+
+@pytest.mark.parametrize(("key", "target"), [("target_macs", 0.3), ("target_macs", 0.5), ("target_macs", 0.7),
+                                             ("target_params", 0.5)])  # fmt: skip
+def test_the_selection_lands_within_two_percent_exactly(tmp_path, key, target):
+    lines = []
+    trainer = Trainer(_cfg(tmp_path, **{key: target}), train_data=synthetic_dataset(384), log=lines.append,
+                      progress=False)  # fmt: skip
+    result = trainer.fit()
+    which = 0 if key == "target_macs" else 1
+    x = torch.zeros(1, 1, 12, 12)
+    dense = sss.count(sss.models.create("resnet20", width=8, in_channels=1, num_classes=4), x)[which]
+    final = sss.count(result.compact, x)[which]
+    assert abs(final / dense - target) <= 0.02 * target  # within ±2% of the target, on any CPU
+    assert any(line.startswith("budget: ") and "NOT" not in line for line in lines)
+    frozen = next(line for line in lines if "selection frozen" in line)  # the removal is exact
+    gated_acc, compact_acc = (part.split("%")[0].split()[-1] for part in frozen.split(";")[1].split(","))
+    assert gated_acc == compact_acc
+
+
+def test_an_unreachable_target_is_refused_before_training(tmp_path):
+    with pytest.raises(ValueError, match=r"below what this model can reach: with every factor zero it keeps"):
+        Trainer(_cfg(tmp_path, target_macs="100"), train_data=synthetic_dataset(128), progress=False)
+
+
+def test_target_config_errors():
+    with pytest.raises(ValueError, match="not both"):
+        load_config(None, ["target_macs=0.5", "target_params=0.5"])
+    with pytest.raises(ValueError, match="needs factors"):
+        load_config(None, ["target_macs=0.5", "sparsity=none"])
+    with pytest.raises(ValueError, match="neither a fraction"):
+        load_config(None, ["target_macs=half"])
+    assert load_config(None, ["target_macs=18M"]).target_macs == "18M"
