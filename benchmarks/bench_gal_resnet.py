@@ -48,8 +48,9 @@ def main() -> int:
     gal = GALTrainer(gal_cfg, train_data=train, progress=False).fit(overwrite=True)
     gated = gal.selected if gal.selected is not None else gal.model  # the gated student at removal
     g_acc, c_acc = sss.evaluate(gated, test)[0], sss.evaluate(sss.prune(gated), test)[0]
-    ft_cfg = dataclasses.replace(DEMO_CONFIG, sparsity="none", freeze_epoch=None, epochs=args.finetune_epochs,
-                                 lr=args.finetune_lr, out_dir=str(out / "finetune"))  # fmt: skip
+    ft_cfg = dataclasses.replace(DEMO_CONFIG, sparsity="none", freeze_epoch=None, target_macs=None,
+                                 epochs=args.finetune_epochs, lr=args.finetune_lr,
+                                 out_dir=str(out / "finetune"))  # fmt: skip
     student = copy.deepcopy(gal.compact).train()
     tuned = Trainer(ft_cfg, train_data=train, model=student, progress=False).fit(overwrite=True).model
     example = torch.zeros(1, 1, 28, 28)

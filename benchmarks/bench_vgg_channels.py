@@ -37,6 +37,7 @@ def main() -> int:
     args = parser.parse_args()
     config = dataclasses.replace(
         DEMO_CONFIG, model="vgg16_bn", model_kwargs={"width": 0.5}, structures=["channel"], gamma=args.gamma,
+        target_macs=None,  # this benchmark measures the γ recipe (results/vgg_channels*.json)
         freeze_epoch=args.freeze_epoch, round_to=args.round_to, gamma_macs_power=args.gamma_macs_power,
     )  # fmt: skip
     report = run_demo(args.out, config=config, baseline=True, progress=False)

@@ -19,8 +19,8 @@ def test_sss_removes_blocks_exactly_on_real_data(quick_demo):
     _, report, _ = quick_demo
     rows = report["models"]
     assert report["zero_factors"] >= 1
-    assert rows["SSS after removal"]["macs"] < rows["dense"]["macs"]
-    assert sum(rows["SSS after removal"]["blocks"]) == 9 - report["zero_factors"]
+    # The demo states a target (70% of the dense MACs) and lands within ±2% of it.
+    assert abs(rows["SSS after removal"]["macs"] / rows["dense"]["macs"] - 0.7) <= 0.02 * 0.7
     # Exact removal: the same predictions on all 10k test images, outputs equal to rounding.
     assert report["removal_accuracy_diff"] == 0.0
     assert report["removal_max_rel_diff"] <= 1e-5
@@ -37,5 +37,6 @@ def test_demo_writes_its_artifacts(quick_demo):
     assert "| blocks per stage |" in (out / "report.md").read_text()
     compact = sss.load(out / "compact")
     assert sss.gates(compact) == []
-    assert any("block factors zero" in line for line in lines)
+    assert any("block/channel factors zero" in line for line in lines)
+    assert any(line.startswith("budget: ") for line in lines)
     assert {"1", "64"} == set(report["models"]["SSS after removal"]["latency_ms"])

@@ -49,7 +49,8 @@ def _report(cfg, result) -> None:
 def _cmd_train(args: argparse.Namespace) -> None:
     from sss.train import Trainer, load_config
 
-    keys = ("model", "dataset", "data_dir", "epochs", "gamma", "sparsity", "out_dir", *RUNTIME_KEYS)
+    keys = ("model", "dataset", "data_dir", "epochs", "gamma", "sparsity", "out_dir", "target_macs", "target_params",
+            *RUNTIME_KEYS)  # fmt: skip
     cfg = load_config(args.config, _overrides(args, keys))
     _report(cfg, Trainer(cfg).fit(resume=args.resume, overwrite=args.overwrite))
 
@@ -59,7 +60,8 @@ def _cmd_gal(args: argparse.Namespace) -> None:
     from sss.serialization import load
     from sss.train import load_config
 
-    keys = ("teacher", "dataset", "data_dir", "epochs", "gamma", "mu", "out_dir", *RUNTIME_KEYS)
+    keys = ("teacher", "dataset", "data_dir", "epochs", "gamma", "mu", "out_dir", "target_macs", "target_params",
+            *RUNTIME_KEYS)  # fmt: skip
     cfg = load_config(args.config, _overrides(args, keys), cls=GALConfig)
     cfg.model = _zoo_name(load(cfg.teacher), cfg.teacher)
     _report(cfg, GALTrainer(cfg).fit(resume=args.resume, overwrite=args.overwrite))
@@ -142,11 +144,18 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     from sss.cli.demo import DEMO_CONFIG, QUICK_CONFIG, run_demo
 
     config = QUICK_CONFIG if args.quick else DEMO_CONFIG
-    changes = {k: v for k, v in (("model", args.model), ("gamma", args.gamma)) if v is not None}
+    picked = (("model", args.model), ("gamma", args.gamma), ("target_macs", args.target_macs),
+              ("target_params", args.target_params))  # fmt: skip
+    changes = {k: v for k, v in picked if v is not None}
+    if args.gamma is not None or args.target_params is not None:
+        changes.setdefault("target_macs", None)  # a γ or another target replaces the demo's MACs target
     if args.model:
         changes["model_kwargs"] = {}
     if args.structures:
         changes["structures"] = list(_kinds(args.structures))
+        gamma = changes.get("gamma", config.gamma)
+        if isinstance(gamma, dict):  # the demo's per-kind strengths, for the kinds asked for
+            changes["gamma"] = {k: gamma.get(k, min(gamma.values())) for k in changes["structures"]}
     config = dataclasses.replace(config, **changes)
     config.validate()
     run_demo(args.out, config=config, baseline=args.baseline, data_dir=args.data_dir)
@@ -162,6 +171,12 @@ def _structures_help() -> str:
     from sss.structures import kind_names
 
     return f"comma-separated structure kinds: {', '.join(kind_names())} (default: block)"
+
+
+def _target_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target-macs", dest="target_macs",
+                   help="aim at this many MACs: a fraction of dense (0.5) or a count (18M); γ is steered")  # fmt: skip
+    p.add_argument("--target-params", dest="target_params", help="aim at this many parameters (0.5, 200k)")
 
 
 def _run_folder_flags(p: argparse.ArgumentParser) -> None:
@@ -196,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sparsity", choices=["apg", "ista", "sgd", "none"])
     p.add_argument("--structures", help=_structures_help())
     p.add_argument("--out", dest="out_dir")
+    _target_flags(p)
     _run_folder_flags(p)
     p.set_defaults(func=_cmd_train)
 
@@ -210,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mu", type=float, help="weight of the teacher-student MSE")
     p.add_argument("--structures", help=_structures_help())
     p.add_argument("--out", dest="out_dir", default="runs/gal")
+    _target_flags(p)
     _run_folder_flags(p)
     p.set_defaults(func=_cmd_gal)
 
@@ -254,7 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a 40-second smoke run")
     p.add_argument("--model", help="any zoo model instead of resnet20 (see `sss models`)")
     p.add_argument("--structures", help=_structures_help())
-    p.add_argument("--gamma", type=float, help="the factors' L1 strength (demo: 0.15, tuned for blocks)")
+    p.add_argument("--gamma", type=float, help="one L1 strength for every kind, instead of the demo's MACs target")
+    _target_flags(p)
     p.add_argument("--no-baseline", dest="baseline", action="store_false",
                    help="skip the dense model trained with the same schedule for comparison")  # fmt: skip
     p.set_defaults(func=_cmd_demo)

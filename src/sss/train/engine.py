@@ -200,7 +200,7 @@ class Trainer(FreezeMixin, ResumeMixin):
         """Hook: runs at the start of each epoch, after the learning rate is set."""
 
     def _snapshot(self, step: int) -> None:
-        values = [float(v) for ref in gates(self.model) for v in ref.weight.detach().flatten()]
+        values = [v for ref in gates(self.model) for v in ref.weight.detach().flatten().tolist()]
         if values:
             self.factor_trace.append({"epoch": self.epoch + (step + 1) / self.steps_per_epoch, "values": values})
 
@@ -310,7 +310,8 @@ class Trainer(FreezeMixin, ResumeMixin):
         self.steps_per_epoch = len(self.train_data) // cfg.batch_size
         if self.steps_per_epoch == 0:
             raise ValueError(f"batch_size {cfg.batch_size} exceeds the {len(self.train_data)} training images")
-        probe = next(iterate_batches(self.val_data, min(64, len(self.val_data)), shuffle=False))[0]
+        probe, _ = next(iterate_batches(self.val_data, min(64, len(self.val_data)), shuffle=False))
+        probe = self.runtime.to_device(probe)  # 64 validation images: does the compact model still see them?
         if not self.factor_trace:
             self._snapshot(step=-1)  # the initial factors, before the first update
         while self.epoch < cfg.epochs:

@@ -15,6 +15,7 @@ def plot_factor_trace(
     title: str = "",
     freeze_epoch: int | None = None,
     removed: int | None = None,
+    kind: str = "block",
 ) -> Path:
     """Draws each factor's value against the epoch and saves a PNG.
 
@@ -26,6 +27,7 @@ def plot_factor_trace(
         freeze_epoch: Where the selection was frozen (drawn as a dashed line), if it was.
         removed: How many factors the run removed, for the title (default: the zeros of the
             last snapshot).
+        kind: Which factors are drawn, for the title.
     """
     import matplotlib
 
@@ -52,7 +54,7 @@ def plot_factor_trace(
     ax.set_xlabel("epoch")
     ax.set_ylabel("scaling factor λ")
     when = "at the freeze" if freeze_epoch is not None else "at the end"
-    ax.set_title(title or f"SSS factors over training ({removed}/{len(names)} zero {when}, removed)")
+    ax.set_title(title or f"SSS {kind} factors over training ({removed}/{len(names)} zero {when}, removed)")
     ax.legend(frameon=False)
     ax.grid(alpha=0.3)
     return save_figure(fig, path)
