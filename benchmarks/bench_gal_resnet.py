@@ -36,7 +36,7 @@ def main() -> int:
     parser.add_argument("--freeze-epoch", type=int, default=None, help="end the mask selection after this epoch")
     parser.add_argument("--finetune-epochs", type=int, default=3)
     parser.add_argument("--finetune-lr", type=float, default=0.01, help="peak of the cosine schedule")
-    parser.add_argument("--demo", default="runs/bench_demo", help="where bench_demo.py left its runs")
+    parser.add_argument("--demo", default="runs/bench_demo/seed0", help="where bench_demo.py left its runs")
     parser.add_argument("--out", default="runs/bench_gal_resnet")
     args = parser.parse_args()
     out, demo = Path(args.out), Path(args.demo)

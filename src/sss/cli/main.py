@@ -265,10 +265,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-shape", type=int, nargs=3, metavar=("C", "H", "W"), help="one input, e.g. 1 28 28")
     p.set_defaults(func=_cmd_export)
 
-    p = sub.add_parser("demo", help="SSS on Fashion-MNIST end to end (about 6 minutes on 2 cores)")
+    p = sub.add_parser("demo", help="SSS on Fashion-MNIST end to end (about 9 minutes on 2 cores)")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--data-dir", help="Fashion-MNIST IDX folder (default: the Debian package's)")
-    p.add_argument("--quick", action="store_true", help="a 40-second smoke run")
+    p.add_argument("--quick", action="store_true", help="a 90-second smoke run")
     p.add_argument("--model", help="any zoo model instead of resnet20 (see `sss models`)")
     p.add_argument("--structures", help=_structures_help())
     p.add_argument("--gamma", type=float, help="one L1 strength for every kind, instead of the demo's MACs target")
