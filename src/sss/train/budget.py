@@ -81,9 +81,9 @@ class BudgetController:
         """The cost of the model that pruning ``model`` now gives."""
         return count(prune(model, round_to=self.round_to), self.example)[self.which]
 
-    def estimate(self, model: nn.Module) -> float:
+    def estimate(self, model: nn.Module, refs: list | None = None) -> float:
         """The cost of the current zero pattern from the per-structure costs (fast, approximate)."""
-        refs = gates(model)
+        refs = gates(model) if refs is None else refs
         gone = [r.name.rsplit(".", 1)[0] for r in refs
                 if get_kind(r.kind).min_keep == 0 and r.num_zero == r.weight.numel()]  # fmt: skip
         saved = 0.0
@@ -96,9 +96,10 @@ class BudgetController:
     def after_step(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> float:
         """Updates γ after one factor step; returns the estimated cost."""
         self.step_count += 1
-        for r in gates(model):
+        refs = gates(model)  # one walk of the model per step
+        for r in refs:
             self.last_nonzero[r.name][r.weight.detach().flatten().cpu() != 0] = self.step_count
-        est = self.estimate(model)
+        est = self.estimate(model, refs)
         above = est > self.target
         self.scale = min(1e3, self.scale * 2 ** (1 / 20)) if above else max(1e-3, self.scale * 2 ** (-1 / 10))
         for group, base in zip(optimizer.param_groups, self.base, strict=True):
