@@ -265,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-shape", type=int, nargs=3, metavar=("C", "H", "W"), help="one input, e.g. 1 28 28")
     p.set_defaults(func=_cmd_export)
 
-    p = sub.add_parser("demo", help="SSS on Fashion-MNIST end to end (about 9 minutes on 2 cores)")
+    p = sub.add_parser("demo", help="SSS on Fashion-MNIST end to end (about 12 minutes on 2 cores)")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--data-dir", help="Fashion-MNIST IDX folder (default: the Debian package's)")
     p.add_argument("--quick", action="store_true", help="a 90-second smoke run")
