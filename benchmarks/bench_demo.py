@@ -4,8 +4,9 @@
 
 Runs the demo (ResNet-20, blocks + channels, aimed at 70% of the dense MACs) with its dense
 baseline (same model, seed and schedule, no factors) once per seed. Writes
-benchmarks/results/demo.json (every seed, mean ± std, and the first seed's full report: the
-figures quoted in the README) and prints one PASS/FAIL line per target, per seed:
+benchmarks/results/demo.json (every seed's figures and checks, mean ± std), one full report per
+seed (results/demo_seedN.json and .md; seed 0's table is the README's), and prints one PASS/FAIL
+line per target, per seed:
 - the compact model has >= 25% fewer MACs than the dense one, and is within ±2% of the target;
 - its test accuracy is within 1 point of the dense model of the same seed;
 - removal changes test accuracy by 0.00 points;
