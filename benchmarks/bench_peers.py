@@ -1,181 +1,195 @@
-"""Head-to-head at equal MACs: SSS against network slimming and L1-norm filter pruning.
+"""Head-to-head at equal MACs and at equal latency: SSS against network slimming, L1-norm filter
+pruning and GAL (the methods and their shared schedule: peer_methods.py).
 
-    .venv/bin/python benchmarks/bench_peers.py [--targets 0.3 0.5 0.7] [--seeds 0] [--out runs/bench_peers]
+    .venv/bin/python benchmarks/bench_peers.py [--targets 0.3 0.5 0.7] [--seeds 0 1 2]
+        [--methods sss sss-blocks sss-channels slimming l1 gal] [--out runs/bench_peers]
+        [--train-only | --report-only]
 
-Every method gets the demo's data split, model (ResNet-20), seed and 8-epoch schedule, and the
-same shape of run: one selection epoch, a cut to the MAC target, then the compact model rewound
-to its initial weights and trained for the other 7 epochs. Only the selection differs:
-
-- ``sss``: block + channel factors, APG steered to the target (the demo's recipe);
-- ``slimming`` (Liu et al. 2017): sparsity training with an L1 subgradient of 1e-4 on every BN
-  γ, then the channels with the smallest |γ| (mean over the BNs a coupled channel has) cut
-  globally until the target is met;
-- ``l1`` (Li et al. 2017): dense training, then the filters with the smallest L1 norm (summed
-  over a coupled channel's convs, normalised by its layer's mean, as Torch-Pruning's
-  ``MagnitudeImportance(p=1)`` with a mean normaliser) cut globally until the target is met.
-
-The peers' criteria are computed on sss's channel groups, so that the cut, the rewind and the
-training are the same code for every method (Torch-Pruning's ``BNScalePruner`` and
-``MagnitudePruner`` apply the same criteria, but their prune loop cannot rewind). Writes
-results/peers.json and results/peers.md: test accuracy, accuracy right after the cut, MACs,
-params, batch-1 and batch-64 latency and wall time per run, plus a dense model.
+Each run leaves ``OUT/<method>_<target>_s<seed>/row.json`` and its compact model; a rerun skips
+the runs already there, so an interrupted benchmark continues. Latency is timed at the end for
+every model together (interleaved rounds, batch 1 and 64), so a busy machine during training
+does not bias one method. Writes results/peers.json (every run), results/peers.md (mean ± std
+per method and target, and the accuracy of each peer at sss's measured latency) and two
+figures: results/peers_accuracy_vs_macs.png and results/peers_accuracy_vs_latency.png.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import itertools
 import json
-import time
+import statistics
 from pathlib import Path
 
 import torch
-from torch import nn
 
 import sss
-from sss.cli.demo import DEMO_CONFIG
+from peer_methods import METHODS, PEER_CONFIG, QUICK_PEER_CONFIG, SSS_STRUCTURES, timed_run, train_dense
 from sss.data import load_dataset
-from sss.structures.gate import ChannelGated
-from sss.train import Trainer
+from sss.viz.figure import save_figure
 
 RESULTS = Path(__file__).parent / "results"
-SLIM_REG = 1e-4
+FIGURES = ("accuracy", "accuracy_after_cut", "macs_fraction", "params", "b1_ms", "b64_ms", "seconds")
 
 
-class PeerTrainer(Trainer):
-    """The demo's run with a peer's selection: λ stays 1 (no factor optimizer) until the cut."""
-
-    criterion = "l1"
-
-    def build_optimizers(self):
-        return super().build_optimizers()[0], None
-
-    def optimizer_step(self, loss: torch.Tensor) -> None:
-        self.weights_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.criterion == "slimming" and not self.frozen:  # Liu et al.'s sparsity term on BN γ
-            for m in self.model.modules():
-                if isinstance(m, nn.BatchNorm2d) and m.weight.grad is not None:
-                    m.weight.grad.add_(torch.sign(m.weight.detach()), alpha=SLIM_REG)
-        self.weights_opt.step()
-
-    def _land_budget(self) -> None:
-        if not self.frozen:
-            cut = cut_to_target(self.model, self.example, self.cfg.target_macs, scores(self.model, self.criterion))
-            self.log(f"{self.criterion}: cut to {cut:.1%} of the dense MACs")
+def _stat(values: list[float]) -> dict:
+    return {"mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
 
 
-@torch.no_grad()
-def scores(model: nn.Module, criterion: str) -> dict[str, torch.Tensor]:
-    """Per channel of each channel gate: mean BN |γ| (slimming) or normalised filter L1 (l1)."""
-    out = {}
-    for name, wrapper in model.named_modules():
-        if not isinstance(wrapper, ChannelGated) or wrapper.group is None:
+def summarise(rows: list[dict]) -> dict[str, dict[float, dict]]:
+    """Mean ± std of every figure per (method, target)."""
+    table: dict[str, dict[float, dict]] = {}
+    for r in rows:
+        table.setdefault(r["method"], {}).setdefault(r["target"], {"runs": []})["runs"].append(r)
+    for per_target in table.values():
+        for cell in per_target.values():
+            for key in FIGURES:
+                cell[key] = _stat([r[key] for r in cell["runs"]])
+            cell["n"] = len(cell.pop("runs"))
+    return table
+
+
+def at_latency(curve: list[tuple[float, float]], latency: float) -> float | None:
+    """A method's accuracy at ``latency`` by linear interpolation between its measured points
+    (``None`` outside them: the method never ran that fast, or that slow)."""
+    curve = sorted(curve)
+    for (l0, a0), (l1, a1) in itertools.pairwise(curve):
+        if l0 <= latency <= l1:
+            return a0 if l1 == l0 else a0 + (a1 - a0) * (latency - l0) / (l1 - l0)
+    return None
+
+
+def equal_latency(table: dict, dense: dict) -> list[dict]:
+    """Per target: sss's best variant there, its batch-1 latency, and every peer's accuracy at it."""
+    out = []
+    for target in sorted({t for per in table.values() for t in per}):
+        sss_cells = {m: table[m][target] for m in SSS_STRUCTURES if target in table.get(m, {})}
+        if not sss_cells:
             continue
-        group, per_channel = wrapper.group, []
-        for c in range(group.channels):
-            values = []
-            for s in group.slices:
-                layer = model.get_submodule(s.path)
-                layer = layer.inner if isinstance(layer, ChannelGated) else layer
-                if s.role != "out":
-                    continue
-                if criterion == "slimming" and isinstance(layer, nn.BatchNorm2d):
-                    values.append(float(layer.weight[list(s.index[c])].abs().mean()))
-                elif criterion == "l1" and isinstance(layer, nn.Conv2d):
-                    values.append(float(layer.weight[list(s.index[c])].abs().sum()))
-            per_channel.append(sum(values) / max(1, len(values)) if criterion == "slimming" else sum(values))
-        score = torch.tensor(per_channel)
-        out[f"{name}.gate"] = score / score.mean() if criterion == "l1" else score
+        best = max(sss_cells, key=lambda m: sss_cells[m]["accuracy"]["mean"])
+        latency = sss_cells[best]["b1_ms"]["mean"]
+        peers = {}
+        for method, per in table.items():
+            if method in SSS_STRUCTURES:
+                continue
+            curve = [(c["b1_ms"]["mean"], c["accuracy"]["mean"]) for c in per.values()]
+            peers[method] = at_latency([*curve, (dense["b1_ms"]["mean"], dense["accuracy"]["mean"])], latency)
+        out.append({"target": target, "sss": best, "b1_ms": latency,
+                    "accuracy": sss_cells[best]["accuracy"]["mean"], "peers": peers})  # fmt: skip
     return out
 
 
-@torch.no_grad()
-def cut_to_target(model: nn.Module, example: torch.Tensor, target: float, score: dict[str, torch.Tensor]) -> float:
-    """Zeroes the lowest-scored channels globally (each gate keeps one) until the exact MACs of
-    the pruned model are at most ``target`` of dense; returns the fraction reached."""
-    refs = {r.name: r for r in sss.gates(model) if r.name in score}
-    dense = sss.count(model, example)[0]
-    order = sorted((float(v), name, i) for name, s in score.items() for i, v in enumerate(s.tolist()))
-    kept = {name: r.weight.numel() for name, r in refs.items()}
-    eligible = []
-    for _, name, i in order:
-        if kept[name] > 1:
-            kept[name] -= 1
-            eligible.append((name, i))
+def plot(table: dict, dense: dict, x: str, xlabel: str, path: Path, epochs: int) -> None:
+    import matplotlib
 
-    def apply(k: int) -> float:
-        for r in refs.values():
-            r.weight.fill_(1.0)
-        for name, i in eligible[:k]:
-            refs[name].weight.view(-1)[i] = 0.0
-        return sss.count(sss.prune(model), example)[0] / dense
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
-    lo, hi = 0, len(eligible)
-    while lo < hi:  # the fewest cut channels that meet the target
-        mid = (lo + hi) // 2
-        if apply(mid) <= target:
-            hi = mid
-        else:
-            lo = mid + 1
-    return apply(lo)
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+    for method, per in table.items():
+        cells = [per[t] for t in sorted(per)]
+        ax.errorbar([c[x]["mean"] for c in cells], [c["accuracy"]["mean"] for c in cells],
+                    xerr=[c[x]["std"] for c in cells], yerr=[c["accuracy"]["std"] for c in cells],
+                    marker="o", capsize=3, lw=1.4, label=method)  # fmt: skip
+    ax.errorbar([dense[x]["mean"]], [dense["accuracy"]["mean"]], yerr=[dense["accuracy"]["std"]], marker="*",
+                markersize=12, color="black", capsize=3, ls="none", label="dense")  # fmt: skip
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("test accuracy (%), mean ± std over seeds")
+    ax.grid(alpha=0.3)
+    ax.legend(frameon=False, fontsize=8)
+    ax.set_title(f"ResNet-20, Fashion-MNIST, {epochs} epochs per method")
+    save_figure(fig, path)
 
 
-def run(method: str, target: float, seed: int, out: Path, train, test) -> dict:
-    folder = str(out / f"{method}_{target}_{seed}")
-    base = dataclasses.replace(DEMO_CONFIG, seed=seed, target_macs=target, out_dir=folder)
-    start = time.perf_counter()
-    if method == "sss":
-        result = Trainer(base, train_data=train, progress=False).fit(overwrite=True)
-    else:
-        cfg = dataclasses.replace(base, structures=["channel"], gamma=0.0)
-        trainer = type("Peer", (PeerTrainer,), {"criterion": method})(cfg, train_data=train, progress=False)
-        result = trainer.fit(overwrite=True)
-    seconds = time.perf_counter() - start
-    example = torch.zeros(1, *test.shape)
-    macs, params = sss.count(result.compact, example)
-    return {"method": method, "target": target, "seed": seed, "accuracy": sss.evaluate(result.compact, test)[0],
-            "accuracy_after_cut": sss.evaluate(sss.prune(result.selected), test)[0], "macs": macs,
-            "params": params, "seconds": seconds, "model": result.compact}  # fmt: skip
+def markdown(table: dict, dense: dict, latency_rows: list[dict], device: str) -> str:
+    def cell(c: dict, key: str, fmt: str) -> str:
+        return f"{c[key]['mean']:{fmt}} ± {c[key]['std']:{fmt}}"
+
+    lines = ["| method | target | n | accuracy | after cut | MACs / dense | params | b1 ms | b64 ms | wall s |",
+             "|---" * 10 + "|"]  # fmt: skip
+    for method, per in table.items():
+        for t in sorted(per):
+            c = per[t]
+            lines.append(f"| {method} | {t} | {c['n']} | {cell(c, 'accuracy', '.2f')} | "
+                         f"{cell(c, 'accuracy_after_cut', '.1f')} | {cell(c, 'macs_fraction', '.3f')} | "
+                         f"{c['params']['mean'] / 1e3:.1f}k | {cell(c, 'b1_ms', '.2f')} | {cell(c, 'b64_ms', '.1f')} | "
+                         f"{c['seconds']['mean']:.0f} |")  # fmt: skip
+    lines.append(
+        f"| dense | 1.0 | {dense['n']} | {cell(dense, 'accuracy', '.2f')} | | 1.000 | | "
+        f"{cell(dense, 'b1_ms', '.2f')} | {cell(dense, 'b64_ms', '.1f')} | {dense['seconds']['mean']:.0f} |"
+    )
+    peers = sorted({p for r in latency_rows for p in r["peers"]})
+    lines += ["", "At sss's measured batch-1 latency (its best variant per target; peers interpolated "
+              "between their own measured points, dense included):", "",
+              "| target | sss variant | b1 ms | sss accuracy | " + " | ".join(peers) + " |",
+              "|---" * (4 + len(peers)) + "|"]  # fmt: skip
+    for r in latency_rows:
+        values = " | ".join("—" if r["peers"][p] is None else f"{r['peers'][p]:.2f}%" for p in peers)
+        lines.append(f"| {r['target']} | {r['sss']} | {r['b1_ms']:.2f} | {r['accuracy']:.2f}% | {values} |")
+    lines += ["", f"Latency on {device}; mean ± std over seeds."]
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--targets", type=float, nargs="+", default=[0.3, 0.5, 0.7])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--methods", nargs="+", default=["sss", "slimming", "l1"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=METHODS)
     parser.add_argument("--out", default="runs/bench_peers")
-    parser.add_argument("--dense", help="a dense model trained on the same schedule and seed (bench_demo.py's "
-                                        "runs/bench_demo/seed0/dense/model), instead of training one here")  # fmt: skip
+    parser.add_argument("--report-only", action="store_true", help="only time and summarise the runs already done")
+    parser.add_argument("--train-only", action="store_true", help="train the missing runs, then stop (no timing)")
+    parser.add_argument("--quick", action="store_true", help="the smoke version: narrow net, 2.5k images, 3 epochs")
+    parser.add_argument("--results", default=str(RESULTS), help="where the tables and figures go")
     args = parser.parse_args()
-    out = Path(args.out)
+    out, results = Path(args.out), Path(args.results)
+    cfg = QUICK_PEER_CONFIG if args.quick else PEER_CONFIG
     train, test = load_dataset("fashion-mnist", True), load_dataset("fashion-mnist", False)
-    if args.dense:
-        dense = sss.load(args.dense)
-    else:
-        dense_cfg = dataclasses.replace(DEMO_CONFIG, sparsity="none", freeze_epoch=None, target_macs=None,
-                                        out_dir=str(out / "dense"))  # fmt: skip
-        dense = Trainer(dense_cfg, train_data=train, progress=False).fit(overwrite=True).compact
-    rows = [run(m, t, s, out, train, test) for t in args.targets for s in args.seeds for m in args.methods]
-    models = {"dense": dense, **{f"{r['method']} {r['target']} s{r['seed']}": r.pop("model") for r in rows}}
-    latency = sss.compare_latency(models, test.shape, (1, 64), rounds=5)
-    for r in rows:
-        r["latency_ms"] = {str(b): v for b, v in latency[f"{r['method']} {r['target']} s{r['seed']}"].items()}
     example = torch.zeros(1, *test.shape)
-    report = {"dense": {"accuracy": sss.evaluate(dense, test)[0], "macs": sss.count(dense, example)[0],
-                        "latency_ms": {str(b): v for b, v in latency["dense"].items()}},
-              "device": sss.measure.device_name("cpu"), "runs": rows}  # fmt: skip
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "peers.json").write_text(json.dumps(report, indent=2) + "\n")
-    lines = ["| method | target | accuracy | after cut | MACs | params | b1 ms | b64 ms | s |", "|---" * 9 + "|"]
-    lines += [f"| {r['method']} | {r['target']} | {r['accuracy']:.2f}% | {r['accuracy_after_cut']:.2f}% | "
-              f"{r['macs'] / 1e6:.2f}M | {r['params'] / 1e3:.1f}k | {r['latency_ms']['1']:.2f} | "
-              f"{r['latency_ms']['64']:.2f} | {r['seconds']:.0f} |" for r in rows]  # fmt: skip
-    d = report["dense"]
-    lines.append(f"| dense | 1.0 | {d['accuracy']:.2f}% | | {d['macs'] / 1e6:.2f}M | | {d['latency_ms']['1']:.2f} | "
-                 f"{d['latency_ms']['64']:.2f} | |")  # fmt: skip
-    (RESULTS / "peers.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    for seed in args.seeds if not args.report_only else []:
+        if not (out / f"dense_s{seed}" / "row.json").exists():
+            dense = train_dense(cfg, seed, out / f"dense_s{seed}", train)
+            seconds = sum(json.loads(x)["seconds"] for x in (out / f"dense_s{seed}" / "metrics.jsonl").open())
+            row = {"method": "dense", "target": 1.0, "seed": seed, "accuracy": sss.evaluate(dense, test)[0],
+                   "macs": sss.count(dense, example)[0], "seconds": seconds}  # fmt: skip
+            (out / f"dense_s{seed}" / "row.json").write_text(json.dumps(row) + "\n")
+        for target in args.targets:
+            for method in args.methods:
+                folder = out / f"{method}_{target}_s{seed}"
+                if not (folder / "row.json").exists():
+                    row = timed_run(cfg, method, target, seed, folder, train, test)
+                    (folder / "row.json").write_text(json.dumps(row) + "\n")
+                    print(json.dumps(row), flush=True)
+    if args.train_only:
+        return
+    folders = sorted(p.parent for p in out.glob("*/row.json"))
+    rows = [json.loads((f / "row.json").read_text()) for f in folders]
+    models = {f.name: sss.load(f / ("model" if f.name.startswith("dense") else "compact")) for f in folders}
+    latency = sss.compare_latency(models, test.shape, (1, 64), rounds=5)
+    for f, r in zip(folders, rows, strict=True):
+        r["b1_ms"], r["b64_ms"] = latency[f.name][1], latency[f.name][64]
+    dense_rows = [r for r in rows if r["method"] == "dense"]
+    dense_macs = {r["seed"]: r["macs"] for r in dense_rows}
+    runs = [r for r in rows if r["method"] != "dense"]
+    for r in runs:
+        r["macs_fraction"] = r["macs"] / dense_macs[r["seed"]]
+    for r in dense_rows:
+        r["macs_fraction"] = 1.0
+    dense = {k: _stat([r[k] for r in dense_rows]) for k in ("accuracy", "b1_ms", "b64_ms", "seconds", "macs_fraction")}
+    dense["n"] = len(dense_rows)
+    table = summarise(runs)
+    latency_rows = equal_latency(table, dense)
+    device = sss.measure.device_name("cpu")
+    results.mkdir(parents=True, exist_ok=True)
+    schedule = {"train_subset": cfg.train_subset, "val_size": cfg.val_size, "epochs": cfg.epochs}
+    report = {"schedule": schedule, "device": device, "dense": dense,
+              "summary": {m: {str(t): c for t, c in per.items()} for m, per in table.items()},
+              "equal_latency": latency_rows, "runs": rows}  # fmt: skip
+    (results / "peers.json").write_text(json.dumps(report, indent=2) + "\n")
+    (results / "peers.md").write_text(markdown(table, dense, latency_rows, device))
+    plot(table, dense, "macs_fraction", "MACs / dense MACs", results / "peers_accuracy_vs_macs.png", cfg.epochs)
+    plot(table, dense, "b1_ms", f"batch-1 latency (ms), {device}", results / "peers_accuracy_vs_latency.png",
+         cfg.epochs)  # fmt: skip
+    print((results / "peers.md").read_text())
 
 
 if __name__ == "__main__":

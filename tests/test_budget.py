@@ -53,7 +53,7 @@ def test_an_unreachable_target_is_refused_before_training(tmp_path):
 
 
 def test_target_config_errors():
-    with pytest.raises(ValueError, match="not both"):
+    with pytest.raises(ValueError, match="give one target, not target_macs and target_params"):
         load_config(None, ["target_macs=0.5", "target_params=0.5"])
     with pytest.raises(ValueError, match="needs factors"):
         load_config(None, ["target_macs=0.5", "sparsity=none"])

@@ -187,6 +187,15 @@ def test_rewind_restarts_the_compact_model_from_initial_weights(tmp_path):
     assert trainer.selected is not None and sss.gates(trainer.selected)  # the gated model at removal
 
 
+def test_retrain_trains_the_compact_model_for_the_whole_schedule_again(tmp_path):
+    cfg = _cfg(tmp_path, epochs=2, freeze_epoch=1, after_freeze="retrain", gamma=0.5, schedule="cosine")
+    assert cfg.total_epochs == 3 and dataclasses.replace(cfg, after_freeze="rewind").total_epochs == 2
+    result = Trainer(cfg, train_data=synthetic_dataset(256), log=_quiet, progress=False).fit()
+    lrs = [r["lr"] for r in result.history]
+    assert len(lrs) == 3 and lrs[1] == lrs[0] == cfg.lr and lrs[2] < lrs[1]  # the schedule restarts at the freeze
+    assert result.selected is not None and sss.gates(result.compact) == []
+
+
 def test_channel_factors_train_and_prune(tmp_path):
     cfg = _cfg(tmp_path, model="lenet5", model_kwargs={"image_size": 16}, structures=["channel"], gamma=0.3,
                epochs=2)  # fmt: skip

@@ -16,6 +16,9 @@ RUNTIME_KEYS = ("device", "amp", "compile", "workers")
 
 def _overrides(args: argparse.Namespace, keys: tuple[str, ...]) -> list[str]:
     overrides = list(args.set)
+    targets = ("target_macs", "target_params", "target_latency")
+    if any(getattr(args, t, None) is not None for t in targets):  # a target flag replaces the config's target
+        overrides += [f"{t}=null" for t in targets if t in keys and getattr(args, t, None) is None]
     for key in keys:
         if getattr(args, key, None) is not None:
             overrides.append(f"{key}={getattr(args, key)}")
@@ -50,7 +53,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
     from sss.train import Trainer, load_config
 
     keys = ("model", "dataset", "data_dir", "epochs", "gamma", "sparsity", "out_dir", "target_macs", "target_params",
-            *RUNTIME_KEYS)  # fmt: skip
+            "target_latency", "latency_batch", *RUNTIME_KEYS)  # fmt: skip
     cfg = load_config(args.config, _overrides(args, keys))
     _report(cfg, Trainer(cfg).fit(resume=args.resume, overwrite=args.overwrite))
 
@@ -61,7 +64,7 @@ def _cmd_gal(args: argparse.Namespace) -> None:
     from sss.train import load_config
 
     keys = ("teacher", "dataset", "data_dir", "epochs", "gamma", "mu", "out_dir", "target_macs", "target_params",
-            *RUNTIME_KEYS)  # fmt: skip
+            "target_latency", "latency_batch", *RUNTIME_KEYS)  # fmt: skip
     cfg = load_config(args.config, _overrides(args, keys), cls=GALConfig)
     cfg.model = _zoo_name(load(cfg.teacher), cfg.teacher)
     _report(cfg, GALTrainer(cfg).fit(resume=args.resume, overwrite=args.overwrite))
@@ -145,9 +148,10 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 
     config = QUICK_CONFIG if args.quick else DEMO_CONFIG
     picked = (("model", args.model), ("gamma", args.gamma), ("target_macs", args.target_macs),
-              ("target_params", args.target_params))  # fmt: skip
+              ("target_params", args.target_params), ("target_latency", args.target_latency),
+              ("latency_batch", args.latency_batch))  # fmt: skip
     changes = {k: v for k, v in picked if v is not None}
-    if args.gamma is not None or args.target_params is not None:
+    if args.gamma is not None or args.target_params is not None or args.target_latency is not None:
         changes.setdefault("target_macs", None)  # a γ or another target replaces the demo's MACs target
     if args.model:
         changes["model_kwargs"] = {}
@@ -177,6 +181,9 @@ def _target_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target-macs", dest="target_macs",
                    help="aim at this many MACs: a fraction of dense (0.5) or a count (18M); γ is steered")  # fmt: skip
     p.add_argument("--target-params", dest="target_params", help="aim at this many parameters (0.5, 200k)")
+    p.add_argument("--target-latency", dest="target_latency", type=float, metavar="MS",
+                   help="aim at this forward latency in ms on this machine (the run's device), timed at the landing")
+    p.add_argument("--latency-batch", dest="latency_batch", type=int, help="batch size of --target-latency (1)")
 
 
 def _run_folder_flags(p: argparse.ArgumentParser) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -16,14 +18,26 @@ def structure_macs(model: nn.Module, example_inputs: torch.Tensor) -> dict[str, 
     return structure_costs(model, example_inputs, "macs")
 
 
-def structure_costs(model: nn.Module, example_inputs: torch.Tensor, metric: str = "macs") -> dict[str, float]:
+def structure_costs(
+    model: nn.Module, example_inputs: torch.Tensor, metric: str | Callable[[nn.Module], float] = "macs"
+) -> dict[str, float]:
     """``{gate name: MACs (or params) per structure}`` of a gated model, by measurement: each
     gate's factors are zeroed in turn, the model is pruned and counted, and what is saved is
     divided by the structures removed. Measuring (instead of a formula per layer type)
     covers every layer a structure touches: its filters, its BN, the readers' inputs.
+
+    ``metric`` is ``"macs"``, ``"params"`` or a cost function of a compact model (e.g. a
+    :class:`~sss.measure.latency_model.LatencyModel`'s prediction).
     """
-    which = {"macs": 0, "params": 1}[metric]
-    full = count(model, example_inputs)[which]
+    if callable(metric):
+        cost = metric
+    else:
+        which = {"macs": 0, "params": 1}[metric]
+
+        def cost(compact: nn.Module) -> float:
+            return count(compact, example_inputs)[which]
+
+    full = cost(prune(model))
     costs = {}
     for ref in gates(model):
         saved = ref.weight.detach().clone()
@@ -31,7 +45,7 @@ def structure_costs(model: nn.Module, example_inputs: torch.Tensor, metric: str 
             ref.weight.zero_()
         try:
             removed = ref.weight.numel() - get_kind(ref.kind).min_keep  # e.g. a layer keeps one channel
-            costs[ref.name] = (full - count(prune(model), example_inputs)[which]) / max(1, removed)
+            costs[ref.name] = (full - cost(prune(model))) / max(1, removed)
         finally:
             with torch.no_grad():
                 ref.weight.copy_(saved)

@@ -19,17 +19,23 @@ Two parts (docs/design.md, "budgets"):
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from sss.measure import count, structure_costs
+from sss.measure.latency import device_name
+from sss.measure.latency_model import LatencyModel, calibrate_latency
 from sss.structures import gates
 from sss.structures.paths import under
 from sss.structures.registry import get_kind
 from sss.surgery import prune
 
 _SUFFIX = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9}
+#: How far over a latency target a timing may be and still count as on target: the spread of
+#: repeated medians of :func:`sss.measure.compare_latency` on a quiet machine.
+LATENCY_NOISE = 0.03
 
 
 def parse_budget(value: float | str, dense: float, what: str) -> float:
@@ -46,23 +52,33 @@ class BudgetController:
     """Steers γ toward a MACs or parameter target and lands the selection inside its band."""
 
     def __init__(self, model: nn.Module, example: torch.Tensor, metric: str, target: float | str,
-                 optimizer: torch.optim.Optimizer, *, round_to: int = 1, tolerance: float = 0.02) -> None:  # fmt: skip
+                 optimizer: torch.optim.Optimizer, *, round_to: int = 1, tolerance: float = 0.02,
+                 latency: LatencyModel | None = None) -> None:  # fmt: skip
         self.metric, self.example, self.round_to, self.tolerance = metric, example, round_to, tolerance
-        self.which = {"macs": 0, "params": 1}[metric]
-        self.dense = count(model, example)[self.which]
-        self.target = parse_budget(target, self.dense, metric)
+        self.latency = latency
+        if metric == "latency":
+            if latency is None:
+                raise ValueError("a latency target needs a LatencyModel (sss.measure.calibrate_latency)")
+            self.cost: Callable[[nn.Module], float] = lambda compact: self.latency.predict(compact, example)
+            self.band = (1 - 2 * tolerance, 1.0)  # at or under the target
+        else:
+            which = {"macs": 0, "params": 1}[metric]
+            self.cost = lambda compact: count(compact, example)[which]
+            self.band = (1 - tolerance, 1 + tolerance)
+        self.dense = self.cost(prune(model, round_to=round_to))
+        self.target = float(target) if metric == "latency" else parse_budget(target, self.dense, metric)
         floor = self._exact_all_zero(model)
-        if self.target < floor * (1 + tolerance):
+        if self.target < (floor if metric == "latency" else floor * (1 + tolerance)):
             raise ValueError(f"target_{metric} {self._fmt(self.target)} is below what this model can reach: with "
                              f"every factor zero it keeps {self._fmt(floor)} ({floor / self.dense:.1%} of dense; "
                              "layers keep a channel, shortcuts and the head stay)")  # fmt: skip
-        self.costs = structure_costs(model, example, metric)
+        self.costs = structure_costs(model, example, self.cost)
         self.base = [g["gamma"] for g in optimizer.param_groups]
         self.scale, self.step_count = 1.0, 0
         self.last_nonzero = {r.name: torch.zeros(r.weight.numel(), dtype=torch.long) for r in gates(model)}
 
     def _fmt(self, value: float) -> str:
-        return f"{value / 1e6:.2f}M {self.metric}"
+        return f"{value:.2f} ms (predicted)" if self.metric == "latency" else f"{value / 1e6:.2f}M {self.metric}"
 
     def _exact_all_zero(self, model: nn.Module) -> float:
         refs = gates(model)
@@ -79,7 +95,7 @@ class BudgetController:
 
     def exact(self, model: nn.Module) -> float:
         """The cost of the model that pruning ``model`` now gives."""
-        return count(prune(model, round_to=self.round_to), self.example)[self.which]
+        return self.cost(prune(model, round_to=self.round_to))
 
     def estimate(self, model: nn.Module, refs: list | None = None) -> float:
         """The cost of the current zero pattern from the per-structure costs (fast, approximate)."""
@@ -109,43 +125,110 @@ class BudgetController:
     @torch.no_grad()
     def land(self, model: nn.Module, rounds: int = 8) -> tuple[float, list[str]]:
         """Moves the fewest structures across so that the exact cost is within the band; returns
-        the exact cost and a log line. The estimate's bias is corrected by the exact count."""
-        lo, hi = self.target * (1 - self.tolerance), self.target * (1 + self.tolerance)
+        the exact cost and a log line.
+
+        The structures are ranked as the selection left them: the ones zero longest, then the
+        ones zeroed most recently, then the non-zero ones by |λ|, smallest first; the current
+        pattern is a prefix of that ranking (its zeros). Coarse structures (blocks, branches:
+        one can jump over the whole band) and fine ones (channels, groups) are ranked apart:
+        for a number of coarse ones removed, the nearest to the current number first (at most
+        ``rounds`` numbers), the landing searches by exact counts for the shortest prefix of the
+        fine ranking whose cost is at most the band's top (the cost only falls as a prefix
+        grows), and stops at the first inside the band; else it keeps the nearest it found.
+        """
+        lo, hi = self.target * self.band[0], self.target * self.band[1]
         cost = self.exact(model)
-        for _ in range(rounds):
-            if lo <= cost <= hi:
+        if lo <= cost <= hi:
+            return cost, self._landed(cost, lo, hi)
+        all_refs = [r for r in gates(model) if r.name in self.costs]
+        refs = {r.name: r.weight.view(-1) for r in all_refs}
+        coarse_gate = {r.name: get_kind(r.kind).min_keep == 0 for r in all_refs}
+        values = {n: w.clone() for n, w in refs.items()}
+        zero = sorted((int(self.last_nonzero[n][i]), n, i) for n, w in values.items() for i in range(w.numel())
+                      if w[i] == 0)  # fmt: skip
+        live = sorted((float(w[i].abs()), n, i) for n, w in values.items() for i in range(w.numel()) if w[i] != 0)
+        order = [(n, i) for _, n, i in zero] + [(n, i) for _, n, i in live]
+        coarse, fine = [x for x in order if coarse_gate[x[0]]], [x for x in order if not coarse_gate[x[0]]]
+        back = {n: float(w[w > 0].min()) if bool((w > 0).any()) else 1e-3 for n, w in values.items()}
+
+        def apply(removed: list[tuple[str, int]]) -> float:
+            for n, w in refs.items():  # brought back: the gate's smallest live value
+                w.copy_(torch.where(values[n] == 0, torch.full_like(w, back[n]), values[n]))
+            for n, i in removed:
+                refs[n][i] = 0.0
+            return self.exact(model)
+
+        now = sum(1 for _, n, _ in zero if coarse_gate[n])
+        best: tuple[float, list] | None = None
+        for m in sorted(range(len(coarse) + 1), key=lambda m: (abs(m - now), m))[:rounds]:
+            a, b = 0, len(fine)  # the shortest prefix with cost <= hi
+            while a < b:
+                mid = (a + b) // 2
+                a, b = (a, mid) if apply(coarse[:m] + fine[:mid]) <= hi else (mid + 1, b)
+            removed = coarse[:m] + fine[:a]
+            cost = apply(removed)
+            miss = 0.0 if lo <= cost <= hi else min(abs(cost - lo), abs(cost - hi))
+            if best is None or miss < best[0]:
+                best = (miss, removed)
+            if miss == 0.0:
                 break
-            est = self.estimate(model)
-            ratio = est / cost
-            refs = {r.name: r for r in gates(model) if r.name in self.costs}
-            slots = [(name, i) for name, r in refs.items() for i in range(r.weight.numel())]
-            if cost > hi:  # zero the smallest factors first
-                order = sorted((float(refs[n].weight.view(-1)[i].abs()), n, i) for n, i in slots
-                               if refs[n].weight.view(-1)[i] != 0)  # fmt: skip
-                for _, name, i in order:
-                    if est <= self.target * ratio:
-                        break
-                    if est - self.costs[name] >= lo * ratio:  # never past the band's other edge
-                        refs[name].weight.view(-1)[i] = 0.0
-                        est -= self.costs[name]
-            else:  # bring back the structures zeroed last; if none fits in the band, the latest anyway
-                order = sorted((-int(self.last_nonzero[n][i]), n, i) for n, i in slots
-                               if refs[n].weight.view(-1)[i] == 0)  # fmt: skip
-                fits = [(n, i) for _, n, i in order if est + self.costs[n] <= hi * ratio]
-                for name, i in fits or [(n, i) for _, n, i in order[:1]]:  # a coarse one: the next round descends
-                    if est >= self.target * ratio:
-                        break
-                    w = refs[name].weight.view(-1)
-                    w[i] = float(w[w > 0].min()) if bool((w > 0).any()) else 1e-3
-                    est += self.costs[name]
-            cost = self.exact(model)
-        inside = "" if lo <= cost <= hi else ", NOT reached: the structures left are too coarse"
-        return cost, [f"budget: {self._fmt(cost)} after the selection ({cost / self.dense:.1%} of dense; target "
-                      f"{self._fmt(self.target)} ± {self.tolerance:.0%}{inside})"]  # fmt: skip
+        cost = apply(best[1])
+        return cost, self._landed(cost, lo, hi)
+
+    def _landed(self, cost: float, lo: float, hi: float) -> list[str]:
+        reached = (lo <= cost or self.metric == "latency") and cost <= hi  # latency: at or under is on target
+        inside = "" if reached else ", NOT reached: the structures left are too coarse"
+        band = f"-{1 - self.band[0]:.0%}/+0%" if self.metric == "latency" else f"± {self.tolerance:.0%}"
+        return [f"budget: {self._fmt(cost)} after the selection ({cost / self.dense:.1%} of dense; target "
+                f"{self._fmt(self.target)} {band}{inside})"]  # fmt: skip
+
+    @torch.no_grad()
+    def land_measured(self, model: nn.Module, measure: Callable[[nn.Module], float], tries: int = 3) -> list[str]:
+        """A latency target: :meth:`land` on the prediction, then time the compact model; while the
+        timing is over the target by more than :data:`LATENCY_NOISE`, aim the prediction lower by
+        the ratio and land again. Returns the log lines."""
+        goal, lines = self.target, self.land(model)[1]
+        try:
+            for attempt in range(tries):
+                measured = measure(prune(model, round_to=self.round_to))
+                lines.append(f"budget: measured {measured:.2f} ms against the target {goal:.2f} ms")
+                if measured <= goal * (1 + LATENCY_NOISE) or attempt == tries - 1:
+                    if measured > goal * (1 + LATENCY_NOISE):
+                        lines.append("budget: latency target NOT reached (the prediction stays above the timing)")
+                    return lines
+                self.target *= goal / measured  # the prediction is optimistic on this machine: aim lower
+                lines += self.land(model)[1]
+            return lines
+        finally:
+            self.target = goal
 
     def state(self) -> dict:
-        return {"scale": self.scale, "step": self.step_count, "last_nonzero": self.last_nonzero}
+        return {"scale": self.scale, "step": self.step_count, "last_nonzero": self.last_nonzero,
+                "costs": self.costs, "dense": self.dense,
+                "coefficients": self.latency.coefficients if self.latency is not None else None}  # fmt: skip
 
     def load_state(self, state: dict) -> None:
         self.scale, self.step_count, self.last_nonzero = state["scale"], state["step"], dict(state["last_nonzero"])
+        if "costs" in state:  # the costs this run started with (a latency model's differ per calibration)
+            self.costs, self.dense = dict(state["costs"]), state["dense"]
+            if state.get("coefficients") is not None and self.latency is not None:
+                self.latency.coefficients = list(state["coefficients"])
+
+
+def create_budget(cfg, model: nn.Module, example: torch.Tensor, optimizer: torch.optim.Optimizer | None,
+                  runtime, log: Callable[[str], None]) -> BudgetController | None:  # fmt: skip
+    """The run's budget controller (``None`` without a target or factors). A latency target first
+    fits a :class:`~sss.measure.latency_model.LatencyModel` on rank 0 (every rank uses its fit)."""
+    targets = {"macs": cfg.target_macs, "params": cfg.target_params, "latency": cfg.target_latency}
+    metric = next((k for k, v in targets.items() if v is not None), None)
+    if metric is None or optimizer is None:
+        return None
+    latency = None
+    if metric == "latency":
+        fitted = calibrate_latency(model, example, batch=cfg.latency_batch, device=runtime.device, seed=cfg.seed)
+        latency = runtime.agree(fitted if runtime.main else None)
+        log(f"latency model at batch {latency.batch} on {device_name(runtime.device)}: "
+            f"{latency.predict(model, example):.2f} ms predicted for the dense model, fit within "
+            f"{latency.fit_error:.0%} of its timings")  # fmt: skip
+    return BudgetController(model, example, metric, targets[metric], optimizer, round_to=cfg.round_to, latency=latency)
 

@@ -37,7 +37,10 @@ class TrainConfig:
     structures are removed there and the rest of the same schedule trains the compact model.
     ``after_freeze`` says what the compact model starts from: ``continue`` keeps the trained
     weights (surviving factors folded in), ``rewind`` resets them to their initial values, as
-    lottery-ticket rewinding does (docs/design.md, "freezing the selection").
+    lottery-ticket rewinding does, for the rest of the schedule; ``retrain`` rewinds too and
+    trains the compact model for the whole schedule again (``epochs`` more epochs, the learning
+    rate schedule restarted: Liu et al.'s Scratch-E), so the run lasts ``freeze_epoch +
+    epochs`` epochs (docs/design.md, "freezing the selection").
     ``round_to`` keeps pruned channel counts a multiple of that many (fast kernels like 8).
     ``gamma_macs_power`` p scales γ per gate by (MACs one of its structures costs)^p,
     normalised to 1 on average per kind: 0 (default) is the paper's uniform γ, 1 aims the
@@ -52,6 +55,9 @@ class TrainConfig:
     ``target_macs`` / ``target_params`` aim the selection at a budget instead of a γ: a fraction of
     the dense model (``0.5``) or a count (``18M``); γ is then the starting strength that the run
     steers, and the selection lands within ±2% of the target at the freeze (or the end).
+    ``target_latency`` (milliseconds per forward pass at ``latency_batch``, on the run's device)
+    does the same with a latency model fitted on this machine at the start, and the compact
+    model is timed at the landing: it ends at or under the target, within 3% timing noise.
     """
 
     model: str = "resnet20"
@@ -68,7 +74,7 @@ class TrainConfig:
     prune_threshold: NonNegativeFloat = 0.0
     round_to: PositiveInt = 1
     freeze_epoch: PositiveInt | None = None
-    after_freeze: Literal["continue", "rewind"] = "continue"
+    after_freeze: Literal["continue", "rewind", "retrain"] = "continue"
     epochs: PositiveInt = 10
     batch_size: PositiveInt = 128
     lr: PositiveFloat = 0.1
@@ -90,9 +96,19 @@ class TrainConfig:
     on_bad_image: Literal["fail", "skip"] = "fail"
     target_macs: Annotated[float, Field(gt=0, allow_inf_nan=False)] | str | None = None
     target_params: Annotated[float, Field(gt=0, allow_inf_nan=False)] | str | None = None
+    target_latency: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
+    latency_batch: PositiveInt = 1
+
+    @property
+    def total_epochs(self) -> int:
+        """Epochs the run lasts: ``epochs``, plus the selection's with ``after_freeze: retrain``."""
+        return self.epochs + (self.freeze_epoch or 0) * (self.after_freeze == "retrain")
 
     def lr_factor(self, epoch: int) -> float:
-        """Multiplier of ``lr`` during ``epoch`` (0-based): step decays or per-epoch cosine."""
+        """Multiplier of ``lr`` during ``epoch`` (0-based): step decays or per-epoch cosine.
+        With ``after_freeze: retrain`` the schedule starts again at the freeze."""
+        if self.after_freeze == "retrain" and self.freeze_epoch is not None and epoch >= self.freeze_epoch:
+            epoch -= self.freeze_epoch
         if self.schedule == "step":
             return self.lr_decay ** sum(epoch >= m for m in self.milestones)
         if self.schedule == "cosine":
@@ -145,9 +161,10 @@ class TrainConfig:
             problems.append(
                 f"freeze_epoch must be between 1 and epochs - 1 ({self.epochs - 1}), got {self.freeze_epoch}"
             )
-        if self.target_macs is not None and self.target_params is not None:
-            problems.append("give target_macs or target_params, not both")
-        if (self.target_macs is not None or self.target_params is not None) and self.sparsity == "none":
+        targets = [n for n in ("target_macs", "target_params", "target_latency") if getattr(self, n) is not None]
+        if len(targets) > 1:
+            problems.append(f"give one target, not {' and '.join(targets)}")
+        if targets and self.sparsity == "none":
             problems.append("a target needs factors to steer: sparsity apg, ista or sgd")
         for name in ("target_macs", "target_params"):
             value = getattr(self, name)

@@ -16,13 +16,13 @@ from tqdm.auto import tqdm
 
 from sss.data import ArrayDataset, iterate_batches, load_dataset, split_validation
 from sss.errors import RunFolderError, TrainingDivergedError
-from sss.measure import count, evaluate, mac_weights
+from sss.measure import compare_latency, count, evaluate, mac_weights
 from sss.models import create
 from sss.optim import build_optimizers
 from sss.serialization import save, save_state
 from sss.structures import attach, gates
 from sss.surgery import prune, zero_small_factors
-from sss.train.budget import BudgetController
+from sss.train.budget import create_budget
 from sss.train.checks import check_collapse, nonfinite_tensors
 from sss.train.config import TrainConfig
 from sss.train.freeze import FreezeMixin
@@ -134,10 +134,10 @@ class Trainer(FreezeMixin, ResumeMixin):
         model = model.to(self.runtime.device)
         self.model = model.to(memory_format=torch.channels_last) if cfg.channels_last else model
         # Seeded, hence the same on resume: what `after_freeze: rewind` resets the weights to.
-        self.init_state = copy.deepcopy(self.model.state_dict()) if cfg.after_freeze == "rewind" else None
+        self.init_state = copy.deepcopy(self.model.state_dict()) if cfg.after_freeze in ("rewind", "retrain") else None
         self.weights_opt, self.factors_opt = self.build_optimizers()
         self.scaler = self.runtime.grad_scaler()
-        self.budget = self._budget_controller()
+        self.budget = create_budget(cfg, self.model, self.example, self.factors_opt, self.runtime, self.log)
         self._wrap()
         self.dense_macs = count(self.model, self.example)[0]
         self.num_factors = sum(ref.weight.numel() for ref in gates(self.model))
@@ -148,19 +148,24 @@ class Trainer(FreezeMixin, ResumeMixin):
         self.history: list[dict] = []
         self.factor_trace: list[dict] = []
 
-    def _budget_controller(self) -> BudgetController | None:
-        cfg = self.cfg
-        metric = "macs" if cfg.target_macs is not None else "params" if cfg.target_params is not None else None
-        if metric is None or self.factors_opt is None:
-            return None
-        target = cfg.target_macs if metric == "macs" else cfg.target_params
-        return BudgetController(self.model, self.example, metric, target, self.factors_opt, round_to=cfg.round_to)
-
     def _land_budget(self) -> None:
-        """Brings the selection inside the target's band (see :mod:`sss.train.budget`)."""
-        if self.budget is not None and not self.frozen:
-            for line in self.budget.land(self.model)[1]:
-                self.log(line)
+        """Brings the selection inside the target's band (see :mod:`sss.train.budget`); a latency
+        target is then checked against a timing of the compact model."""
+        if self.budget is None or self.frozen:
+            return
+        if self.budget.metric != "latency":
+            lines = self.budget.land(self.model)[1]
+        else:
+            batch, shape = self.cfg.latency_batch, tuple(self.example.shape[1:])
+
+            def measure(compact: nn.Module) -> float:  # as saved: contiguous, eval mode
+                compact = compact.to(memory_format=torch.contiguous_format)
+                ms = compare_latency({"m": compact}, shape, (batch,), rounds=5, device=self.runtime.device)["m"][batch]
+                return self.runtime.agree(ms if self.runtime.main else None)
+
+            lines = self.budget.land_measured(self.model, measure)
+        for line in lines:
+            self.log(line)
 
     def _wrap(self) -> None:
         """``self.net``: the model as the training forward runs it (DDP, compiled)."""
@@ -214,8 +219,8 @@ class Trainer(FreezeMixin, ResumeMixin):
         batches = iterate_batches(self.train_data, cfg.batch_size, shuffle=True, augment_pad=cfg.augment_pad,
                                   generator=gen, drop_last=True, shard=(rt.rank, rt.world), workers=cfg.workers)
         batches = ((rt.to_device(x).contiguous(memory_format=fmt), rt.to_device(y)) for x, y in batches)
-        return tqdm(batches, total=self.steps_per_epoch, desc=f"{self.progress_label} {self.epoch + 1}/{cfg.epochs}",
-                    leave=False,
+        desc = f"{self.progress_label} {self.epoch + 1}/{cfg.total_epochs}"
+        return tqdm(batches, total=self.steps_per_epoch, desc=desc, leave=False,
                     disable=None if self.progress else True)  # fmt: skip
 
     def batch_loss(self, x: torch.Tensor, y: torch.Tensor) -> BatchResult:
@@ -278,7 +283,7 @@ class Trainer(FreezeMixin, ResumeMixin):
                                      f"lr=...), check the input data for NaN/inf, then {then}.")  # fmt: skip
 
     def fit(self, resume: bool = False, overwrite: bool = False) -> TrainResult:
-        """Trains until ``cfg.epochs``; with ``resume`` starts from the run's checkpoint.
+        """Trains until ``cfg.total_epochs``; with ``resume`` starts from the run's checkpoint.
 
         The output folder is locked for the run. A folder that holds another run is refused
         unless ``resume`` (continue it) or ``overwrite`` (replace it) is given.
@@ -314,7 +319,7 @@ class Trainer(FreezeMixin, ResumeMixin):
         probe = self.runtime.to_device(probe)  # 64 validation images: does the compact model still see them?
         if not self.factor_trace:
             self._snapshot(step=-1)  # the initial factors, before the first update
-        while self.epoch < cfg.epochs:
+        while self.epoch < cfg.total_epochs:
             if self.epoch == cfg.freeze_epoch and not self.frozen:
                 self._freeze_and_log()
             start = time.perf_counter()
@@ -354,7 +359,7 @@ class Trainer(FreezeMixin, ResumeMixin):
         factors = f"  zero factors {zeros}/{total}" if total else ""
         factors += "".join(f"  {k} {v:.3f}" for k, v in self.epoch_extras.items())
         self.log(
-            f"epoch {self.epoch}/{self.cfg.epochs}  lr {lr:.4f}  loss {train_loss:.4f}  train {train_acc:.2f}%  "
+            f"epoch {self.epoch}/{self.cfg.total_epochs}  lr {lr:.4f}  loss {train_loss:.4f}  train {train_acc:.2f}%  "
             f"val {val_acc:.2f}%{factors}  compact MACs {macs / 1e6:.2f}M "
             f"({100 * (1 - macs / self.dense_macs):.1f}% fewer)  {seconds:.0f}s"
         )

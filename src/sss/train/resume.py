@@ -40,7 +40,7 @@ class ResumeMixin:
         :data:`~sss.train.config.RESUMABLE_KEYS` (lr, schedule, γ, epochs, ...): those changes
         are logged and take effect from here."""
         state = load_state(path)
-        check_checkpoint(state, path, self.cfg.epochs)
+        check_checkpoint(state, path, self.cfg.total_epochs)
         for line in resume_changes(state["config"], dataclasses.asdict(self.cfg), path):
             self.log(line)
         try:
