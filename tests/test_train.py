@@ -125,6 +125,13 @@ def test_config_overrides_and_errors(tmp_path):
         load_config(None, ["model=resnet57"])
 
 
+def test_the_demo_config_file_is_the_demo_recipe():
+    from sss.cli.demo import DEMO_CONFIG
+
+    shipped = load_config(Path(__file__).parent.parent / "configs" / "fashion_mnist_resnet20_demo.yaml")
+    assert dataclasses.replace(shipped, out_dir=DEMO_CONFIG.out_dir) == DEMO_CONFIG
+
+
 @pytest.mark.parametrize("path", sorted((Path(__file__).parent.parent / "configs").glob("*.yaml")))
 def test_shipped_configs_are_valid(path):
     cfg = load_config(path)

@@ -194,7 +194,7 @@ class BudgetController:
                 lines.append(f"budget: measured {measured:.2f} ms against the target {goal:.2f} ms")
                 if measured <= goal * (1 + LATENCY_NOISE) or attempt == tries - 1:
                     if measured > goal * (1 + LATENCY_NOISE):
-                        lines.append("budget: latency target NOT reached (the prediction stays above the timing)")
+                        lines.append(f"budget: latency target NOT reached: the compact model times {measured:.2f} ms")
                     return lines
                 self.target *= goal / measured  # the prediction is optimistic on this machine: aim lower
                 lines += self.land(model)[1]
