@@ -21,10 +21,11 @@ def structure_macs(model: nn.Module, example_inputs: torch.Tensor) -> dict[str, 
 def structure_costs(
     model: nn.Module, example_inputs: torch.Tensor, metric: str | Callable[[nn.Module], float] = "macs"
 ) -> dict[str, float]:
-    """``{gate name: MACs (or params) per structure}`` of a gated model, by measurement: each
-    gate's factors are zeroed in turn, the model is pruned and counted, and what is saved is
-    divided by the structures removed. Measuring (instead of a formula per layer type)
-    covers every layer a structure touches: its filters, its BN, the readers' inputs.
+    """``{gate name: MACs (or params) per structure}`` of a gated model's full architecture, by
+    measurement: each gate's factors are zeroed in turn (all others non-zero), the model is
+    pruned and counted, and what is saved is divided by the structures removed. Measuring
+    (instead of a formula per layer type) covers every layer a structure touches: its filters,
+    its BN, the readers' inputs.
 
     ``metric`` is ``"macs"``, ``"params"`` or a cost function of a compact model (e.g. a
     :class:`~sss.measure.latency_model.LatencyModel`'s prediction).
@@ -37,18 +38,25 @@ def structure_costs(
         def cost(compact: nn.Module) -> float:
             return count(compact, example_inputs)[which]
 
-    full = cost(prune(model))
+    refs = gates(model)
+    saved = [r.weight.detach().clone() for r in refs]
     costs = {}
-    for ref in gates(model):
-        saved = ref.weight.detach().clone()
+    try:  # the costs of the full architecture: every other factor non-zero while one gate is zeroed
         with torch.no_grad():
-            ref.weight.zero_()
-        try:
+            for r in refs:
+                r.weight.fill_(1.0)
+        full = cost(prune(model))
+        for ref in refs:
+            with torch.no_grad():
+                ref.weight.zero_()
             removed = ref.weight.numel() - get_kind(ref.kind).min_keep  # e.g. a layer keeps one channel
             costs[ref.name] = (full - cost(prune(model))) / max(1, removed)
-        finally:
             with torch.no_grad():
-                ref.weight.copy_(saved)
+                ref.weight.fill_(1.0)
+    finally:
+        with torch.no_grad():
+            for r, w in zip(refs, saved, strict=True):
+                r.weight.copy_(w)
     return costs
 
 

@@ -122,19 +122,64 @@ class BudgetController:
             group["gamma"] = base * self.scale if above else 0.0
         return est
 
+    def land(self, model: nn.Module) -> tuple[float, list[str]]:
+        """Moves the fewest structures across so that the exact cost is within the band; returns
+        the exact cost and a log line. MACs and parameters: structure by structure, smallest |λ|
+        first, by the estimate corrected by the exact count (:meth:`_land_by_estimate`). Latency,
+        where one block is worth more than the band: a search by exact counts over the number
+        of blocks and a prefix of the channels (:meth:`_land_two_level`)."""
+        return self._land_two_level(model) if self.metric == "latency" else self._land_by_estimate(model)
+
     @torch.no_grad()
-    def land(self, model: nn.Module, rounds: int = 8) -> tuple[float, list[str]]:
+    def _land_by_estimate(self, model: nn.Module, rounds: int = 8) -> tuple[float, list[str]]:
+        """Moves the fewest structures across so that the exact cost is within the band; returns
+        the exact cost and a log line. The estimate's bias is corrected by the exact count."""
+        lo, hi = self.target * self.band[0], self.target * self.band[1]
+        cost = self.exact(model)
+        for _ in range(rounds):
+            if lo <= cost <= hi:
+                break
+            est = self.estimate(model)
+            ratio = est / cost
+            refs = {r.name: r for r in gates(model) if r.name in self.costs}
+            slots = [(name, i) for name, r in refs.items() for i in range(r.weight.numel())]
+            if cost > hi:  # zero the smallest factors first
+                order = sorted((float(refs[n].weight.view(-1)[i].abs()), n, i) for n, i in slots
+                               if refs[n].weight.view(-1)[i] != 0)  # fmt: skip
+                for _, name, i in order:
+                    if est <= self.target * ratio:
+                        break
+                    if est - self.costs[name] >= lo * ratio:  # never past the band's other edge
+                        refs[name].weight.view(-1)[i] = 0.0
+                        est -= self.costs[name]
+            else:  # bring back the structures zeroed last; if none fits in the band, the latest anyway
+                order = sorted((-int(self.last_nonzero[n][i]), n, i) for n, i in slots
+                               if refs[n].weight.view(-1)[i] == 0)  # fmt: skip
+                fits = [(n, i) for _, n, i in order if est + self.costs[n] <= hi * ratio]
+                for name, i in fits or [(n, i) for _, n, i in order[:1]]:  # a coarse one: the next round descends
+                    if est >= self.target * ratio:
+                        break
+                    w = refs[name].weight.view(-1)
+                    w[i] = float(w[w > 0].min()) if bool((w > 0).any()) else 1e-3
+                    est += self.costs[name]
+            cost = self.exact(model)
+        return cost, self._landed(cost, lo, hi)
+
+    @torch.no_grad()
+    def _land_two_level(self, model: nn.Module, rounds: int = 8) -> tuple[float, list[str]]:
         """Moves the fewest structures across so that the exact cost is within the band; returns
         the exact cost and a log line.
 
         The structures are ranked as the selection left them: the ones zero longest, then the
         ones zeroed most recently, then the non-zero ones by |λ|, smallest first; the current
-        pattern is a prefix of that ranking (its zeros). Coarse structures (blocks, branches:
-        one can jump over the whole band) and fine ones (channels, groups) are ranked apart:
-        for a number of coarse ones removed, the nearest to the current number first (at most
-        ``rounds`` numbers), the landing searches by exact counts for the shortest prefix of the
-        fine ranking whose cost is at most the band's top (the cost only falls as a prefix
-        grows), and stops at the first inside the band; else it keeps the nearest it found.
+        pattern is a prefix of that ranking (its zeros). A binary search by exact counts finds
+        the shortest prefix whose cost is at most the band's top (the cost only falls as a
+        prefix grows): the structures the selection valued least go first, whatever their kind,
+        so a trained model changes least. When that prefix jumps over the band (one coarse
+        structure, a block, is worth more than the band), coarse structures (blocks, branches)
+        and fine ones (channels, groups) are ranked apart: for a number of coarse ones removed,
+        the nearest to the prefix's first (at most ``rounds`` numbers), the same search runs
+        over the fine ranking, and the first landing inside the band wins; else the nearest.
         """
         lo, hi = self.target * self.band[0], self.target * self.band[1]
         cost = self.exact(model)
@@ -158,20 +203,25 @@ class BudgetController:
                 refs[n][i] = 0.0
             return self.exact(model)
 
-        now = sum(1 for _, n, _ in zero if coarse_gate[n])
-        best: tuple[float, list] | None = None
-        for m in sorted(range(len(coarse) + 1), key=lambda m: (abs(m - now), m))[:rounds]:
-            a, b = 0, len(fine)  # the shortest prefix with cost <= hi
+        def shortest(head: list, tail: list) -> list:  # head + the shortest prefix of tail with cost <= hi
+            a, b = 0, len(tail)
             while a < b:
                 mid = (a + b) // 2
-                a, b = (a, mid) if apply(coarse[:m] + fine[:mid]) <= hi else (mid + 1, b)
-            removed = coarse[:m] + fine[:a]
+                a, b = (a, mid) if apply(head + tail[:mid]) <= hi else (mid + 1, b)
+            return head + tail[:a]
+
+        def miss(removed: list) -> float:
             cost = apply(removed)
-            miss = 0.0 if lo <= cost <= hi else min(abs(cost - lo), abs(cost - hi))
-            if best is None or miss < best[0]:
-                best = (miss, removed)
-            if miss == 0.0:
+            return 0.0 if lo <= cost <= hi else min(abs(cost - lo), abs(cost - hi))
+
+        joint = shortest([], order)
+        best = (miss(joint), joint)
+        now = sum(1 for n, _ in joint if coarse_gate[n])
+        for m in sorted(range(len(coarse) + 1), key=lambda m: (abs(m - now), m))[:rounds]:
+            if best[0] == 0.0:
                 break
+            removed = shortest(coarse[:m], fine)
+            best = min(best, (miss(removed), removed), key=lambda t: t[0])
         cost = apply(best[1])
         return cost, self._landed(cost, lo, hi)
 
