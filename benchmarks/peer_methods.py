@@ -41,7 +41,7 @@ from sss.structures.gate import ChannelGated
 from sss.train import TrainConfig, Trainer
 
 #: The benchmark's schedule: the demo's recipe on a smaller split (10k images to train, 2k held
-#: out) and 6 epochs, so that 6 methods x 3 targets x 3 seeds fit in about an hour of a 2-core CPU;
+#: out) and 6 epochs: one run takes 1-4 minutes on a 2-core CPU (the full grid, 54 runs, about 2 hours);
 #: ``rewind`` (not the demo's ``retrain``) so that every method trains exactly 6 epochs.
 PEER_CONFIG = dataclasses.replace(DEMO_CONFIG, train_subset=12_000, val_size=2_000, epochs=6, after_freeze="rewind")
 #: The smoke version (tests/test_bench_peers.py): a narrow net, 2k images, 3 epochs.
