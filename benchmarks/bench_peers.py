@@ -60,23 +60,25 @@ def at_latency(curve: list[tuple[float, float]], latency: float) -> float | None
 
 
 def equal_latency(table: dict, dense: dict) -> list[dict]:
-    """Per target: sss's best variant there, its batch-1 latency, and every peer's accuracy at it."""
+    """Per target and sss variant: its batch-1 latency and every peer's accuracy at that latency."""
+    curves = {m: sorted((c["b1_ms"]["mean"], c["accuracy"]["mean"]) for c in per.values())
+              for m, per in table.items() if m not in SSS_STRUCTURES}  # fmt: skip
+    dense_point = (dense["b1_ms"]["mean"], dense["accuracy"]["mean"])
     out = []
     for target in sorted({t for per in table.values() for t in per}):
-        sss_cells = {m: table[m][target] for m in SSS_STRUCTURES if target in table.get(m, {})}
-        if not sss_cells:
-            continue
-        best = max(sss_cells, key=lambda m: sss_cells[m]["accuracy"]["mean"])
-        latency = sss_cells[best]["b1_ms"]["mean"]
-        peers = {}
-        for method, per in table.items():
-            if method in SSS_STRUCTURES:
-                continue
-            curve = [(c["b1_ms"]["mean"], c["accuracy"]["mean"]) for c in per.values()]
-            peers[method] = at_latency([*curve, (dense["b1_ms"]["mean"], dense["accuracy"]["mean"])], latency)
-        out.append({"target": target, "sss": best, "b1_ms": latency,
-                    "accuracy": sss_cells[best]["accuracy"]["mean"], "peers": peers})  # fmt: skip
+        for variant in (m for m in SSS_STRUCTURES if target in table.get(m, {})):
+            cell = table[variant][target]
+            latency = cell["b1_ms"]["mean"]
+            peers = {m: at_latency([*curve, dense_point], latency) for m, curve in curves.items()}
+            out.append({"target": target, "sss": variant, "b1_ms": latency,
+                        "accuracy": cell["accuracy"]["mean"], "peers": peers})  # fmt: skip
     return out
+
+
+def fastest(table: dict) -> dict[str, tuple[float, float]]:
+    """Each peer's fastest measured point: (batch-1 ms, accuracy)."""
+    return {m: min((c["b1_ms"]["mean"], c["accuracy"]["mean"]) for c in per.values())
+            for m, per in table.items() if m not in SSS_STRUCTURES}  # fmt: skip
 
 
 def plot(table: dict, dense: dict, x: str, xlabel: str, path: Path, epochs: int) -> None:
@@ -119,13 +121,17 @@ def markdown(table: dict, dense: dict, latency_rows: list[dict], device: str) ->
         f"{cell(dense, 'b1_ms', '.2f')} | {cell(dense, 'b64_ms', '.1f')} | {dense['seconds']['mean']:.0f} |"
     )
     peers = sorted({p for r in latency_rows for p in r["peers"]})
-    lines += ["", "At sss's measured batch-1 latency (its best variant per target; peers interpolated "
-              "between their own measured points, dense included):", "",
-              "| target | sss variant | b1 ms | sss accuracy | " + " | ".join(peers) + " |",
-              "|---" * (4 + len(peers)) + "|"]  # fmt: skip
+    lines += ["", "At each sss model's measured batch-1 latency (peers interpolated between their own measured "
+              "points, dense included; — : the peer has no model that fast):", "",
+              "| target | sss variant | b1 ms | sss accuracy | " + " | ".join(peers) + " | sss ahead |",
+              "|---" * (5 + len(peers)) + "|"]  # fmt: skip
     for r in latency_rows:
         values = " | ".join("—" if r["peers"][p] is None else f"{r['peers'][p]:.2f}%" for p in peers)
-        lines.append(f"| {r['target']} | {r['sss']} | {r['b1_ms']:.2f} | {r['accuracy']:.2f}% | {values} |")
+        reached = [v for v in r["peers"].values() if v is not None]
+        ahead = "yes (no peer that fast)" if not reached else ("yes" if r["accuracy"] >= max(reached) else "no")
+        lines.append(f"| {r['target']} | {r['sss']} | {r['b1_ms']:.2f} | {r['accuracy']:.2f}% | {values} | {ahead} |")
+    quickest = ", ".join(f"{m} {ms:.2f} ms ({acc:.2f}%)" for m, (ms, acc) in sorted(fastest(table).items()))
+    lines += ["", f"The peers' fastest models: {quickest}."]
     lines += ["", f"Latency on {device}; mean ± std over seeds."]
     return "\n".join(lines) + "\n"
 

@@ -11,7 +11,7 @@ import torch
 import sss
 from conftest import synthetic_dataset
 from sss.train import TrainConfig, Trainer, load_config
-from sss.train.budget import parse_budget
+from sss.train.budget import BudgetController, parse_budget
 
 
 def _cfg(tmp_path, **kw):
@@ -60,3 +60,31 @@ def test_target_config_errors():
     with pytest.raises(ValueError, match="neither a fraction"):
         load_config(None, ["target_macs=half"])
     assert load_config(None, ["target_macs=18M"]).target_macs == "18M"
+
+
+@pytest.mark.parametrize("start", ["too_expensive", "too_cheap"])
+def test_the_exact_fallback_lands_fine_structures_and_keeps_the_blocks(start):
+    """Where the per-structure estimate misjudges a pattern (shared channels of removed blocks),
+    the fallback moves channels only, by exact counts, into the band."""
+    x = torch.zeros(1, 1, 12, 12)
+    model = sss.attach(sss.models.create("resnet20", width=8, in_channels=1, num_classes=4), x,
+                       structures=["block", "channel"])  # fmt: skip
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for ref in sss.gates(model):
+            ref.weight.copy_(0.1 + 0.9 * torch.rand(ref.weight.shape, generator=gen))
+    opt = sss.optim.APG([r.weight for r in sss.gates(model)], lr=0.1, gamma=0.01)
+    budget = BudgetController(model, x, "macs", 0.5, opt)
+    with torch.no_grad():
+        blocks = [r for r in sss.gates(model) if r.kind == "block"]
+        blocks[1].weight.zero_()  # one block gone: a coarse pattern the landing must not touch
+        if start == "too_cheap":
+            for ref in sss.gates(model):
+                if ref.kind == "channel":
+                    ref.weight.view(-1)[1:] = 0.0
+    lo, hi = budget.target * 0.98, budget.target * 1.02
+    cost = budget.exact(model)
+    assert (cost > hi) if start == "too_expensive" else (cost < lo)
+    landed = budget._land_fine(model, lo, hi, cost)
+    assert lo <= landed <= hi and landed == budget.exact(model)
+    assert [int(r.num_zero) for r in sss.gates(model) if r.kind == "block"] == [0, 1] + [0] * (len(blocks) - 2)

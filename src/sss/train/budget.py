@@ -163,7 +163,53 @@ class BudgetController:
                     w[i] = float(w[w > 0].min()) if bool((w > 0).any()) else 1e-3
                     est += self.costs[name]
             cost = self.exact(model)
+        if not lo <= cost <= hi:  # the estimate misjudged the coarse pattern: exact counts, fine structures
+            cost = self._land_fine(model, lo, hi, cost)
         return cost, self._landed(cost, lo, hi)
+
+    @torch.no_grad()
+    def _land_fine(self, model: nn.Module, lo: float, hi: float, cost: float) -> float:
+        """The estimate's fallback: the coarse structures (blocks, branches) stay as they are, and
+        a binary search by exact counts finds the fewest fine ones (channels, groups) to move:
+        too expensive, the smallest non-zero |λ| are zeroed (each gate keeping its minimum);
+        too cheap, the most recently zeroed come back. Either way the cost is monotone in the
+        number moved, so the search ends on the band's edge, or as near as one structure allows."""
+        refs = {r.name: r for r in gates(model) if r.name in self.costs and get_kind(r.kind).min_keep > 0}
+        weights = {n: r.weight.view(-1) for n, r in refs.items()}
+        saved = {n: w.clone() for n, w in weights.items()}
+        if cost > hi:
+            kept = {n: int((w != 0).sum()) for n, w in weights.items()}
+            order = []
+            for _, n, i in sorted((float(w[i].abs()), n, i) for n, w in saved.items() for i in range(w.numel())
+                                  if w[i] != 0):  # fmt: skip
+                if kept[n] > get_kind(refs[n].kind).min_keep:
+                    kept[n] -= 1
+                    order.append((n, i, 0.0))
+        else:
+            back = {n: float(w[w > 0].min()) if bool((w > 0).any()) else 1e-3 for n, w in saved.items()}
+            order = [(n, i, back[n]) for _, n, i in sorted((-int(self.last_nonzero[n][i]), n, i)
+                     for n, w in saved.items() for i in range(w.numel()) if w[i] == 0)]  # fmt: skip
+
+        def apply(k: int) -> float:
+            for n, w in weights.items():
+                w.copy_(saved[n])
+            for n, i, value in order[:k]:
+                weights[n][i] = value
+            return self.exact(model)
+
+        def done(c: float) -> bool:  # monotone in k: the cost falls (zeroing) or rises (bringing back)
+            return c <= hi if cost > hi else c >= lo
+
+        a, b = 0, len(order)
+        while a < b:
+            mid = (a + b) // 2
+            a, b = (a, mid) if done(apply(mid)) else (mid + 1, b)
+        nearest = min({a, max(0, a - 1)}, key=lambda k: self._miss(apply(k), lo, hi))
+        return apply(nearest)
+
+    @staticmethod
+    def _miss(cost: float, lo: float, hi: float) -> float:
+        return 0.0 if lo <= cost <= hi else min(abs(cost - lo), abs(cost - hi))
 
     @torch.no_grad()
     def _land_two_level(self, model: nn.Module, rounds: int = 8) -> tuple[float, list[str]]:
@@ -211,8 +257,7 @@ class BudgetController:
             return head + tail[:a]
 
         def miss(removed: list) -> float:
-            cost = apply(removed)
-            return 0.0 if lo <= cost <= hi else min(abs(cost - lo), abs(cost - hi))
+            return self._miss(apply(removed), lo, hi)
 
         joint = shortest([], order)
         best = (miss(joint), joint)
@@ -281,4 +326,3 @@ def create_budget(cfg, model: nn.Module, example: torch.Tensor, optimizer: torch
             f"{latency.predict(model, example):.2f} ms predicted for the dense model, fit within "
             f"{latency.fit_error:.0%} of its timings")  # fmt: skip
     return BudgetController(model, example, metric, targets[metric], optimizer, round_to=cfg.round_to, latency=latency)
-
