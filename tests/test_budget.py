@@ -88,3 +88,19 @@ def test_the_exact_fallback_lands_fine_structures_and_keeps_the_blocks(start):
     landed = budget._land_fine(model, lo, hi, cost)
     assert lo <= landed <= hi and landed == budget.exact(model)
     assert [int(r.num_zero) for r in sss.gates(model) if r.kind == "block"] == [0, 1] + [0] * (len(blocks) - 2)
+
+
+def test_a_band_the_blocks_cannot_hit_lands_under_the_target_not_over():
+    """Blocks alone are ~10% of the MACs each: no pattern may fall inside ±2%; a budget is a
+    ceiling, so the landing ends under it."""
+    x = torch.zeros(1, 1, 12, 12)
+    model = sss.attach(sss.models.create("resnet20", width=8, in_channels=1, num_classes=4), x,
+                       structures=["block"])  # fmt: skip
+    with torch.no_grad():
+        for k, ref in enumerate(sss.gates(model)):
+            ref.weight.fill_(0.1 * (k + 1))
+    opt = sss.optim.APG([r.weight for r in sss.gates(model)], lr=0.1, gamma=0.01)
+    budget = BudgetController(model, x, "macs", 0.35, opt)
+    cost, lines = budget.land(model)
+    assert cost <= budget.target * 1.02 and cost == budget.exact(model)
+    assert cost >= budget.target * 0.98 or "under the target rather than over" in lines[0]

@@ -165,7 +165,39 @@ class BudgetController:
             cost = self.exact(model)
         if not lo <= cost <= hi:  # the estimate misjudged the coarse pattern: exact counts, fine structures
             cost = self._land_fine(model, lo, hi, cost)
+        if not lo <= cost <= hi:  # nothing fine left to move: the nearest coarse pattern, never over
+            cost = self._land_coarse(model, lo, hi, cost)
         return cost, self._landed(cost, lo, hi)
+
+    @torch.no_grad()
+    def _land_coarse(self, model: nn.Module, lo: float, hi: float, cost: float, tries: int = 64) -> float:
+        """A budget is a ceiling: over it, the live structures with the smallest |λ| are zeroed one
+        at a time (each gate keeping its minimum) until the cost is at most ``hi``; then, under the
+        band, the zeroed ones come back, the most recently zeroed first, each only if the cost
+        stays at most ``hi`` (at most ``tries`` exact counts each way)."""
+        refs = {r.name: r.weight.view(-1) for r in gates(model) if r.name in self.costs}
+        minimum = {r.name: get_kind(r.kind).min_keep for r in gates(model) if r.name in self.costs}
+        kept = {n: int((w != 0).sum()) for n, w in refs.items()}
+        live = sorted((float(w[i].abs()), n, i) for n, w in refs.items() for i in range(w.numel()) if w[i] != 0)
+        for _, n, i in live[:tries]:
+            if cost <= hi:
+                break
+            if kept[n] > minimum[n]:
+                refs[n][i], kept[n] = 0.0, kept[n] - 1
+                cost = self.exact(model)
+        zero = sorted((-int(self.last_nonzero[n][i]), n, i) for n, w in refs.items() for i in range(w.numel())
+                      if w[i] == 0)  # fmt: skip
+        for _, n, i in zero[:tries] if cost < lo else []:
+            w = refs[n]
+            w[i] = float(w[w > 0].min()) if bool((w > 0).any()) else 1e-3
+            trial = self.exact(model)
+            if trial > hi:
+                w[i] = 0.0
+            else:
+                cost = trial
+            if cost >= lo:
+                break
+        return cost
 
     @torch.no_grad()
     def _land_fine(self, model: nn.Module, lo: float, hi: float, cost: float) -> float:
@@ -173,7 +205,8 @@ class BudgetController:
         a binary search by exact counts finds the fewest fine ones (channels, groups) to move:
         too expensive, the smallest non-zero |λ| are zeroed (each gate keeping its minimum);
         too cheap, the most recently zeroed come back. Either way the cost is monotone in the
-        number moved, so the search ends on the band's edge, or as near as one structure allows."""
+        number moved, so the search ends in the band, or where one structure jumps over it, on
+        the cheaper side."""
         refs = {r.name: r for r in gates(model) if r.name in self.costs and get_kind(r.kind).min_keep > 0}
         weights = {n: r.weight.view(-1) for n, r in refs.items()}
         saved = {n: w.clone() for n, w in weights.items()}
@@ -204,8 +237,8 @@ class BudgetController:
         while a < b:
             mid = (a + b) // 2
             a, b = (a, mid) if done(apply(mid)) else (mid + 1, b)
-        nearest = min({a, max(0, a - 1)}, key=lambda k: self._miss(apply(k), lo, hi))
-        return apply(nearest)
+        landed = apply(a)
+        return apply(a - 1) if cost < lo and landed > hi and a > 0 else landed  # one step too far: stay under
 
     @staticmethod
     def _miss(cost: float, lo: float, hi: float) -> float:
@@ -272,7 +305,8 @@ class BudgetController:
 
     def _landed(self, cost: float, lo: float, hi: float) -> list[str]:
         reached = (lo <= cost or self.metric == "latency") and cost <= hi  # latency: at or under is on target
-        inside = "" if reached else ", NOT reached: the structures left are too coarse"
+        side = "; under the target rather than over" if cost < lo else ""
+        inside = "" if reached else f", NOT reached: the structures left are too coarse{side}"
         band = f"-{1 - self.band[0]:.0%}/+0%" if self.metric == "latency" else f"± {self.tolerance:.0%}"
         return [f"budget: {self._fmt(cost)} after the selection ({cost / self.dense:.1%} of dense; target "
                 f"{self._fmt(self.target)} {band}{inside})"]  # fmt: skip
