@@ -59,25 +59,26 @@ def at_latency(curve: list[tuple[float, float]], latency: float) -> float | None
     return None
 
 
-def equal_latency(table: dict, dense: dict) -> list[dict]:
-    """Per target and sss variant: its batch-1 latency and every peer's accuracy at that latency."""
-    curves = {m: sorted((c["b1_ms"]["mean"], c["accuracy"]["mean"]) for c in per.values())
+def equal_latency(table: dict, dense: dict, key: str = "b1_ms") -> list[dict]:
+    """Per target and sss variant: its latency (``key``: ``b1_ms`` or ``b64_ms``) and every peer's
+    accuracy at that latency."""
+    curves = {m: sorted((c[key]["mean"], c["accuracy"]["mean"]) for c in per.values())
               for m, per in table.items() if m not in SSS_STRUCTURES}  # fmt: skip
-    dense_point = (dense["b1_ms"]["mean"], dense["accuracy"]["mean"])
+    dense_point = (dense[key]["mean"], dense["accuracy"]["mean"])
     out = []
     for target in sorted({t for per in table.values() for t in per}):
         for variant in (m for m in SSS_STRUCTURES if target in table.get(m, {})):
             cell = table[variant][target]
-            latency = cell["b1_ms"]["mean"]
+            latency = cell[key]["mean"]
             peers = {m: at_latency([*curve, dense_point], latency) for m, curve in curves.items()}
-            out.append({"target": target, "sss": variant, "b1_ms": latency,
+            out.append({"target": target, "sss": variant, "ms": latency,
                         "accuracy": cell["accuracy"]["mean"], "peers": peers})  # fmt: skip
     return out
 
 
-def fastest(table: dict) -> dict[str, tuple[float, float]]:
-    """Each peer's fastest measured point: (batch-1 ms, accuracy)."""
-    return {m: min((c["b1_ms"]["mean"], c["accuracy"]["mean"]) for c in per.values())
+def fastest(table: dict, key: str) -> dict[str, tuple[float, float]]:
+    """Each peer's fastest measured point: (ms at ``key``, accuracy)."""
+    return {m: min((c[key]["mean"], c["accuracy"]["mean"]) for c in per.values())
             for m, per in table.items() if m not in SSS_STRUCTURES}  # fmt: skip
 
 
@@ -103,7 +104,24 @@ def plot(table: dict, dense: dict, x: str, xlabel: str, path: Path, epochs: int)
     save_figure(fig, path)
 
 
-def markdown(table: dict, dense: dict, latency_rows: list[dict], device: str) -> str:
+def latency_table(table: dict, rows: list[dict], batch: int) -> list[str]:
+    """The equal-latency comparison at one batch size, as markdown lines."""
+    peers = sorted({p for r in rows for p in r["peers"]})
+    lines = ["", f"At each sss model's measured batch-{batch} latency (peers interpolated between their own measured "
+             "points, dense included; — : the peer has no model that fast):", "",
+             f"| target | sss variant | b{batch} ms | sss accuracy | " + " | ".join(peers) + " | sss ahead |",
+             "|---" * (5 + len(peers)) + "|"]  # fmt: skip
+    for r in rows:
+        values = " | ".join("—" if r["peers"][p] is None else f"{r['peers'][p]:.2f}%" for p in peers)
+        reached = [v for v in r["peers"].values() if v is not None]
+        ahead = "yes (no peer that fast)" if not reached else ("yes" if r["accuracy"] >= max(reached) else "no")
+        lines.append(f"| {r['target']} | {r['sss']} | {r['ms']:.2f} | {r['accuracy']:.2f}% | {values} | {ahead} |")
+    points = sorted(fastest(table, f"b{batch}_ms").items())
+    quickest = ", ".join(f"{m} {ms:.2f} ms ({acc:.2f}%)" for m, (ms, acc) in points)
+    return [*lines, "", f"The peers' fastest models at batch {batch}: {quickest}."]
+
+
+def markdown(table: dict, dense: dict, latency_rows: dict[int, list[dict]], device: str) -> str:
     def cell(c: dict, key: str, fmt: str) -> str:
         return f"{c[key]['mean']:{fmt}} ± {c[key]['std']:{fmt}}"
 
@@ -120,18 +138,8 @@ def markdown(table: dict, dense: dict, latency_rows: list[dict], device: str) ->
         f"| dense | 1.0 | {dense['n']} | {cell(dense, 'accuracy', '.2f')} | | 1.000 | | "
         f"{cell(dense, 'b1_ms', '.2f')} | {cell(dense, 'b64_ms', '.1f')} | {dense['seconds']['mean']:.0f} |"
     )
-    peers = sorted({p for r in latency_rows for p in r["peers"]})
-    lines += ["", "At each sss model's measured batch-1 latency (peers interpolated between their own measured "
-              "points, dense included; — : the peer has no model that fast):", "",
-              "| target | sss variant | b1 ms | sss accuracy | " + " | ".join(peers) + " | sss ahead |",
-              "|---" * (5 + len(peers)) + "|"]  # fmt: skip
-    for r in latency_rows:
-        values = " | ".join("—" if r["peers"][p] is None else f"{r['peers'][p]:.2f}%" for p in peers)
-        reached = [v for v in r["peers"].values() if v is not None]
-        ahead = "yes (no peer that fast)" if not reached else ("yes" if r["accuracy"] >= max(reached) else "no")
-        lines.append(f"| {r['target']} | {r['sss']} | {r['b1_ms']:.2f} | {r['accuracy']:.2f}% | {values} | {ahead} |")
-    quickest = ", ".join(f"{m} {ms:.2f} ms ({acc:.2f}%)" for m, (ms, acc) in sorted(fastest(table).items()))
-    lines += ["", f"The peers' fastest models: {quickest}."]
+    for batch, rows in latency_rows.items():
+        lines += latency_table(table, rows, batch)
     lines += ["", f"Latency on {device}; mean ± std over seeds."]
     return "\n".join(lines) + "\n"
 
@@ -183,13 +191,13 @@ def main() -> None:
     dense = {k: _stat([r[k] for r in dense_rows]) for k in ("accuracy", "b1_ms", "b64_ms", "seconds", "macs_fraction")}
     dense["n"] = len(dense_rows)
     table = summarise(runs)
-    latency_rows = equal_latency(table, dense)
+    latency_rows = {b: equal_latency(table, dense, f"b{b}_ms") for b in (1, 64)}
     device = sss.measure.device_name("cpu")
     results.mkdir(parents=True, exist_ok=True)
     schedule = {"train_subset": cfg.train_subset, "val_size": cfg.val_size, "epochs": cfg.epochs}
     report = {"schedule": schedule, "device": device, "dense": dense,
               "summary": {m: {str(t): c for t, c in per.items()} for m, per in table.items()},
-              "equal_latency": latency_rows, "runs": rows}  # fmt: skip
+              "equal_latency": {str(b): r for b, r in latency_rows.items()}, "runs": rows}  # fmt: skip
     (results / "peers.json").write_text(json.dumps(report, indent=2) + "\n")
     (results / "peers.md").write_text(markdown(table, dense, latency_rows, device))
     plot(table, dense, "macs_fraction", "MACs / dense MACs", results / "peers_accuracy_vs_macs.png", cfg.epochs)
