@@ -36,9 +36,10 @@ def test_config_file_and_bad_input(tmp_path, capsys):
     assert "--data-dir" in capsys.readouterr().err
 
 
-def test_a_latency_target_flag_replaces_the_config_target_and_is_checked(tmp_path, capsys):
+@pytest.mark.parametrize("target", ["1e-6", "0.001x"])  # milliseconds, or a fraction of the dense model
+def test_a_latency_target_flag_replaces_the_config_target_and_is_checked(tmp_path, capsys, target):
     args = ["train", "--model", "resnet20", "--structures", "block,channel", "--set", "target_macs=0.5",
-            "--target-latency", "1e-6", "--out", str(tmp_path / "run"), *TINY]  # fmt: skip
+            "--target-latency", target, "--out", str(tmp_path / "run"), *TINY]  # fmt: skip
     assert main(args) == 2  # refused before training, from the latency model's floor
     err = capsys.readouterr().err
     assert "target_latency" in err and "below what this model can reach" in err

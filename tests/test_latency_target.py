@@ -14,7 +14,7 @@ import sss
 from conftest import synthetic_dataset
 from sss.measure.latency_model import LatencyModel, architecture_features, calibrate_latency
 from sss.train import TrainConfig, Trainer, load_config
-from sss.train.budget import LATENCY_NOISE, BudgetController
+from sss.train.budget import LATENCY_NOISE, BudgetController, is_relative, parse_latency_target
 
 X = torch.zeros(1, 1, 12, 12)
 
@@ -100,7 +100,22 @@ def test_latency_config_errors():
         load_config(None, ["target_latency=-1"])
 
 
-def test_a_latency_target_run_times_its_compact_model(tmp_path):
+def test_a_latency_target_is_milliseconds_or_a_fraction_of_dense():
+    assert parse_latency_target(2.5, 10.0) == 2.5 and parse_latency_target("2.5", 10.0) == 2.5
+    assert parse_latency_target("0.7x", 10.0) == pytest.approx(7.0)
+    assert is_relative("0.7x") and not is_relative("2.5") and not is_relative(2.5)
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        parse_latency_target("1.5x", 10.0)
+    with pytest.raises(ValueError, match="neither milliseconds"):
+        load_config(None, ["target_latency=fast"])
+    model = _gated()
+    fixed = LatencyModel([0.05, 5e-8, 0.01, 2e-7], batch=1, device="cpu")
+    budget = BudgetController(model, X, "latency", "0.6x", _optimizer(model), latency=fixed)
+    assert budget.target == pytest.approx(0.6 * fixed.predict(model, X))
+
+
+@pytest.mark.parametrize("relative", [False, True])
+def test_a_latency_target_run_times_its_compact_model(tmp_path, relative):
     cfg = TrainConfig(model="resnet20", model_kwargs={"width": 8}, structures=["block", "channel"], val_size=64,
                       epochs=2, batch_size=32, lr=0.05, gamma={"block": 0.05, "channel": 0.005}, freeze_epoch=1,
                       out_dir=str(tmp_path / "run"), channels_last=False, schedule="step")  # fmt: skip
@@ -108,12 +123,15 @@ def test_a_latency_target_run_times_its_compact_model(tmp_path):
     probe = Trainer(dataclasses.replace(cfg, target_macs=0.5), train_data=synthetic_dataset(96), progress=False,
                     log=lambda _: None)  # fmt: skip
     dense_ms = sss.compare_latency({"d": sss.prune(probe.model)}, (1, 12, 12), (1,), rounds=3)["d"][1]
-    target = 0.85 * dense_ms  # a load on the machine may shift any timing: the plumbing is what is tested here
-    run_cfg = dataclasses.replace(cfg, target_latency=target, allow_collapse=True)
-    result = Trainer(run_cfg, train_data=synthetic_dataset(384), log=lines.append, progress=False).fit()
+    # A load on the machine may shift any timing: the plumbing is what is tested here.
+    run_cfg = dataclasses.replace(cfg, target_latency="0.85x" if relative else 0.85 * dense_ms, allow_collapse=True)
+    trainer = Trainer(run_cfg, train_data=synthetic_dataset(384), log=lines.append, progress=False)
+    target = trainer.budget.target
+    result = trainer.fit()
     assert any(line.startswith("latency model at batch 1") for line in lines)
     measured = [float(line.split("measured ")[1].split()[0]) for line in lines if "budget: measured" in line]
     assert measured  # the landing timed the compact model
+    assert any("in the same pass" in line for line in lines) == relative  # a fraction is timed against dense
     # At or under the target within the noise, or the log says plainly that it was not reached.
     assert measured[-1] <= target * (1 + LATENCY_NOISE) or any("NOT reached" in line for line in lines)
     assert sss.count(result.compact, X)[0] < sss.count(sss.prune(probe.model), X)[0]

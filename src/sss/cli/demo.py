@@ -105,7 +105,7 @@ def run_demo(
     base = dataclasses.replace(config or (QUICK_CONFIG if quick else DEMO_CONFIG), data_dir=data_dir)
     train, test = load_dataset(base.dataset, True, data_dir), load_dataset(base.dataset, False, data_dir)
     start = time.perf_counter()
-    aims = (("target_macs", "MACs target"), ("target_params", "parameter target"), ("target_latency", "ms target"))
+    aims = (("target_macs", "MACs target"), ("target_params", "parameter target"), ("target_latency", "latency target"))
     aim = next((f"{label} {getattr(base, k)}" for k, label in aims if getattr(base, k) is not None), f"γ={base.gamma}")
     kinds = "/".join(base.structures)
     log(f"== SSS: {base.model} on {base.dataset}, {kinds} factors, {aim}, {base.total_epochs} epochs ==")

@@ -181,8 +181,9 @@ def _target_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target-macs", dest="target_macs",
                    help="aim at this many MACs: a fraction of dense (0.5) or a count (18M); γ is steered")  # fmt: skip
     p.add_argument("--target-params", dest="target_params", help="aim at this many parameters (0.5, 200k)")
-    p.add_argument("--target-latency", dest="target_latency", type=float, metavar="MS",
-                   help="aim at this forward latency in ms on this machine (the run's device), timed at the landing")
+    p.add_argument("--target-latency", dest="target_latency", metavar="MS|Fx",
+                   help="aim at this forward latency on this machine (the run's device), timed at the landing: "
+                        "milliseconds (2.5) or a fraction of the dense model's latency (0.7x)")  # fmt: skip
     p.add_argument("--latency-batch", dest="latency_batch", type=int, help="batch size of --target-latency (1)")
 
 

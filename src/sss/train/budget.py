@@ -18,6 +18,7 @@ Two parts (docs/design.md, "budgets"):
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Callable
 
@@ -48,6 +49,36 @@ def parse_budget(value: float | str, dense: float, what: str) -> float:
     return float(value) * dense if value <= 1 else float(value)
 
 
+def parse_latency_target(value: float | str, dense: float) -> float:
+    """A latency target in ms: milliseconds (``5``, ``"2.5"``) or a fraction of ``dense``, the dense
+    model's latency on this machine (``"0.7x"``)."""
+    if not isinstance(value, str):
+        return float(value)
+    m = re.fullmatch(r"\s*([0-9.]+(?:e[+-]?[0-9]+)?)\s*(x?)\s*", value.lower())
+    if not m:
+        raise ValueError(f"target_latency {value!r} is neither milliseconds (5, 2.5) nor a fraction of the dense "
+                         "model's latency (0.7x)")  # fmt: skip
+    number = float(m.group(1))
+    if m.group(2) and not 0 < number < 1:
+        raise ValueError(f"target_latency {value!r}: a fraction of the dense model's latency is between 0 and 1")
+    return number * dense if m.group(2) else number
+
+
+def is_relative(target: float | str | None) -> bool:
+    """Whether a latency target is a fraction of the dense model's latency (``"0.7x"``)."""
+    return isinstance(target, str) and target.strip().lower().endswith("x")
+
+
+@torch.no_grad()
+def dense_architecture(model: nn.Module) -> nn.Module:
+    """The plain model with every structure kept (a copy: ``model`` is unchanged), the reference
+    a relative latency target is timed against."""
+    dense = copy.deepcopy(model)
+    for ref in gates(dense):
+        ref.weight.fill_(1.0)
+    return prune(dense).to(memory_format=torch.contiguous_format)
+
+
 class BudgetController:
     """Steers γ toward a MACs or parameter target and lands the selection inside its band."""
 
@@ -66,7 +97,10 @@ class BudgetController:
             self.cost = lambda compact: count(compact, example)[which]
             self.band = (1 - tolerance, 1 + tolerance)
         self.dense = self.cost(prune(model, round_to=round_to))
-        self.target = float(target) if metric == "latency" else parse_budget(target, self.dense, metric)
+        if metric == "latency":
+            self.target = parse_latency_target(target, self.dense)
+        else:
+            self.target = parse_budget(target, self.dense, metric)
         floor = self._exact_all_zero(model)
         if self.target < (floor if metric == "latency" else floor * (1 + tolerance)):
             raise ValueError(f"target_{metric} {self._fmt(self.target)} is below what this model can reach: with "

@@ -55,9 +55,11 @@ class TrainConfig:
     ``target_macs`` / ``target_params`` aim the selection at a budget instead of a γ: a fraction of
     the dense model (``0.5``) or a count (``18M``); γ is then the starting strength that the run
     steers, and the selection lands within ±2% of the target at the freeze (or the end).
-    ``target_latency`` (milliseconds per forward pass at ``latency_batch``, on the run's device)
-    does the same with a latency model fitted on this machine at the start, and the compact
-    model is timed at the landing: it ends at or under the target, within 3% timing noise.
+    ``target_latency`` (milliseconds per forward pass at ``latency_batch``, on the run's device,
+    or a fraction of the dense model's latency, ``0.7x``) does the same with a latency model
+    fitted on this machine at the start, and the compact model is timed at the landing: it ends
+    at or under the target, within 3% timing noise. A fraction is checked against the dense
+    model timed in the same pass, so a machine whose speed drifts does not move it.
     """
 
     model: str = "resnet20"
@@ -96,7 +98,7 @@ class TrainConfig:
     on_bad_image: Literal["fail", "skip"] = "fail"
     target_macs: Annotated[float, Field(gt=0, allow_inf_nan=False)] | str | None = None
     target_params: Annotated[float, Field(gt=0, allow_inf_nan=False)] | str | None = None
-    target_latency: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
+    target_latency: Annotated[float, Field(gt=0, allow_inf_nan=False)] | str | None = None
     latency_batch: PositiveInt = 1
 
     @property
@@ -139,7 +141,7 @@ class TrainConfig:
         from sss.data import DATASETS
         from sss.models import list_models, model_parameters
         from sss.structures import kind_names
-        from sss.train.budget import parse_budget
+        from sss.train.budget import parse_budget, parse_latency_target
 
         problems = []
         if self.model not in list_models():
@@ -166,11 +168,11 @@ class TrainConfig:
             problems.append(f"give one target, not {' and '.join(targets)}")
         if targets and self.sparsity == "none":
             problems.append("a target needs factors to steer: sparsity apg, ista or sgd")
-        for name in ("target_macs", "target_params"):
+        for name in ("target_macs", "target_params", "target_latency"):
             value = getattr(self, name)
             if isinstance(value, str):
                 try:
-                    parse_budget(value, 1.0, name[7:])
+                    parse_latency_target(value, 1.0) if name == "target_latency" else parse_budget(value, 1.0, name[7:])
                 except ValueError as e:
                     problems.append(str(e))
         if isinstance(self.gamma, dict) and set(self.gamma) - set(self.structures):

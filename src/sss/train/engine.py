@@ -22,7 +22,7 @@ from sss.optim import build_optimizers
 from sss.serialization import save, save_state
 from sss.structures import attach, gates
 from sss.surgery import prune, zero_small_factors
-from sss.train.budget import create_budget
+from sss.train.budget import create_budget, dense_architecture, is_relative
 from sss.train.checks import check_collapse, nonfinite_tensors
 from sss.train.config import TrainConfig
 from sss.train.freeze import FreezeMixin
@@ -157,11 +157,18 @@ class Trainer(FreezeMixin, ResumeMixin):
             lines = self.budget.land(self.model)[1]
         else:
             batch, shape = self.cfg.latency_batch, tuple(self.example.shape[1:])
+            # A fraction of dense ("0.7x") is timed against the dense model in the same interleaved
+            # pass and put on the calibration's clock, so that a drift of the machine cancels.
+            dense = dense_architecture(self.model) if is_relative(self.cfg.target_latency) else None
 
             def measure(compact: nn.Module) -> float:  # as saved: contiguous, eval mode
-                compact = compact.to(memory_format=torch.contiguous_format)
-                ms = compare_latency({"m": compact}, shape, (batch,), rounds=5, device=self.runtime.device)["m"][batch]
-                return self.runtime.agree(ms if self.runtime.main else None)
+                models = {"m": compact.to(memory_format=torch.contiguous_format)} | ({"dense": dense} if dense else {})
+                ms = compare_latency(models, shape, (batch,), rounds=5, device=self.runtime.device)
+                if dense is not None:
+                    self.log(f"budget: timed {ms['m'][batch]:.2f} ms, the dense model {ms['dense'][batch]:.2f} ms in "
+                             f"the same pass: {ms['m'][batch] / ms['dense'][batch]:.1%} of dense")  # fmt: skip
+                value = ms["m"][batch] * (self.budget.dense / ms["dense"][batch] if dense is not None else 1.0)
+                return self.runtime.agree(value if self.runtime.main else None)
 
             lines = self.budget.land_measured(self.model, measure)
         for line in lines:
