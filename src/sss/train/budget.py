@@ -194,7 +194,7 @@ class BudgetController:
                     if est >= self.target * ratio:
                         break
                     w = refs[name].weight.view(-1)
-                    w[i] = float(w[w > 0].min()) if bool((w > 0).any()) else 1e-3
+                    w[i] = self._brought_back(w)
                     est += self.costs[name]
             cost = self.exact(model)
         if not lo <= cost <= hi:  # the estimate misjudged the coarse pattern: exact counts, fine structures
@@ -203,6 +203,29 @@ class BudgetController:
             cost = self._land_coarse(model, lo, hi, cost)
         return cost, self._landed(cost, lo, hi)
 
+    def _removal_order(self, model: nn.Module, fine_only: bool) -> list[tuple[str, int]]:
+        """The live structures, smallest |λ| first, as many as each gate can lose (its minimum stays)."""
+        refs = [r for r in gates(model) if r.name in self.costs and (get_kind(r.kind).min_keep > 0 or not fine_only)]
+        kept = {r.name: int((r.weight != 0).sum()) for r in refs}
+        order = []
+        for _, n, i, keep in sorted((float(w.abs()), r.name, i, get_kind(r.kind).min_keep) for r in refs
+                                    for i, w in enumerate(r.weight.detach().view(-1)) if w != 0):  # fmt: skip
+            if kept[n] > keep:
+                kept[n] -= 1
+                order.append((n, i))
+        return order
+
+    def _return_order(self, model: nn.Module, fine_only: bool) -> list[tuple[str, int]]:
+        """The zero structures, the most recently zeroed first."""
+        refs = [r for r in gates(model) if r.name in self.costs and (get_kind(r.kind).min_keep > 0 or not fine_only)]
+        return [(n, i) for _, n, i in sorted((-int(self.last_nonzero[r.name][i]), r.name, i) for r in refs
+                                             for i, w in enumerate(r.weight.detach().view(-1)) if w == 0)]  # fmt: skip
+
+    @staticmethod
+    def _brought_back(w: torch.Tensor) -> float:
+        """The value a structure comes back with: its gate's smallest live factor."""
+        return float(w[w > 0].min()) if bool((w > 0).any()) else 1e-3
+
     @torch.no_grad()
     def _land_coarse(self, model: nn.Module, lo: float, hi: float, cost: float, tries: int = 64) -> float:
         """A budget is a ceiling: over it, the live structures with the smallest |λ| are zeroed one
@@ -210,23 +233,16 @@ class BudgetController:
         band, the zeroed ones come back, the most recently zeroed first, each only if the cost
         stays at most ``hi`` (at most ``tries`` exact counts each way)."""
         refs = {r.name: r.weight.view(-1) for r in gates(model) if r.name in self.costs}
-        minimum = {r.name: get_kind(r.kind).min_keep for r in gates(model) if r.name in self.costs}
-        kept = {n: int((w != 0).sum()) for n, w in refs.items()}
-        live = sorted((float(w[i].abs()), n, i) for n, w in refs.items() for i in range(w.numel()) if w[i] != 0)
-        for _, n, i in live[:tries]:
+        for n, i in self._removal_order(model, fine_only=False)[:tries]:
             if cost <= hi:
                 break
-            if kept[n] > minimum[n]:
-                refs[n][i], kept[n] = 0.0, kept[n] - 1
-                cost = self.exact(model)
-        zero = sorted((-int(self.last_nonzero[n][i]), n, i) for n, w in refs.items() for i in range(w.numel())
-                      if w[i] == 0)  # fmt: skip
-        for _, n, i in zero[:tries] if cost < lo else []:
-            w = refs[n]
-            w[i] = float(w[w > 0].min()) if bool((w > 0).any()) else 1e-3
+            refs[n][i] = 0.0
+            cost = self.exact(model)
+        for n, i in self._return_order(model, fine_only=False)[:tries] if cost < lo else []:
+            refs[n][i] = self._brought_back(refs[n])
             trial = self.exact(model)
             if trial > hi:
-                w[i] = 0.0
+                refs[n][i] = 0.0
             else:
                 cost = trial
             if cost >= lo:
@@ -241,21 +257,12 @@ class BudgetController:
         too cheap, the most recently zeroed come back. Either way the cost is monotone in the
         number moved, so the search ends in the band, or where one structure jumps over it, on
         the cheaper side."""
-        refs = {r.name: r for r in gates(model) if r.name in self.costs and get_kind(r.kind).min_keep > 0}
-        weights = {n: r.weight.view(-1) for n, r in refs.items()}
+        weights = {r.name: r.weight.view(-1) for r in gates(model) if r.name in self.costs}
         saved = {n: w.clone() for n, w in weights.items()}
         if cost > hi:
-            kept = {n: int((w != 0).sum()) for n, w in weights.items()}
-            order = []
-            for _, n, i in sorted((float(w[i].abs()), n, i) for n, w in saved.items() for i in range(w.numel())
-                                  if w[i] != 0):  # fmt: skip
-                if kept[n] > get_kind(refs[n].kind).min_keep:
-                    kept[n] -= 1
-                    order.append((n, i, 0.0))
+            order = [(n, i, 0.0) for n, i in self._removal_order(model, fine_only=True)]
         else:
-            back = {n: float(w[w > 0].min()) if bool((w > 0).any()) else 1e-3 for n, w in saved.items()}
-            order = [(n, i, back[n]) for _, n, i in sorted((-int(self.last_nonzero[n][i]), n, i)
-                     for n, w in saved.items() for i in range(w.numel()) if w[i] == 0)]  # fmt: skip
+            order = [(n, i, self._brought_back(saved[n])) for n, i in self._return_order(model, fine_only=True)]
 
         def apply(k: int) -> float:
             for n, w in weights.items():
@@ -264,13 +271,11 @@ class BudgetController:
                 weights[n][i] = value
             return self.exact(model)
 
-        def done(c: float) -> bool:  # monotone in k: the cost falls (zeroing) or rises (bringing back)
-            return c <= hi if cost > hi else c >= lo
-
         a, b = 0, len(order)
-        while a < b:
+        while a < b:  # the cost is monotone in k: it falls (zeroing) or rises (bringing back)
             mid = (a + b) // 2
-            a, b = (a, mid) if done(apply(mid)) else (mid + 1, b)
+            c = apply(mid)
+            a, b = (a, mid) if (c <= hi if cost > hi else c >= lo) else (mid + 1, b)
         landed = apply(a)
         return apply(a - 1) if cost < lo and landed > hi and a > 0 else landed  # one step too far: stay under
 
@@ -307,7 +312,7 @@ class BudgetController:
         live = sorted((float(w[i].abs()), n, i) for n, w in values.items() for i in range(w.numel()) if w[i] != 0)
         order = [(n, i) for _, n, i in zero] + [(n, i) for _, n, i in live]
         coarse, fine = [x for x in order if coarse_gate[x[0]]], [x for x in order if not coarse_gate[x[0]]]
-        back = {n: float(w[w > 0].min()) if bool((w > 0).any()) else 1e-3 for n, w in values.items()}
+        back = {n: self._brought_back(w) for n, w in values.items()}
 
         def apply(removed: list[tuple[str, int]]) -> float:
             for n, w in refs.items():  # brought back: the gate's smallest live value
