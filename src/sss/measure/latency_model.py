@@ -26,7 +26,7 @@ from torch import nn
 
 from sss.measure.count import count
 from sss.measure.latency import compare_latency
-from sss.structures.gate import gates
+from sss.structures.gate import factors_restored, gates
 from sss.structures.registry import get_kind
 from sss.surgery.prune import prune
 
@@ -104,9 +104,8 @@ def calibrate_latency(
     refs = gates(model)
     if not refs:
         raise ValueError("calibrate_latency needs a gated model (sss.attach): it times pruned variants of it")
-    saved = [r.weight.detach().clone() for r in refs]
     archs: list[nn.Module] = [prune(model)]
-    try:
+    with factors_restored(model):
         for k in range(variants):
             share = 0.9 * (k + 1) / variants
             for r in refs:
@@ -119,9 +118,6 @@ def calibrate_latency(
                 else:
                     w[rng.sample(range(n), min(n - 1, round(share * n)))] = 0.0
             archs.append(prune(model))
-    finally:
-        for r, w in zip(refs, saved, strict=True):
-            r.weight.copy_(w)
     archs = [copy.deepcopy(a).to(memory_format=torch.contiguous_format) for a in archs]
     timed = compare_latency({str(i): a for i, a in enumerate(archs)}, tuple(example.shape[1:]), (batch,),
                             rounds=rounds, min_run_time=0.1, device=device)  # fmt: skip

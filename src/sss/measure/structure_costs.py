@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from sss.measure.count import count
-from sss.structures.gate import gates
+from sss.structures.gate import factors_restored, gates
 from sss.structures.registry import get_kind
 from sss.surgery.prune import prune
 
@@ -38,25 +38,16 @@ def structure_costs(
         def cost(compact: nn.Module) -> float:
             return count(compact, example_inputs)[which]
 
-    refs = gates(model)
-    saved = [r.weight.detach().clone() for r in refs]
     costs = {}
-    try:  # the costs of the full architecture: every other factor non-zero while one gate is zeroed
-        with torch.no_grad():
-            for r in refs:
-                r.weight.fill_(1.0)
+    with factors_restored(model) as refs:  # the full architecture: every other factor 1 while one gate is zeroed
+        for r in refs:
+            r.weight.fill_(1.0)
         full = cost(prune(model))
         for ref in refs:
-            with torch.no_grad():
-                ref.weight.zero_()
+            ref.weight.zero_()
             removed = ref.weight.numel() - get_kind(ref.kind).min_keep  # e.g. a layer keeps one channel
             costs[ref.name] = (full - cost(prune(model))) / max(1, removed)
-            with torch.no_grad():
-                ref.weight.fill_(1.0)
-    finally:
-        with torch.no_grad():
-            for r, w in zip(refs, saved, strict=True):
-                r.weight.copy_(w)
+            ref.weight.fill_(1.0)
     return costs
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,6 +96,21 @@ class GateRef:
 def gates(model: nn.Module) -> list[GateRef]:
     """Lists every scaling factor of ``model`` in module order."""
     return [GateRef(name, m.kind, m) for name, m in model.named_modules() if isinstance(m, Gate)]
+
+
+@contextmanager
+def factors_restored(model: nn.Module) -> Iterator[list[GateRef]]:
+    """Yields the model's gates to change at will (gradients off): every factor gets its value
+    back on exit, so that a pattern can be tried, pruned and counted without touching the run."""
+    refs = gates(model)
+    saved = [r.weight.detach().clone() for r in refs]
+    try:
+        with torch.no_grad():
+            yield refs
+    finally:
+        with torch.no_grad():
+            for r, w in zip(refs, saved, strict=True):
+                r.weight.copy_(w)
 
 
 def factor_parameters(model: nn.Module) -> Iterator[nn.Parameter]:

@@ -29,6 +29,7 @@ from sss.measure import count, structure_costs
 from sss.measure.latency import device_name
 from sss.measure.latency_model import LatencyModel, calibrate_latency
 from sss.structures import gates
+from sss.structures.gate import factors_restored
 from sss.structures.paths import under
 from sss.structures.registry import get_kind
 from sss.surgery import prune
@@ -69,14 +70,13 @@ def is_relative(target: float | str | None) -> bool:
     return isinstance(target, str) and target.strip().lower().endswith("x")
 
 
-@torch.no_grad()
 def dense_architecture(model: nn.Module) -> nn.Module:
-    """The plain model with every structure kept (a copy: ``model`` is unchanged), the reference
-    a relative latency target is timed against."""
-    dense = copy.deepcopy(model)
-    for ref in gates(dense):
-        ref.weight.fill_(1.0)
-    return prune(dense).to(memory_format=torch.contiguous_format)
+    """The plain model with every structure kept (``model`` is unchanged), the reference a
+    relative latency target is timed against."""
+    with factors_restored(model) as refs:
+        for ref in refs:
+            ref.weight.fill_(1.0)
+        return copy.deepcopy(prune(model)).to(memory_format=torch.contiguous_format)
 
 
 class BudgetController:
@@ -115,17 +115,10 @@ class BudgetController:
         return f"{value:.2f} ms (predicted)" if self.metric == "latency" else f"{value / 1e6:.2f}M {self.metric}"
 
     def _exact_all_zero(self, model: nn.Module) -> float:
-        refs = gates(model)
-        saved = [r.weight.detach().clone() for r in refs]
-        with torch.no_grad():
+        with factors_restored(model) as refs:
             for r in refs:
                 r.weight.zero_()
-        try:
             return self.exact(model)
-        finally:
-            with torch.no_grad():
-                for r, w in zip(refs, saved, strict=True):
-                    r.weight.copy_(w)
 
     def exact(self, model: nn.Module) -> float:
         """The cost of the model that pruning ``model`` now gives."""
