@@ -19,6 +19,7 @@ from sss.structures.paths import under
 from sss.structures.registry import Discovery, Edit, Removal, StructureKind, register_kind
 from sss.structures.residual import ResidualBlock
 from sss.structures.traced_blocks import compact_traced_block, gate_block, is_traced_block, removed_traced_block
+from sss.structures.tracing import shared_modules
 
 
 def replace_blocks(model: nn.Module, replacement: dict[str, nn.Module | None]) -> None:
@@ -54,8 +55,7 @@ class BlockKind(StructureKind):
     name = "block"
     order = 30
     min_keep = 0
-    needs_example = False
-    check_exactness = False  # the removed form is the block's own shortcut path: exact by construction
+    needs_example = False  # the zoo's ResidualBlocks declare their removed form; traced blocks need one
     ops = ("remove_block",)
     not_found = (
         "residual block to gate: a block is a submodule whose forward adds a branch ending in a "
@@ -66,25 +66,36 @@ class BlockKind(StructureKind):
     def find(
         self, model: nn.Module, example_inputs: torch.Tensor | None, ignore: Sequence[str], discovery: Discovery
     ) -> tuple[list[str], list[str]]:
-        """Blocks top-down: a module that is a block is not searched inside."""
+        """Blocks top-down: a module that is a block is not searched inside. A block holding a
+        module that also stands elsewhere (one BatchNorm in two blocks) is refused: its factor
+        would be folded into the other place too."""
         ref = next(iter(model.parameters()))
         found, skipped, done = [], [], list(ignore)
+        shared = {path: paths for paths in shared_modules(model).values() for path in paths}
         for name, module in model.named_modules():
             if not name or under(name, done):
                 continue
-            if isinstance(module, ResidualBlock):
-                found.append(name)
-                done.append(name)
-                continue
-            if isinstance(module, ChannelGated | nn.Sequential | nn.ModuleList) or not any(module.children()):
-                continue
-            gated = gate_block(module, ref.device, ref.dtype)
-            if isinstance(gated, str):
-                if not gated.startswith("it has "):  # not a residual block at all, or a container of blocks
-                    skipped.append(f"{name}: {gated}")
-                continue
-            found.append(name)
+            if not isinstance(module, ResidualBlock):
+                if isinstance(module, ChannelGated | nn.Sequential | nn.ModuleList) or not any(module.children()):
+                    continue
+                gated = gate_block(module, ref.device, ref.dtype)
+                if isinstance(gated, str):
+                    if not gated.startswith("it has "):  # not a residual block at all, or a container of blocks
+                        skipped.append(f"{name}: {gated}")
+                    continue
             done.append(name)
+            inside = [p for p in shared if under(p, [name])]
+            if inside:
+                others = [o for o in shared[inside[0]] if o != inside[0]]
+                skipped.append(f"{name}: its {inside[0]} is the same module as {others[0]}; a block's factor folds "
+                               "into its own layers, so give each block modules of its own")  # fmt: skip
+                continue
+            if example_inputs is None and not isinstance(module, ResidualBlock):
+                raise ValueError(
+                    f"{name} is a residual block found by tracing; block factors on such blocks need "
+                    "example_inputs (one input batch), so that removing each block is checked to be exact"
+                )
+            found.append(name)
         return found, skipped
 
     def gate(self, model: nn.Module, candidates: Sequence[str]) -> None:

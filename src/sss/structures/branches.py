@@ -20,13 +20,11 @@ import torch
 import torch_pruning as tp
 from torch import fx, nn
 
-from sss.structures.channels import LAYERS, LayerSlice, describe, out_width
+from sss.structures.channels import LayerSlice, describe
 from sss.structures.gate import Gate, fold_output_scale
 from sss.structures.paths import under
 from sss.structures.registry import Discovery, Edit, Removal, StructureKind, register_kind
-from sss.structures.traced_blocks import ancestors, trace_module
-
-_AFFINE = (nn.BatchNorm1d, nn.BatchNorm2d, *LAYERS)
+from sss.structures.tracing import AFFINE, LAYERS, ancestors, eliminate_dead_code, out_width, trace_module
 
 
 class BranchGate(Gate):
@@ -54,7 +52,7 @@ def _last_affine(node: fx.Node, modules: dict[str, nn.Module]) -> fx.Node | None
         node.op == "call_function" and node.target in (torch.relu, nn.functional.relu)
     ):
         node = node.args[0]
-    return node if node.op == "call_module" and isinstance(modules[node.target], _AFFINE) else None
+    return node if node.op == "call_module" and isinstance(modules[node.target], AFFINE) else None
 
 
 def _describe_module(model, path, module, graph, names, calls) -> tuple[list[str], list[list[LayerSlice]]] | str:
@@ -109,9 +107,7 @@ def drop_branches(gm: fx.GraphModule, removed: set[int]) -> fx.GraphModule:
     cat, tensors = _concat(gm)
     plain = [t.args[0] if t.op == "call_function" and t.target is operator.mul else t for t in tensors]
     cat.args = ([t for i, t in enumerate(plain) if i not in removed], *cat.args[1:])
-    gm.graph.eliminate_dead_code()
-    gm.delete_all_unused_submodules()
-    gm.recompile()
+    eliminate_dead_code(gm)
     return gm
 
 

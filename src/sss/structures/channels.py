@@ -31,9 +31,7 @@ from sss.errors import UnsupportedModelError
 from sss.structures.gate import ChannelGated, Gate
 from sss.structures.paths import under
 from sss.structures.registry import Discovery, Removal, StructureKind, register_kind
-
-_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
-LAYERS = (nn.Conv1d, nn.Conv2d, nn.Linear)
+from sss.structures.tracing import LAYERS, NORMS, in_width, out_width
 
 
 @dataclass(frozen=True)
@@ -68,37 +66,6 @@ def is_grouped(m: nn.Module) -> bool:
     return isinstance(m, nn.Conv1d | nn.Conv2d) and m.groups > 1 and not _is_depthwise(m)
 
 
-def build_graph(model: nn.Module, example_inputs: torch.Tensor) -> tp.DependencyGraph:
-    """Torch-Pruning's dependency graph of ``model`` (traced in eval mode, so BN statistics stay)."""
-    was_training = model.training
-    try:
-        return tp.DependencyGraph().build_dependency(model.eval(), example_inputs=example_inputs)
-    except Exception as e:
-        raise UnsupportedModelError(
-            f"cannot trace {type(model).__name__} on the example input ({type(e).__name__}: {e}); channel "
-            "factors need a forward that runs on example_inputs; exclude the failing submodule with ignore=[...] "
-            "or use structures=('block',)"
-        ) from e
-    finally:
-        model.train(was_training)
-
-
-def call_counts(model: nn.Module, example_inputs: torch.Tensor) -> dict[nn.Module, int]:
-    """How many times each conv/linear/BN runs in one forward (a shared layer's width is not free)."""
-    counts: dict[nn.Module, int] = {}
-    hooks = [m.register_forward_hook(lambda m, i, o: counts.__setitem__(m, counts.get(m, 0) + 1))
-             for m in model.modules() if isinstance(m, LAYERS + _NORMS)]  # fmt: skip
-    was_training = model.training
-    try:
-        with torch.no_grad():
-            model.eval()(example_inputs)
-    finally:
-        model.train(was_training)
-        for h in hooks:
-            h.remove()
-    return counts
-
-
 def describe(
     graph: tp.DependencyGraph, group, names: dict[nn.Module, str], calls, grouped_ok: nn.Module | None = None
 ) -> ChannelGroup | str:
@@ -116,24 +83,24 @@ def describe(
         if module not in names:
             continue  # Torch-Pruning's own nodes for ReLU, add, concat, flatten: nothing to cut
         path = names[module]
-        if not isinstance(module, LAYERS + _NORMS):
+        if not isinstance(module, LAYERS + NORMS):
             return f"it includes {path} ({type(module).__name__}), whose channels cannot be cut exactly"
         if is_grouped(module) and module is not grouped_ok:
             return f"its channels belong to groups of the grouped conv {path} (use structures=('group',))"
         if calls.get(module, 0) > 1:
             return f"{path} is used {calls[module]} times in forward"
-        if isinstance(module, _NORMS) or _is_depthwise(module):
+        if isinstance(module, NORMS) or _is_depthwise(module):
             role = "out"  # one cut covers both sides
         index = slices.setdefault((path, role), [[] for _ in range(channels)])
         for idx, root_idx in zip(item.idxs, item.root_idxs, strict=True):
             if idx not in index[root_idx]:
                 index[root_idx].append(idx)
-        limit = out_width(module) if role == "out" else module.weight.shape[1] * getattr(module, "groups", 1)
+        limit = out_width(module) if role == "out" else in_width(module)
         if max(item.idxs) >= limit:
             return f"the traced channel mapping does not fit {path} (channels padded or reshaped on the way)"
         if role == "out" and isinstance(module, LAYERS):
             users = graph.module2node[module].outputs
-            if len(users) == 1 and isinstance(users[0].module, _NORMS) and users[0].module in names:
+            if len(users) == 1 and isinstance(users[0].module, NORMS) and users[0].module in names:
                 norms_after[path] = names[users[0].module]
     all_slices = [LayerSlice(p, r, tuple(tuple(ix) for ix in index)) for (p, r), index in slices.items()]
     gated = [s for s in all_slices if s.role == "out" and s.path not in norms_after]
@@ -142,11 +109,6 @@ def describe(
     root_out = norms_after.get(names[root], names[root])
     gated.sort(key=lambda s: s.path != root_out)
     return ChannelGroup(name=names[root], channels=channels, gated=tuple(gated), slices=tuple(all_slices))
-
-
-def out_width(m: nn.Module) -> int:
-    """Output channels of a conv/linear layer, or features of a norm."""
-    return m.num_features if isinstance(m, _NORMS) else m.out_features if isinstance(m, nn.Linear) else m.out_channels
 
 
 def wrap(model: nn.Module, group: ChannelGroup) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,11 +16,9 @@ from sss.errors import UnsupportedModelError
 from sss.structures.gate import Gate
 from sss.structures.paths import under
 from sss.structures.registry import Discovery, StructureKind, get_kind
-from sss.structures.traced_blocks import Tracer
+from sss.structures.tracing import NORMS, Tracer, trace_graph
 
 logger = logging.getLogger("sss")
-
-_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 
 @dataclass
@@ -78,9 +77,10 @@ def find_structures(
         found, skipped = kind.find(model, example_inputs, ignore, discovery)
         if found and kind.check_exactness and example_inputs is not None:
             found, failed = exact_subset(model, kind, found, example_inputs)
-            skipped += [f"{kind.label(c)}: removing its {kind.name} structures changes the output (an op on the "
-                        "way does not keep zeros or moves channels: sigmoid, a constant add, padding)"
-                        for c in failed]  # fmt: skip
+            skipped += [f"{kind.label(c)}: removing its {kind.name} structures changes the output on the example "
+                        "and a random input (an op on the way does not keep zeros or moves channels: sigmoid, a "
+                        "constant add, padding; a buffer or parameter read by width; or an in-place op that "
+                        "writes into a tensor the removal keeps)" for c in failed]  # fmt: skip
         report.structures[name] = found
         report.skipped += skipped
     return report
@@ -98,7 +98,7 @@ class _IgnoringTracer(Tracer):
 
 
 def _trace(module: nn.Module, ignore: Sequence[str]) -> fx.Graph:
-    return _IgnoringTracer(ignore).trace(module)
+    return trace_graph(module, _IgnoringTracer(ignore))
 
 
 def _graph_shape(module: nn.Module, training: bool, ignore: Sequence[str]) -> list[tuple[str, str]]:
@@ -109,7 +109,8 @@ def _graph_shape(module: nn.Module, training: bool, ignore: Sequence[str]) -> li
         graph = _trace(module.train(training), ignore)
     finally:
         module.train(was_training)
-    return [(n.op, str(n.target)) for n in graph.nodes]
+    # A plain tensor attribute becomes a fresh `_tensor_constantN` in each trace: same graph.
+    return [(n.op, re.sub(r"^_tensor_constant\d+$", "_tensor_constant", str(n.target))) for n in graph.nodes]
 
 
 def _culprit(model: nn.Module, fails, ignore: Sequence[str]) -> str | None:
@@ -173,34 +174,68 @@ def exact_subset(
 ) -> tuple[list[Any], list[Any]]:
     """Splits ``candidates`` into those whose removal keeps the outputs and those whose removal
     does not: all at once first (one copy), then one at a time to find the culprits."""
-    if _removes_exactly(model, kind, candidates, example_inputs):
+    inputs = _probe_inputs(example_inputs)
+    if _removes_exactly(model, kind, candidates, inputs):
         return candidates, []
     exact, failed = [], []
     for c in candidates:
-        (exact if _removes_exactly(model, kind, [c], example_inputs) else failed).append(c)
+        (exact if _removes_exactly(model, kind, [c], inputs) else failed).append(c)
     return exact, failed
 
 
-def _removes_exactly(model: nn.Module, kind: StructureKind, candidates: list[Any], example_inputs) -> bool:
-    """Gates ``candidates`` in a copy, zeroes every other factor (the rest 0.75) and checks that
-    pruning keeps the outputs (to 1e-4 relative) with random BN statistics."""
+def _probe_inputs(example_inputs: torch.Tensor) -> list[torch.Tensor]:
+    """The example and, for float inputs, a signed random batch of its shape: an example of
+    zeros (what the trainer traces with) would not exercise ops such as ``relu_(x)``."""
+    if not example_inputs.is_floating_point():
+        return [example_inputs]
+    gen = torch.Generator().manual_seed(0)
+    noise = torch.randn(example_inputs.shape, generator=gen).to(example_inputs)
+    return [example_inputs, noise]
+
+
+def _randomise_state(model: nn.Module, gen: torch.Generator) -> None:
+    """Gives BN statistics and every constant tensor (a buffer or parameter of all ones or
+    zeros, as at initialisation) random values: training moves them, and a removal that is
+    exact only for the initial values (a per-channel buffer read by width) must be caught."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, Gate):
+                continue
+            if isinstance(m, NORMS) and m.affine and m.track_running_stats:
+                m.running_mean.uniform_(-0.5, 0.5, generator=gen)
+                m.running_var.uniform_(0.5, 2.0, generator=gen)
+                m.bias.uniform_(-0.3, 0.3, generator=gen)
+            for t in [*m.parameters(recurse=False), *m.buffers(recurse=False)]:
+                if t.is_floating_point() and t.numel() > 1 and bool((t == t.view(-1)[0]).all()):
+                    t.uniform_(0.5, 1.5, generator=gen)
+
+
+def _removes_exactly(model: nn.Module, kind: StructureKind, candidates: list[Any], inputs: list[torch.Tensor]) -> bool:
+    """Gates ``candidates`` in a copy with random state and checks, for two factor patterns
+    (every other factor zero, the rest 0.75; then the other half zero), that pruning keeps
+    the outputs (to 1e-4 relative) on every probe input: removal and folding both checked."""
     from sss.surgery.prune import prune
 
-    trial = copy.deepcopy(model).eval()
-    gen = torch.Generator().manual_seed(0)
-    try:
-        kind.gate(trial, candidates)
-        with torch.no_grad():
-            for m in trial.modules():
-                if isinstance(m, Gate) and m.kind == kind.name:
-                    m.weight.fill_(0.75)[::2] = 0.0
-                elif isinstance(m, _NORMS) and m.affine and m.track_running_stats:
-                    m.running_mean.uniform_(-0.5, 0.5, generator=gen)
-                    m.running_var.uniform_(0.5, 2.0, generator=gen)
-                    m.bias.uniform_(-0.3, 0.3, generator=gen)
-            expected = trial(example_inputs)
-            actual = prune(trial)(example_inputs)
-    except Exception:
-        return False
-    scale = float(expected.abs().max()) or 1.0
-    return actual.shape == expected.shape and float((actual - expected).abs().max()) <= 1e-4 * scale
+    for zero_first in (True, False):
+        trial = copy.deepcopy(model).eval()
+        try:
+            kind.gate(trial, candidates)
+            _randomise_state(trial, torch.Generator().manual_seed(0))
+            with torch.no_grad():
+                position = 0
+                for m in trial.modules():
+                    if isinstance(m, Gate) and m.kind == kind.name:
+                        flat = m.weight.view(-1).fill_(0.75)
+                        start = (position + (0 if zero_first else 1)) % 2
+                        flat[start::2] = 0.0
+                        position += flat.numel()
+                expected = [trial(x.clone()) for x in inputs]  # clones: the model may write into x
+                compact = prune(trial)
+                actual = [compact(x.clone()) for x in inputs]
+        except Exception:
+            return False
+        for a, e in zip(actual, expected, strict=True):
+            scale = float(e.abs().max()) or 1.0
+            if a.shape != e.shape or float((a - e).abs().max()) > 1e-4 * scale:
+                return False
+    return True

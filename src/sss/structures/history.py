@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from sss.structures.registry import Edit, kind_of_op
+from sss.structures.tracing import role_width
 
 ATTR = "sss_history"
 
@@ -40,16 +41,6 @@ def input_shape(model: nn.Module) -> list[int] | None:
     """The shape of one example input (without batch) given to the last ``attach``, if any."""
     shapes = [e["input_shape"] for e in history(model) if e["op"] == "attach" and e.get("input_shape")]
     return shapes[-1] if shapes else None
-
-
-def role_width(module: nn.Module, role: str) -> int:
-    """How many indices a ``cut`` of ``role`` numbers in ``module``: output channels (``out``,
-    ``groups``) or input channels (``in``)."""
-    from sss.structures.channels import out_width
-
-    if role == "in":
-        return module.in_features if isinstance(module, nn.Linear) else module.weight.shape[1] * module.groups
-    return out_width(module)
 
 
 def replay(model: nn.Module, edits: list[Edit]) -> nn.Module:

@@ -17,38 +17,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from sss.structures.tracing import Discovery
+
 #: One entry of a model's edit history: ``{"op": name, ...fields}``, plain JSON.
 Edit = dict[str, Any]
-
-
-class Discovery:
-    """What several kinds need to trace once per ``attach``: Torch-Pruning's dependency graph,
-    module names and call counts of the plain model, built on first use."""
-
-    def __init__(self, model: nn.Module, example_inputs: torch.Tensor | None) -> None:
-        self.model, self.example_inputs = model, example_inputs
-
-    @cached_property
-    def graph(self):
-        from sss.structures.channels import build_graph
-
-        return build_graph(self.model, self.example_inputs)
-
-    @cached_property
-    def names(self) -> dict[nn.Module, str]:
-        return {m: n for n, m in self.model.named_modules()}
-
-    @cached_property
-    def calls(self) -> dict[nn.Module, int]:
-        from sss.structures.channels import call_counts
-
-        return call_counts(self.model, self.example_inputs)
 
 
 @dataclass

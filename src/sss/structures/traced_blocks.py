@@ -13,37 +13,10 @@ after the sum (a final ReLU), exactly. Otherwise λ is folded into the branch's 
 
 from __future__ import annotations
 
-import operator
-
-import torch
 from torch import fx, nn
 
 from sss.structures.gate import ChannelGated, Gate, fold_output_scale
-
-_ADDS = (operator.add, operator.iadd, torch.add)
-_AFFINE = (nn.BatchNorm1d, nn.BatchNorm2d, nn.Conv1d, nn.Conv2d, nn.Linear)
-
-
-class Tracer(fx.Tracer):
-    """Keeps sss wrappers (and torch.nn layers) as leaves, so their parameters stay modules."""
-
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, ChannelGated | Gate) or super().is_leaf_module(m, qualname)
-
-
-def trace_module(module: nn.Module) -> fx.GraphModule:
-    """``module`` as a ``GraphModule`` traced with :class:`Tracer` (submodule paths preserved)."""
-    return fx.GraphModule(module, Tracer().trace(module), type(module).__name__)
-
-
-def ancestors(node: fx.Node) -> set[fx.Node]:
-    seen, stack = set(), [node]
-    while stack:
-        for arg in stack.pop().all_input_nodes:
-            if arg not in seen:
-                seen.add(arg)
-                stack.append(arg)
-    return seen
+from sss.structures.tracing import ADDS, AFFINE, ancestors, eliminate_dead_code, trace_module
 
 
 def _residual_add(gm: fx.GraphModule) -> fx.Node | str:
@@ -55,7 +28,7 @@ def _residual_add(gm: fx.GraphModule) -> fx.Node | str:
     modules = dict(gm.named_modules())
     found = []
     for node in gm.graph.nodes:
-        if node.op != "call_function" or node.target not in _ADDS or len(node.args) != 2:
+        if node.op != "call_function" or node.target not in ADDS or len(node.args) != 2:
             continue
         a, b = node.args
         if not (isinstance(a, fx.Node) and isinstance(b, fx.Node)):
@@ -73,7 +46,7 @@ def _residual_add(gm: fx.GraphModule) -> fx.Node | str:
     node, branch, shortcut = found[0]
     last = modules.get(branch.target) if branch.op == "call_module" else None
     last = last.inner if isinstance(last, ChannelGated) else last
-    if not isinstance(last, _AFFINE):
+    if not isinstance(last, AFFINE):
         return f"its branch ends in {branch.format_node()}, not a BatchNorm/conv/linear layer to fold λ into"
     node.args = (branch, shortcut)
     return node
@@ -114,7 +87,7 @@ def compact_traced_block(gm: fx.GraphModule, threshold: float = 0.0) -> fx.Graph
         return _drop_branch(gm, next(iter(gate_node.users)), gate_node)
     fold_output_scale(gm.get_submodule(branch.target), lam)
     gate_node.replace_all_uses_with(branch)
-    gm.graph.eliminate_dead_code()
+    gm.graph.erase_node(gate_node)  # nothing else changes: no dead-code pass over the user's ops
     gm.delete_all_unused_submodules()
     gm.recompile()
     return gm
@@ -125,9 +98,7 @@ def _drop_branch(gm: fx.GraphModule, add: fx.Node, branch: fx.Node) -> fx.GraphM
     shortcut = add.args[1] if add.args[0] is branch else add.args[0]
     add.replace_all_uses_with(shortcut)
     gm.graph.erase_node(add)
-    gm.graph.eliminate_dead_code()
-    gm.delete_all_unused_submodules()
-    gm.recompile()
+    eliminate_dead_code(gm)  # keeps in-place ops whose write is still read (a shortcut's x.mul_())
     return gm
 
 

@@ -10,8 +10,9 @@ from torch import nn
 
 from sss.structures.channels import cut_slices
 from sss.structures.gate import gates, unwrap_gated_layers
-from sss.structures.history import record, role_width
+from sss.structures.history import record
 from sss.structures.registry import Edit, Removal, get_kind, kind_names
+from sss.structures.tracing import role_width
 
 
 def prune(
