@@ -39,6 +39,7 @@ from sss.data import ArrayDataset
 from sss.gal import GALConfig, GALTrainer
 from sss.structures.gate import ChannelGated
 from sss.train import TrainConfig, Trainer
+from sss.train.callbacks import Callback
 
 #: The benchmark's schedule: the demo's recipe on a smaller split (10k images to train, 2k held
 #: out) and 6 epochs: one run takes 1-4 minutes on a 2-core CPU (the full grid, 54 runs, about 2 hours);
@@ -69,10 +70,22 @@ class PeerTrainer(Trainer):
                     m.weight.grad.add_(torch.sign(m.weight.detach()), alpha=SLIM_REG)
         self.weights_opt.step()
 
-    def _land_budget(self) -> None:
-        if not self.frozen:
-            cut = cut_to_target(self.model, self.example, self.cfg.target_macs, scores(self.model, self.criterion))
-            self.log(f"{self.criterion}: cut to {cut:.1%} of the dense MACs")
+    def __init__(self, cfg, **kwargs) -> None:
+        super().__init__(cfg, callbacks=[PeerCut(self.criterion)], **kwargs)
+
+
+class PeerCut(Callback):
+    """The peer's one-shot cut where the selection ends: its criterion's lowest channels go."""
+
+    name = "peer_cut"
+
+    def __init__(self, criterion: str) -> None:
+        self.criterion = criterion
+
+    def on_selection_end(self, trainer) -> None:
+        cut = cut_to_target(trainer.model, trainer.example, trainer.cfg.target_macs,
+                            scores(trainer.model, self.criterion))  # fmt: skip
+        trainer.log(f"{self.criterion}: cut to {cut:.1%} of the dense MACs")
 
 
 @torch.no_grad()

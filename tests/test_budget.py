@@ -11,7 +11,9 @@ import torch
 import sss
 from conftest import synthetic_dataset
 from sss.train import TrainConfig, Trainer, load_config
-from sss.train.budget import BudgetController, parse_budget
+from sss.train.budget import BudgetController
+from sss.train.landing import land_fine
+from sss.train.targets import parse_budget
 
 
 def _cfg(tmp_path, **kw):
@@ -49,7 +51,7 @@ def test_the_selection_lands_within_two_percent_exactly(tmp_path, key, target):
 
 def test_an_unreachable_target_is_refused_before_training(tmp_path):
     with pytest.raises(ValueError, match=r"below what this model can reach: with every factor zero it keeps"):
-        Trainer(_cfg(tmp_path, target_macs="100"), train_data=synthetic_dataset(128), progress=False)
+        Trainer(_cfg(tmp_path, target_macs="1k"), train_data=synthetic_dataset(128), progress=False)
 
 
 def test_target_config_errors():
@@ -85,7 +87,7 @@ def test_the_exact_fallback_lands_fine_structures_and_keeps_the_blocks(start):
     lo, hi = budget.target * 0.98, budget.target * 1.02
     cost = budget.exact(model)
     assert (cost > hi) if start == "too_expensive" else (cost < lo)
-    landed = budget._land_fine(model, lo, hi, cost)
+    landed = land_fine(budget, model, lo, hi, cost)
     assert lo <= landed <= hi and landed == budget.exact(model)
     assert [int(r.num_zero) for r in sss.gates(model) if r.kind == "block"] == [0, 1] + [0] * (len(blocks) - 2)
 

@@ -14,7 +14,8 @@ import sss
 from conftest import synthetic_dataset
 from sss.measure.latency_model import LatencyModel, architecture_features, calibrate_latency
 from sss.train import TrainConfig, Trainer, load_config
-from sss.train.budget import LATENCY_NOISE, BudgetController, is_relative, parse_latency_target
+from sss.train.budget import BudgetController
+from sss.train.targets import LATENCY_NOISE, is_relative, parse_latency_target
 
 X = torch.zeros(1, 1, 12, 12)
 
@@ -126,7 +127,7 @@ def test_a_latency_target_run_times_its_compact_model(tmp_path, relative):
     # A load on the machine may shift any timing: the plumbing is what is tested here.
     run_cfg = dataclasses.replace(cfg, target_latency="0.85x" if relative else 0.85 * dense_ms, allow_collapse=True)
     trainer = Trainer(run_cfg, train_data=synthetic_dataset(384), log=lines.append, progress=False)
-    target = trainer.budget.target
+    target = next(c for c in trainer.callbacks if c.name == "budget").controller.target
     result = trainer.fit()
     assert any(line.startswith("latency model at batch 1") for line in lines)
     measured = [float(line.split("measured ")[1].split()[0]) for line in lines if "budget: measured" in line]

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import sss
-from sss.optim import soft_threshold, weight_param_groups
+from sss.optim import weight_param_groups
 
 
 def _apg_reference(w, grads, lr, gamma, mu, nonneg=True):
@@ -79,9 +79,12 @@ def test_ista_really_updates():
     assert p.tolist() == pytest.approx([0.9, 0.0])
 
 
-def test_soft_threshold():
-    z = torch.tensor([-2.0, -0.5, 0.0, 0.3, 1.5])
-    assert soft_threshold(z, 0.5).tolist() == [-1.5, 0.0, 0.0, 0.0, 1.0]
+def test_apg_prox_is_the_soft_threshold():
+    p = torch.nn.Parameter(torch.tensor([-2.0, -0.5, 0.0, 0.3, 1.5]))
+    opt = sss.APG([p], lr=1.0, gamma=0.5, momentum=0.0, nonneg=False)
+    p.grad = torch.zeros(5)
+    opt.step()
+    assert p.tolist() == [-1.5, 0.0, 0.0, 0.0, 1.0]
 
 
 def test_l1sgd_subgradient_step():

@@ -27,3 +27,7 @@ class RunFolderError(SSSError, OSError):
 
 class SelectionCollapsedError(SSSError, RuntimeError):
     """The selection removed every path from the input to the output."""
+
+
+class MissingDependencyError(SSSError, ImportError):
+    """An optional package that a feature needs is not installed."""

@@ -5,26 +5,32 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from sss.errors import SSSError
+from sss.train.targets import TARGETS
 
 #: Where and how a run computes: flags of train, gal and finetune (config keys of the same names).
 RUNTIME_KEYS = ("device", "amp", "compile", "workers")
+#: What a run starts from: trained weights, and distillation from them (train and finetune).
+START_KEYS = ("init", "distill")
 
 
-def _overrides(args: argparse.Namespace, keys: tuple[str, ...]) -> list[str]:
-    overrides = list(args.set)
-    targets = ("target_macs", "target_params", "target_latency")
-    if any(getattr(args, t, None) is not None for t in targets):  # a target flag replaces the config's target
-        overrides += [f"{t}=null" for t in targets if t in keys and getattr(args, t, None) is None]
-    for key in keys:
-        if getattr(args, key, None) is not None:
-            overrides.append(f"{key}={getattr(args, key)}")
+def _flag_values(args: argparse.Namespace, keys: tuple[str, ...]) -> dict[str, Any]:
+    """The config values the command's flags set, typed as argparse read them. A target flag
+    replaces the config's target and any other set with ``--set``, and says so."""
+    values: dict[str, Any] = {key: getattr(args, key) for key in keys if getattr(args, key, None) is not None}
+    flagged = [t for t in TARGETS if t in values]
+    set_targets = [o.partition("=")[0] for o in args.set if o.partition("=")[0] in TARGETS]
+    if flagged:
+        values.update({t: None for t in TARGETS if t in keys and t not in flagged})
+        for other in sorted(set(set_targets) - set(flagged)):
+            print(f"note: --{flagged[0].replace('_', '-')} replaces --set {other}=...", file=sys.stderr)
     if getattr(args, "structures", None):
-        overrides.append(f"structures=[{args.structures}]")
-    return overrides
+        values["structures"] = list(_kinds(args.structures))
+    return values
 
 
 def _kinds(text: str) -> tuple[str, ...]:
@@ -52,9 +58,9 @@ def _report(cfg, result) -> None:
 def _cmd_train(args: argparse.Namespace) -> None:
     from sss.train import Trainer, load_config
 
-    keys = ("model", "dataset", "data_dir", "epochs", "gamma", "sparsity", "out_dir", "target_macs", "target_params",
-            "target_latency", "latency_batch", *RUNTIME_KEYS)  # fmt: skip
-    cfg = load_config(args.config, _overrides(args, keys))
+    keys = ("model", "dataset", "data_dir", "epochs", "gamma", "sparsity", "out_dir", *TARGETS, "latency_batch",
+            *START_KEYS, *RUNTIME_KEYS)  # fmt: skip
+    cfg = load_config(args.config, args.set, values=_flag_values(args, keys))
     _report(cfg, Trainer(cfg).fit(resume=args.resume, overwrite=args.overwrite))
 
 
@@ -63,9 +69,9 @@ def _cmd_gal(args: argparse.Namespace) -> None:
     from sss.serialization import load
     from sss.train import load_config
 
-    keys = ("teacher", "dataset", "data_dir", "epochs", "gamma", "mu", "out_dir", "target_macs", "target_params",
-            "target_latency", "latency_batch", *RUNTIME_KEYS)  # fmt: skip
-    cfg = load_config(args.config, _overrides(args, keys), cls=GALConfig)
+    keys = ("teacher", "dataset", "data_dir", "epochs", "gamma", "mu", "out_dir", *TARGETS, "latency_batch",
+            *RUNTIME_KEYS)  # fmt: skip
+    cfg = load_config(args.config, args.set, cls=GALConfig, values=_flag_values(args, keys))
     cfg.model = _zoo_name(load(cfg.teacher), cfg.teacher)
     _report(cfg, GALTrainer(cfg).fit(resume=args.resume, overwrite=args.overwrite))
 
@@ -74,9 +80,16 @@ def _cmd_finetune(args: argparse.Namespace) -> None:
     from sss.serialization import load
     from sss.train import Trainer, load_config
 
-    model = load(args.model)
-    keys = ("dataset", "data_dir", "epochs", "lr", "out_dir", *RUNTIME_KEYS)
-    cfg = load_config(args.config, [f"model={_zoo_name(model, args.model)}", "sparsity=none", *_overrides(args, keys)])
+    keys = ("dataset", "data_dir", "epochs", "lr", "out_dir", *START_KEYS, *RUNTIME_KEYS)
+    if args.saved is None:  # a plain model: --model (zoo or pkg.module:factory) and --init weights
+        if not args.init:
+            raise ValueError("finetune needs a model saved by sss (sss finetune PATH) or --model and --init")
+        cfg = load_config(args.config, args.set, values={"sparsity": "none", **_flag_values(args, ("model", *keys))})
+        _report(cfg, Trainer(cfg).fit(resume=args.resume, overwrite=args.overwrite))
+        return
+    model = load(args.saved)
+    values = {"model": _zoo_name(model, args.saved), "sparsity": "none", **_flag_values(args, keys)}
+    cfg = load_config(args.config, args.set, values=values)
     _report(cfg, Trainer(cfg, model=model.train()).fit(resume=args.resume, overwrite=args.overwrite))
 
 
@@ -87,12 +100,22 @@ def _zoo_name(model: torch.nn.Module, path: str) -> str:
     return spec["name"]
 
 
-def _input_shape(args: argparse.Namespace, model: torch.nn.Module) -> list[int]:
-    """``--input-shape``, else the shape recorded when factors were attached, else 32x32."""
+def _example(args: argparse.Namespace, model: torch.nn.Module) -> torch.Tensor:
+    """One input of ``--input-shape``, else of the shape recorded when factors were attached,
+    else 32x32; ``ValueError`` naming the shape if the model does not run on it."""
     from sss.structures.history import input_shape
 
     spec = getattr(model, "sss_spec", None) or {"kwargs": {}}
-    return args.input_shape or input_shape(model) or [spec["kwargs"].get("in_channels", 3), 32, 32]
+    shape = args.input_shape or input_shape(model) or [spec["kwargs"].get("in_channels", 3), 32, 32]
+    example = torch.zeros(1, *shape)
+    try:
+        with torch.no_grad():
+            model.eval()(example)
+    except RuntimeError as e:
+        recorded = f" (it was attached with {' '.join(map(str, input_shape(model)))})" if input_shape(model) else ""
+        raise ValueError(f"{args.model} does not run on an input of shape {' '.join(map(str, shape))}{recorded}: "
+                         f"{str(e).splitlines()[0]}; pass --input-shape C H W") from None  # fmt: skip
+    return example
 
 
 def _cmd_prune(args: argparse.Namespace) -> None:
@@ -105,11 +128,11 @@ def _cmd_prune(args: argparse.Namespace) -> None:
     model = load(args.model)
     if not gates(model):
         raise SystemExit(f"{args.model} has no scaling factors: nothing to prune (is it already compact?)")
+    example = _example(args, model)
     if args.threshold > 0:
         zero_small_factors(model, args.threshold)
     kinds = _kinds(args.structures) if args.structures else kind_names()
     compact = prune(model, round_to=args.round_to, structures=kinds)
-    example = torch.zeros(1, *_input_shape(args, model))
     (dm, dp), (cm, cp) = count(model, example), count(compact, example)
     save(compact, args.out)
     for warning in collapse_warnings(model):
@@ -138,7 +161,7 @@ def _cmd_export(args: argparse.Namespace) -> None:
     from sss.serialization import export_onnx, load
 
     model = load(args.model)
-    print(f"wrote {export_onnx(model, torch.zeros(1, *_input_shape(args, model)), args.out)}")
+    print(f"wrote {export_onnx(model, _example(args, model), args.out)}")
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
@@ -196,6 +219,20 @@ def _run_folder_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, help="DataLoader processes decoding an image folder (default 0)")
 
 
+def _start_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--init", metavar="PATH", help="start from trained weights: a .safetensors or .pt/.pth state dict, "
+                                                  "or a model saved by sss (--set init_prefix=module. strips a prefix)")
+    p.add_argument("--distill", type=float, metavar="T",
+                   help="distil from the starting model at temperature T (e.g. 4; --set distill_weight=0.5)")
+
+
+def _nonnegative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -211,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML config (see configs/); defaults apply to missing keys")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set epochs=3 --set model_kwargs.shortcut=pad")  # fmt: skip
-    p.add_argument("--model")
+    p.add_argument("--model", help="a zoo name (see `sss models`) or pkg.module:factory (your builder)")
     p.add_argument("--dataset")
     p.add_argument("--data-dir", dest="data_dir")
     p.add_argument("--epochs", type=int)
@@ -220,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--structures", help=_structures_help())
     p.add_argument("--out", dest="out_dir")
     _target_flags(p)
+    _start_flags(p)
     _run_folder_flags(p)
     p.set_defaults(func=_cmd_train)
 
@@ -239,7 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_gal)
 
     p = sub.add_parser("finetune", help="train a saved (compact) model further with cross-entropy")
-    p.add_argument("model", help="a model saved by sss (e.g. runs/gal/compact)")
+    p.add_argument("saved", nargs="?", help="a model saved by sss (e.g. runs/gal/compact); or use --model/--init")
+    p.add_argument("--model", help="with --init: a zoo name or pkg.module:factory to fine-tune")
     p.add_argument("--config", help="YAML config (training keys)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--dataset")
@@ -247,13 +286,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--out", dest="out_dir", default="runs/finetune")
+    _start_flags(p)
     _run_folder_flags(p)
     p.set_defaults(func=_cmd_finetune)
 
     p = sub.add_parser("prune", help="remove the zero-factor structures of a saved gated model")
     p.add_argument("model", help="a model saved by sss (e.g. runs/train/model)")
     p.add_argument("--out", required=True, help="where to save the compact model")
-    p.add_argument("--threshold", type=float, default=0.0, help="treat |λ| <= this as zero (L1-SGD runs)")
+    p.add_argument("--threshold", type=_nonnegative_float, default=0.0, help="treat |λ| <= this as zero (L1-SGD runs)")
     p.add_argument("--input-shape", type=int, nargs=3, metavar=("C", "H", "W"), help="for MAC counts")
     p.add_argument("--structures", help="comma-separated kinds to remove (default: all); others are folded")
     p.add_argument("--round-to", type=_positive_int, default=1, help="keep channel counts a multiple of this (e.g. 8)")
@@ -296,6 +336,11 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except (SSSError, ValueError) as e:
         print(f"sss {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except torch.distributed.DistError as e:  # another rank died: its own error is printed above by torchrun
+        print(f"sss {args.command}: error: a process of this distributed job failed or was killed "
+              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); fix its cause, then rerun the same "
+              "command with --resume: every finished epoch is in the checkpoint", file=sys.stderr)  # fmt: skip
         return 2
     except OSError as e:  # a full disk, a vanished folder: name the file, no traceback
         where = f" ({e.filename})" if e.filename else ""

@@ -54,9 +54,12 @@ def load_dataset(
     if name == "imagefolder":
         if data_dir is None:
             raise DataError("imagefolder needs --data-dir: a folder with train/<class>/* and val/<class>/*")
-        classes = ImageFolder.scan(Path(data_dir) / "train").classes if not train else None
-        return ImageFolder.scan(Path(data_dir) / ("train" if train else "val"), classes, image_size=image_size,
-                                resize=round(image_size * 256 / 224), on_bad_image=on_bad_image)  # fmt: skip
+        # Both splits are scanned and their headers read up front (the training split's load is
+        # the run's first step): a bad val/ folder fails now, not after the last epoch.
+        options = {"image_size": image_size, "resize": round(image_size * 256 / 224), "on_bad_image": on_bad_image}
+        train_split = ImageFolder.scan(Path(data_dir) / "train", **options)
+        val_split = ImageFolder.scan(Path(data_dir) / "val", train_split.classes, **options).checked()
+        return train_split.checked() if train else val_split
     if name not in _STATS:
         raise DataError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
     if name == "fashion-mnist":

@@ -138,10 +138,11 @@ class GALTrainer(Trainer):
         )
 
     def _l1(self) -> torch.Tensor:
-        """``Σ γ_kind·‖m‖₁``: the official code's extra L1 term in the student loss."""
-        gamma = self.cfg.gamma
-        return sum(((gamma[r.kind] if isinstance(gamma, dict) else gamma) * r.weight.abs().sum()
-                    for r in gates(self.model)), torch.zeros((), device=self.runtime.device))  # fmt: skip
+        """``Σ γ·‖m‖₁`` with each mask group's γ as the prox uses it (a budget steers it): the
+        official code's extra L1 term in the student loss."""
+        groups = self.factors_opt.param_groups if self.factors_opt is not None else []
+        return sum((g["gamma"] * p.abs().sum() for g in groups for p in g["params"]),
+                   torch.zeros((), device=self.runtime.device))  # fmt: skip
 
     def batch_loss(self, x: torch.Tensor, y: torch.Tensor) -> BatchResult:
         """One discriminator step, then the student's loss; ``y`` (the labels) is never read."""

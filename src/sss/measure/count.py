@@ -26,3 +26,11 @@ def count(model: nn.Module, example_inputs: torch.Tensor | tuple[torch.Tensor, .
         model.train(was_training)
     params = sum(p.numel() for p in model.parameters())
     return counter.get_total_flops() // 2, params
+
+
+def format_count(n: float) -> str:
+    """A MAC or parameter count to three significant digits with its unit: 31.0M, 45.6k, 812."""
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.3g}{unit}"
+    return f"{n:.3g}"

@@ -112,7 +112,7 @@ def calibrate_latency(
                 w = r.weight.view(-1)
                 w.fill_(1.0)
                 n = w.numel()
-                if get_kind(r.kind).min_keep == 0:  # a block: on or off
+                if get_kind(r.kind).coarse:  # a block or branch: on or off
                     if rng.random() < share:
                         w.zero_()
                 else:

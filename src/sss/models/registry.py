@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from collections.abc import Callable
 
@@ -10,10 +11,38 @@ from torch import nn
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
 
 
-def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    """Decorator that registers a builder under its function name."""
-    _BUILDERS[fn.__name__] = fn
-    return fn
+def register_model(
+    fn: Callable[..., nn.Module] | None = None, *, replace: bool = False
+) -> Callable[..., nn.Module] | Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator that registers a builder under its function name (``@register_model`` or
+    ``@register_model(replace=True)``). A name already taken is refused unless ``replace``."""
+
+    def add(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if builder.__name__ in _BUILDERS and not replace:
+            raise ValueError(f"model {builder.__name__!r} is already registered; pass replace=True to replace it")
+        _BUILDERS[builder.__name__] = builder
+        return builder
+
+    return add if fn is None else add(fn)
+
+
+def builder(name: str) -> Callable[..., nn.Module]:
+    """The builder of a zoo name, or of an import path ``pkg.module:factory`` (a function or
+    class that builds the user's ``nn.Module``; its module must be importable, e.g. on
+    ``PYTHONPATH``)."""
+    if ":" in name:
+        module_name, _, attr = name.partition(":")
+        try:
+            found = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as e:
+            raise ValueError(f"model {name!r}: cannot import {attr!r} from {module_name!r} ({type(e).__name__}: {e}); "
+                             "give pkg.module:factory with the module on PYTHONPATH") from None  # fmt: skip
+        if not callable(found):
+            raise ValueError(f"model {name!r}: {attr} is a {type(found).__name__}, not a function or class")
+        return found
+    if name not in _BUILDERS:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}, or pkg.module:factory")
+    return _BUILDERS[name]
 
 
 def list_models() -> list[str]:
@@ -21,23 +50,32 @@ def list_models() -> list[str]:
     return sorted(_BUILDERS)
 
 
-def model_parameters(name: str) -> set[str]:
-    """The keywords the builder of ``name`` accepts."""
-    return set(inspect.signature(_BUILDERS[name]).parameters)
+def model_parameters(name: str) -> set[str] | None:
+    """The keywords the builder of ``name`` accepts (``None``: any, it takes ``**kwargs``)."""
+    params = inspect.signature(builder(name)).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return {p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
 
 
 def create(name: str, **kwargs) -> nn.Module:
-    """Builds a zoo model by name.
+    """Builds a zoo model by name, or a user's model by import path (``pkg.module:factory``).
 
     The model remembers how it was built (``model.sss_spec``: name and keywords), so
     :func:`sss.load` can rebuild it without being given the unpruned model.
 
     Args:
-        name: One of :func:`list_models`, e.g. ``"resnet56"``.
-        **kwargs: Builder keywords such as ``num_classes``, ``in_channels``, ``shortcut``.
+        name: One of :func:`list_models`, e.g. ``"resnet56"``, or ``"pkg.module:factory"``.
+        **kwargs: Builder keywords such as ``num_classes``, ``in_channels``, ``shortcut``. A
+            user's factory gets only those its signature names (``num_classes`` and
+            ``in_channels`` come from the dataset and may not apply to it).
     """
-    if name not in _BUILDERS:
-        raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
-    model = _BUILDERS[name](**kwargs)
+    build = builder(name)
+    accepted = model_parameters(name) if ":" in name else None
+    if accepted is not None:
+        kwargs = {k: v for k, v in kwargs.items() if k in accepted}
+    model = build(**kwargs)
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model {name!r} built a {type(model).__name__}, not an nn.Module")
     model.sss_spec = {"name": name, "kwargs": dict(kwargs)}
     return model

@@ -1,6 +1,6 @@
 """Optimizers for the scaling factors (APG, ISTA, L1-subgradient SGD) and the weights."""
 
-from sss.optim.apg import APG, ISTA, soft_threshold
+from sss.optim.apg import APG, ISTA
 from sss.optim.fista import FISTA
 from sss.optim.l1sgd import L1SGD
 from sss.optim.param_groups import build_optimizers, factor_param_groups, weight_param_groups
@@ -12,6 +12,5 @@ __all__ = [
     "L1SGD",
     "build_optimizers",
     "factor_param_groups",
-    "soft_threshold",
     "weight_param_groups",
 ]

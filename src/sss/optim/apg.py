@@ -5,12 +5,16 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
+import torch.nn.functional as F
 from torch.optim import Optimizer
 
 
-def soft_threshold(z: torch.Tensor, alpha: float) -> torch.Tensor:
-    """The prox of ``alpha·‖·‖₁``: ``sign(z)·max(|z| - alpha, 0)``."""
-    return torch.sign(z) * torch.clamp(z.abs() - alpha, min=0.0)
+def evaluate_closure(closure) -> torch.Tensor | None:
+    """The loss of a ``step(closure)`` call, with gradients on (``None`` without a closure)."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
 
 
 class APG(Optimizer):
@@ -53,10 +57,7 @@ class APG(Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = evaluate_closure(closure)
         for group in self.param_groups:
             lr, mu = group["lr"], group["momentum"]
             for p in group["params"]:
@@ -66,7 +67,7 @@ class APG(Optimizer):
                 if "momentum_buffer" not in state:
                     state["momentum_buffer"] = torch.zeros_like(p)
                 v = state["momentum_buffer"]
-                z = soft_threshold(p - lr * p.grad, lr * group["gamma"])
+                z = F.softshrink(p - lr * p.grad, lr * group["gamma"])  # the prox of lr·γ·‖·‖₁: exact zeros
                 v.mul_(mu).add_(z - p)
                 p.copy_(z.add_(v, alpha=mu))
                 if group["nonneg"]:

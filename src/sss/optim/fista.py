@@ -6,9 +6,10 @@ import math
 from collections.abc import Iterable
 
 import torch
+import torch.nn.functional as F
 from torch.optim import Optimizer
 
-from sss.optim.apg import soft_threshold
+from sss.optim.apg import evaluate_closure
 
 
 class FISTA(Optimizer):
@@ -52,10 +53,7 @@ class FISTA(Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = evaluate_closure(closure)
         self._calls += 1
         for group in self.param_groups:
             if (self._calls - 1) % group["interval"]:
@@ -68,7 +66,7 @@ class FISTA(Optimizer):
                 if not state:
                     state["x_prev"] = p.detach().clone()
                     state["t"] = 1.0
-                x = soft_threshold(p - lr * p.grad, lr * group["gamma"])
+                x = F.softshrink(p - lr * p.grad, lr * group["gamma"])
                 if group["nonneg"]:
                     x.clamp_(min=0.0)
                 x_prev, t = state["x_prev"], state["t"]

@@ -11,9 +11,9 @@ from torch.optim import SGD, Optimizer
 from sss.optim.apg import APG, ISTA
 from sss.optim.l1sgd import L1SGD
 from sss.structures.gate import Gate, gates
+from sss.structures.tracing import DECAYED
 
 SparsityMethod = Literal["apg", "ista", "sgd"]
-_DECAYED = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm)
 
 
 def weight_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -29,7 +29,7 @@ def weight_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
         for pname, p in module.named_parameters(recurse=False):
             if not p.requires_grad:
                 continue
-            (decay if pname == "weight" and isinstance(module, _DECAYED) else no_decay).append(p)
+            (decay if pname == "weight" and isinstance(module, DECAYED) else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 

@@ -4,6 +4,7 @@ JSON spec holding its edit history (no pickle)."""
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -15,11 +16,18 @@ from torch import nn
 
 from sss.errors import CheckpointError
 from sss.models import create
-from sss.serialization.state import atomic_write
+from sss.serialization.replay import replay
+from sss.serialization.state import atomic_write, check_digest, tensor_digest
 from sss.structures.gate import gates
-from sss.structures.history import history, replay
+from sss.structures.history import history
 
-FORMAT = "sss-model/2"
+FORMAT = "sss-model/3"  # /3: a SHA-256 of the weights and of the history, checked at load
+_READABLE = ("sss-model/2", FORMAT)
+
+
+def _spec_digest(spec: dict) -> str:
+    body = {k: v for k, v in spec.items() if k != "weights_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 def _paths(path: str | Path) -> tuple[Path, Path]:
@@ -45,7 +53,9 @@ def save(model: nn.Module, path: str | Path) -> None:
         "gated": sorted({g.kind for g in gates(model)}),  # informational: replay re-creates the gates
     }
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    atomic_write(weights_path, lambda tmp: save_file(tensors, tmp, metadata={"format": FORMAT}))
+    spec["weights_sha256"] = tensor_digest(tensors)
+    meta = {"format": FORMAT, "sha256": spec["weights_sha256"], "spec_sha256": _spec_digest(spec)}
+    atomic_write(weights_path, lambda tmp: save_file(tensors, tmp, metadata=meta))
     atomic_write(spec_path, lambda tmp: Path(tmp).write_text(json.dumps(spec, indent=2) + "\n"))
 
 
@@ -75,7 +85,7 @@ def load(
         spec = json.loads(spec_path.read_text())
     except (ValueError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{spec_path} is not valid JSON ({e}); re-save the model with sss.save") from e
-    if not isinstance(spec, dict) or spec.get("format") != FORMAT or not isinstance(spec.get("history"), list):
+    if not isinstance(spec, dict) or spec.get("format") not in _READABLE or not isinstance(spec.get("history"), list):
         raise CheckpointError(f"{spec_path} is not an {FORMAT} spec (written by another version of sss, or not by "
                               "sss.save); re-save the model with this version")  # fmt: skip
     zoo = spec.get("model")
@@ -92,18 +102,26 @@ def load(
         raise
     except Exception as e:
         raise CheckpointError(f"cannot rebuild the model saved at {weights_path.with_suffix('')}: {e}") from e
-    _check_weights(model, weights_path)
-    model.load_state_dict(load_file(str(weights_path), device="cpu"), strict=True)
+    meta = _check_weights(model, weights_path)
+    tensors = load_file(str(weights_path), device="cpu")
+    if spec["format"] != "sss-model/2":  # the first format carried no digest
+        if meta.get("spec_sha256") != _spec_digest(spec):
+            raise CheckpointError(f"{spec_path} does not match the digest written with {weights_path.name} (a "
+                                  "changed byte, or files of two saves mixed); restore both from one sss.save")
+        check_digest(tensors, meta.get("sha256"), weights_path)
+    model.load_state_dict(tensors, strict=True)
     if isinstance(zoo, dict):
         model.sss_spec = zoo
     return model.to(map_location).eval()
 
 
-def _check_weights(model: nn.Module, weights_path: Path) -> None:
-    """Compares the file's tensor names and shapes with the rebuilt model before loading any."""
+def _check_weights(model: nn.Module, weights_path: Path) -> dict[str, str]:
+    """Compares the file's tensor names and shapes with the rebuilt model before loading any;
+    returns the file's metadata."""
     try:
         with safe_open(str(weights_path), "pt") as f:
             shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118  (not a dict)
+            meta = f.metadata() or {}
     except Exception as e:
         raise CheckpointError(f"{weights_path} is not a readable safetensors file ({e}); re-save the model") from e
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -114,3 +132,4 @@ def _check_weights(model: nn.Module, weights_path: Path) -> None:
                     f"shapes differ ({'; '.join(wrong[:3])})" if wrong else ""]  # fmt: skip
         raise CheckpointError(f"the weights in {weights_path} do not fit the rebuilt model: "
                               + ", ".join(p for p in problems if p) + " (a base other than the saved model's?)")
+    return meta

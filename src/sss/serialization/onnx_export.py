@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from sss.errors import MissingDependencyError
 from sss.structures.gate import gates
 
 
@@ -20,7 +21,8 @@ def export_onnx(model: nn.Module, example_inputs: torch.Tensor, path: str | Path
     rounding (tested).
     """
     if importlib.util.find_spec("onnx") is None:
-        raise ImportError("ONNX export needs the onnx package: pip install onnx (or sss[onnx] for onnxruntime too)")
+        raise MissingDependencyError("ONNX export needs the onnx package: pip install onnx (or 'sss[onnx]' for "
+                                     "onnxruntime too)")
     if gates(model):
         raise ValueError("export the compact model: call sss.prune(model) first")
     path = Path(path)

@@ -7,6 +7,7 @@ parses JSON and raw tensors only: no pickle, so no code runs from a checkpoint.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -19,7 +20,27 @@ from safetensors.torch import save_file
 
 from sss.errors import CheckpointError
 
-_FORMAT = "sss-state/1"
+_FORMAT = "sss-state/2"  # /2: the metadata holds a SHA-256 of the tensors, checked at load
+_READABLE = ("sss-state/1", _FORMAT)
+
+
+def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of named tensors (names, dtypes, shapes and bytes, in name order): a flipped bit
+    anywhere in a file's payload changes it."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def check_digest(tensors: dict[str, torch.Tensor], expected: str | None, path: Path) -> None:
+    """Raises ``CheckpointError`` naming ``path`` if the tensors are not the ones written."""
+    if expected is None or tensor_digest(tensors) != expected:
+        what = "has no digest of its tensors" if expected is None else "does not match the digest written with it"
+        raise CheckpointError(f"{path} is corrupt: its content {what} (a changed byte: a disk or copy error); "
+                              "restore it from a copy, or resume from / retrain to an earlier file")  # fmt: skip
 
 
 def _encode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
@@ -62,23 +83,35 @@ def atomic_write(path: Path, write) -> None:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file what open() would
         os.replace(tmp, path)
+    except Exception as e:  # a full disk reaches us as OSError or as safetensors' own error
+        Path(tmp).unlink(missing_ok=True)
+        kept = f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was written"
+        raise CheckpointError(f"cannot write {path} ({type(e).__name__}: {e}); {kept}. Free disk space (or write "
+                              "elsewhere), then run again (a training run: with --resume)") from e  # fmt: skip
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _skeleton_tensor(skeleton: str) -> torch.Tensor:
+    """The JSON skeleton as bytes, so that the digest covers the numbers stored in it too."""
+    return torch.frombuffer(bytearray(skeleton.encode()), dtype=torch.uint8)
 
 
 def save_state(state: Any, path: str | Path) -> None:
     """Writes nested ``state`` to ``path`` atomically."""
     tensors: dict[str, torch.Tensor] = {}
     skeleton = json.dumps(_encode(state, tensors))
-    atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata={"format": _FORMAT, "state": skeleton}))
+    meta = {"format": _FORMAT, "state": skeleton, "sha256": tensor_digest({**tensors, "": _skeleton_tensor(skeleton)})}
+    atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
 def load_state(path: str | Path) -> Any:
-    """Reads what :func:`save_state` wrote.
+    """Reads what :func:`save_state` wrote, after checking its digest.
 
     Raises:
-        CheckpointError: The file is missing, truncated, or not an sss state file.
+        CheckpointError: The file is missing, truncated, changed since it was written, or not
+            an sss state file.
     """
     path = Path(path)
     if not path.is_file():
@@ -87,8 +120,10 @@ def load_state(path: str | Path) -> Any:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118  safe_open has no __iter__
-        if meta.get("format") != _FORMAT:
+        if meta.get("format") not in _READABLE:
             raise ValueError(f"format is {meta.get('format')!r}, expected {_FORMAT!r}")
+        if meta["format"] != "sss-state/1":  # files of the first format carry no digest
+            check_digest({**tensors, "": _skeleton_tensor(meta["state"])}, meta.get("sha256"), path)
         return _decode(json.loads(meta["state"]), tensors)
     except CheckpointError:
         raise

@@ -55,6 +55,7 @@ class BlockKind(StructureKind):
     name = "block"
     order = 30
     min_keep = 0
+    coarse = True
     needs_example = False  # the zoo's ResidualBlocks declare their removed form; traced blocks need one
     ops = ("remove_block",)
     not_found = (

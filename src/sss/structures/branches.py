@@ -24,7 +24,15 @@ from sss.structures.channels import LayerSlice, describe
 from sss.structures.gate import Gate, fold_output_scale
 from sss.structures.paths import under
 from sss.structures.registry import Discovery, Edit, Removal, StructureKind, register_kind
-from sss.structures.tracing import AFFINE, LAYERS, ancestors, eliminate_dead_code, out_width, trace_module
+from sss.structures.tracing import (
+    AFFINE,
+    LAYERS,
+    ancestors,
+    eliminate_dead_code,
+    out_width,
+    trace_module,
+    try_trace_module,
+)
 
 
 class BranchGate(Gate):
@@ -56,10 +64,9 @@ def _last_affine(node: fx.Node, modules: dict[str, nn.Module]) -> fx.Node | None
 
 
 def _describe_module(model, path, module, graph, names, calls) -> tuple[list[str], list[list[LayerSlice]]] | str:
-    try:
-        gm = trace_module(module)
-    except Exception as e:
-        return f"torch.fx cannot trace it ({type(e).__name__})"
+    gm = try_trace_module(module)
+    if isinstance(gm, str):
+        return gm
     found = _concat(gm)
     if isinstance(found, str):
         return found
@@ -130,6 +137,7 @@ class BranchKind(StructureKind):
 
     name = "branch"
     order = 40
+    coarse = True
     ops = ("drop_branches",)
     not_found = (
         "branch module to gate: a branch module returns torch.cat of two or more branches of its input, "

@@ -17,6 +17,7 @@ from sss.structures.gate import Gate
 from sss.structures.paths import under
 from sss.structures.registry import Discovery, StructureKind, get_kind
 from sss.structures.tracing import NORMS, Tracer, trace_graph
+from sss.surgery.prune import prune
 
 logger = logging.getLogger("sss")
 
@@ -214,8 +215,6 @@ def _removes_exactly(model: nn.Module, kind: StructureKind, candidates: list[Any
     """Gates ``candidates`` in a copy with random state and checks, for two factor patterns
     (every other factor zero, the rest 0.75; then the other half zero), that pruning keeps
     the outputs (to 1e-4 relative) on every probe input: removal and folding both checked."""
-    from sss.surgery.prune import prune
-
     for zero_first in (True, False):
         trial = copy.deepcopy(model).eval()
         try:

@@ -53,6 +53,9 @@ class StructureKind:
         name: The kind's name, as users write it in ``structures=(...)``.
         min_keep: Structures a gate keeps at least when all its factors are zero (a layer
             keeps one channel; a block may go entirely).
+        coarse: Whether one structure is a whole path of layers (a block, a branch) rather than
+            a slice of a layer (a channel, a group): the budget's landing moves fine structures
+            to fine-tune and ranks coarse ones apart.
         needs_example: Whether :meth:`find` needs an example input.
         check_exactness: Whether ``attach`` verifies on the example input that removing the
             found structures keeps the function (off for kinds that are exact by construction).
@@ -66,6 +69,7 @@ class StructureKind:
     name: ClassVar[str]
     order: ClassVar[int] = 50
     min_keep: ClassVar[int] = 1
+    coarse: ClassVar[bool] = False
     needs_example: ClassVar[bool] = True
     check_exactness: ClassVar[bool] = True
     ops: ClassVar[tuple[str, ...]] = ()
@@ -77,6 +81,11 @@ class StructureKind:
         """The structures of ``model`` that can be gated (any objects :meth:`gate` takes) and,
         for each candidate that cannot, ``"path: reason"``. ``model`` is not changed."""
         raise NotImplementedError
+
+    def owner(self, gate_name: str) -> str:
+        """The module path of the structure(s) that the gate at ``gate_name`` scales (a block's
+        gate ``layer1.0.gate`` → ``layer1.0``; a layer's channel gate ``conv1.gate`` → ``conv1``)."""
+        return gate_name.rsplit(".", 1)[0] if "." in gate_name else ""
 
     def label(self, candidate: Any) -> str:
         """The module path a candidate is reported under."""
@@ -100,8 +109,14 @@ class StructureKind:
 _KINDS: dict[str, StructureKind] = {}
 
 
-def register_kind(kind: StructureKind) -> StructureKind:
-    """Adds ``kind`` to the registry (a later registration of the same name replaces it)."""
+def register_kind(kind: StructureKind, *, replace: bool = False) -> StructureKind:
+    """Adds ``kind`` to the registry. A name already taken is refused unless ``replace``, and so
+    is a history op that another kind replays."""
+    if kind.name in _KINDS and not replace:
+        raise ValueError(f"structure kind {kind.name!r} is already registered; pass replace=True to replace it")
+    taken = {op: k.name for k in _KINDS.values() if k.name != kind.name for op in k.ops}
+    if clash := [op for op in kind.ops if op in taken]:
+        raise ValueError(f"history op {clash[0]!r} of kind {kind.name!r} is already replayed by {taken[clash[0]]!r}")
     _KINDS[kind.name] = kind
     return kind
 

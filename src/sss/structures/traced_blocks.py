@@ -16,7 +16,7 @@ from __future__ import annotations
 from torch import fx, nn
 
 from sss.structures.gate import ChannelGated, Gate, fold_output_scale
-from sss.structures.tracing import ADDS, AFFINE, ancestors, eliminate_dead_code, trace_module
+from sss.structures.tracing import ADDS, AFFINE, ancestors, eliminate_dead_code, trace_module, try_trace_module
 
 
 def _residual_add(gm: fx.GraphModule) -> fx.Node | str:
@@ -53,10 +53,9 @@ def _residual_add(gm: fx.GraphModule) -> fx.Node | str:
 
 
 def gate_block(module: nn.Module, device, dtype) -> fx.GraphModule | str:
-    try:
-        gm = trace_module(module)
-    except Exception as e:
-        return f"torch.fx cannot trace it ({type(e).__name__})"
+    gm = try_trace_module(module)
+    if isinstance(gm, str):
+        return gm
     add = _residual_add(gm)
     if isinstance(add, str):
         return add

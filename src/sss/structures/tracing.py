@@ -34,6 +34,8 @@ NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 LAYERS = (nn.Conv1d, nn.Conv2d, nn.Linear)
 #: Layers a factor folds into exactly (their output is affine in their weights).
 AFFINE = (*NORMS, *LAYERS)
+#: Layers whose ``weight`` gets weight decay (any conv, linear or BatchNorm; not biases or factors).
+DECAYED = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm)
 
 ADDS = (operator.add, operator.iadd, torch.add)
 # Ops whose result shares its input's storage: an in-place op on the result mutates the input.
@@ -77,6 +79,14 @@ def trace_module(module: nn.Module) -> fx.GraphModule:
     ``module`` is left as it was)."""
     with _untouched(module):
         return fx.GraphModule(module, Tracer().trace(module), type(module).__name__)
+
+
+def try_trace_module(module: nn.Module) -> fx.GraphModule | str:
+    """:func:`trace_module`, or why ``torch.fx`` cannot trace ``module``."""
+    try:
+        return trace_module(module)
+    except Exception as e:
+        return f"torch.fx cannot trace it ({type(e).__name__})"
 
 
 def ancestors(node: fx.Node) -> set[fx.Node]:

@@ -30,6 +30,19 @@ def is_constant_output(model: nn.Module, x: torch.Tensor) -> bool:
     return spread <= 1e-6 * max(float(out.abs().max()), 1e-12)
 
 
+#: A validation loss this many times the best so far marks an epoch whose weights are not kept.
+SUSPECT_LOSS_RATIO = 100.0
+
+
+def suspect_loss(val_loss: float, history: list[dict]) -> str | None:
+    """Why an epoch whose validation loss is finite but orders of magnitude above the best so
+    far must not replace the checkpoint (a run on its way to NaN), or ``None``."""
+    best = min((r["val_loss"] for r in history), default=None)
+    if best is None or val_loss <= SUSPECT_LOSS_RATIO * max(best, 0.1):
+        return None
+    return f"validation loss {val_loss:.3g} is over {SUSPECT_LOSS_RATIO:.0f}x the best so far ({best:.3g})"
+
+
 def collapse_warnings(model: nn.Module) -> list[str]:
     """Structures a gated model is about to lose entirely: a layer whose every channel factor is
     zero (it keeps one zero channel and passes nothing on), or a stage whose every block is."""
@@ -38,7 +51,7 @@ def collapse_warnings(model: nn.Module) -> list[str]:
         zero = ref.num_zero == ref.weight.numel()
         if get_kind(ref.kind).min_keep > 0:
             if zero and ref.weight.numel() > 1:
-                owner = ref.name.rsplit(".", 1)[0]
+                owner = get_kind(ref.kind).owner(ref.name)
                 warnings.append(f"{owner}: every {ref.kind} factor is zero, so it passes nothing on")
         else:
             parent = ref.name.rsplit(".", 2)[0] if ref.name.count(".") >= 2 else ""

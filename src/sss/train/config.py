@@ -16,6 +16,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import Field, TypeAdapter, ValidationError
 
+from sss.train.targets import TARGETS, parse_target
+
 PositiveInt = Annotated[int, Field(ge=1)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
 PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
@@ -60,6 +62,17 @@ class TrainConfig:
     fitted on this machine at the start, and the compact model is timed at the landing: it ends
     at or under the target, within 3% timing noise. A fraction is checked against the dense
     model timed in the same pass, so a machine whose speed drifts does not move it.
+    ``model`` is a zoo name or ``pkg.module:factory`` (a user's builder, kwargs from
+    ``model_kwargs``); ``init`` starts it from trained weights (a ``.safetensors`` or
+    ``.pt``/``.pth`` state dict, or a model saved by sss), with ``init_prefix`` stripped from the
+    file's keys. ``distill`` (a temperature, e.g. 4) adds knowledge distillation from the model
+    the run starts from (or ``distill_teacher``, a model saved by sss): the loss is
+    ``(1 - distill_weight)·CE + distill_weight·T²·KL(teacher ‖ student)`` on logits softened by T.
+    ``factor_init`` (``one``, or ``magnitude``: each channel factor starts at its structure's
+    weight magnitude, the inverse folded in) and ``steer`` (how a target steers γ: ``doubling``
+    a multiplier, or ``distance``: in units of the learning rate, by the factors' distance to
+    zero) default to ``auto``: the second where ``init`` is set (docs/design.md, "from a
+    trained model"), the first otherwise.
     """
 
     model: str = "resnet20"
@@ -100,6 +113,13 @@ class TrainConfig:
     target_params: Annotated[float, Field(gt=0, allow_inf_nan=False)] | str | None = None
     target_latency: Annotated[float, Field(gt=0, allow_inf_nan=False)] | str | None = None
     latency_batch: PositiveInt = 1
+    init: str | None = None
+    init_prefix: str = ""
+    distill: PositiveFloat | None = None
+    distill_weight: Annotated[float, Field(ge=0, le=1)] = 0.5
+    distill_teacher: str | None = None
+    factor_init: Literal["auto", "one", "magnitude"] = "auto"
+    steer: Literal["auto", "doubling", "distance"] = "auto"
 
     @property
     def total_epochs(self) -> int:
@@ -139,16 +159,17 @@ class TrainConfig:
     def cross_field_problems(self) -> list[str]:
         """The rules that involve more than one field, or the registries."""
         from sss.data import DATASETS
-        from sss.models import list_models, model_parameters
+        from sss.models import model_parameters
         from sss.structures import kind_names
-        from sss.train.budget import parse_budget, parse_latency_target
 
         problems = []
-        if self.model not in list_models():
-            problems.append(f"model {self.model!r} is not one of {list_models()}")
+        try:
+            accepted = model_parameters(self.model)
+        except ValueError as e:
+            problems.append(str(e))
         else:
-            allowed = model_parameters(self.model) - {"num_classes", "in_channels"}
-            unknown = sorted(set(self.model_kwargs) - allowed)
+            allowed = None if accepted is None else accepted - {"num_classes", "in_channels"}
+            unknown = [] if allowed is None else sorted(set(self.model_kwargs) - allowed)
             if unknown:
                 problems.append(f"model_kwargs {unknown} are not keywords of {self.model} (it takes {sorted(allowed)}; "
                                 "num_classes and in_channels come from the dataset)")  # fmt: skip
@@ -163,18 +184,16 @@ class TrainConfig:
             problems.append(
                 f"freeze_epoch must be between 1 and epochs - 1 ({self.epochs - 1}), got {self.freeze_epoch}"
             )
-        targets = [n for n in ("target_macs", "target_params", "target_latency") if getattr(self, n) is not None]
+        targets = [n for n in TARGETS if getattr(self, n) is not None]
         if len(targets) > 1:
             problems.append(f"give one target, not {' and '.join(targets)}")
         if targets and self.sparsity == "none":
             problems.append("a target needs factors to steer: sparsity apg, ista or sgd")
-        for name in ("target_macs", "target_params", "target_latency"):
-            value = getattr(self, name)
-            if isinstance(value, str):
-                try:
-                    parse_latency_target(value, 1.0) if name == "target_latency" else parse_budget(value, 1.0, name[7:])
-                except ValueError as e:
-                    problems.append(str(e))
+        for name in targets:
+            try:
+                parse_target(name, getattr(self, name))
+            except ValueError as e:
+                problems.append(str(e))
         if isinstance(self.gamma, dict) and set(self.gamma) - set(self.structures):
             problems.append(f"gamma names kinds {sorted(set(self.gamma) - set(self.structures))} not in structures")
         return problems
@@ -201,12 +220,16 @@ def _parse(text: str) -> Any:
 
 
 def load_config(
-    path: str | Path | None = None, overrides: list[str] | None = None, cls: type[TrainConfig] = TrainConfig
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    cls: type[TrainConfig] = TrainConfig,
+    values: dict[str, Any] | None = None,
 ) -> TrainConfig:
-    """Reads a YAML config (or the defaults) and applies ``key=value`` overrides.
+    """Reads a YAML config (or the defaults), applies ``key=value`` overrides, then ``values``.
 
-    Values are parsed as YAML (``epochs=3``, ``milestones=[80,120]``); a nested builder
-    keyword is set with a dot (``model_kwargs.shortcut=pad``).
+    Overrides are parsed as YAML (``epochs=3``, ``milestones=[80,120]``); a nested builder
+    keyword is set with a dot (``model_kwargs.shortcut=pad``). ``values`` are typed already
+    (what command-line flags give) and are set as they are.
     """
     data: dict[str, Any] = {}
     if path is not None:
@@ -230,6 +253,7 @@ def load_config(
             kwargs[key.split(".", 1)[1]] = _parse(value)
         else:
             data[key] = _parse(value)
+    data.update(values or {})
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:

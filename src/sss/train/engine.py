@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,15 +16,19 @@ from tqdm.auto import tqdm
 
 from sss.data import ArrayDataset, iterate_batches, load_dataset, split_validation
 from sss.errors import RunFolderError, TrainingDivergedError
-from sss.measure import compare_latency, count, evaluate, mac_weights
+from sss.measure import count, evaluate, mac_weights
 from sss.models import create
 from sss.optim import build_optimizers
 from sss.serialization import save, save_state
+from sss.serialization.weights import load_weights
 from sss.structures import attach, gates
+from sss.structures.magnitude import init_from_magnitudes
 from sss.surgery import prune, zero_small_factors
-from sss.train.budget import create_budget, dense_architecture, is_relative
-from sss.train.checks import check_collapse, nonfinite_tensors
+from sss.train.budget import create_budget
+from sss.train.callbacks import Callback
+from sss.train.checks import check_collapse, nonfinite_tensors, suspect_loss
 from sss.train.config import TrainConfig
+from sss.train.distill import create_distillation
 from sss.train.freeze import FreezeMixin
 from sss.train.resume import ResumeMixin
 from sss.train.run_folder import CHECKPOINT, RunFolder
@@ -103,6 +107,7 @@ class Trainer(FreezeMixin, ResumeMixin):
         model: nn.Module | None = None,
         log: Callable[[str], None] = print,
         progress: bool = True,
+        callbacks: Sequence[Callback] = (),
     ) -> None:
         """Args:
         cfg: The run's configuration.
@@ -111,6 +116,8 @@ class Trainer(FreezeMixin, ResumeMixin):
             fine-tune); it must be the same on resume.
         log: Where the per-epoch lines go.
         progress: Show progress bars (on a terminal).
+        callbacks: Hooks of the loop (:class:`~sss.train.callbacks.Callback`), after the
+            budget's own, if the config sets a target.
         """
         cfg.validate()
         self.runtime = create_runtime(cfg.device, cfg.amp)
@@ -135,9 +142,14 @@ class Trainer(FreezeMixin, ResumeMixin):
         self.model = model.to(memory_format=torch.channels_last) if cfg.channels_last else model
         # Seeded, hence the same on resume: what `after_freeze: rewind` resets the weights to.
         self.init_state = copy.deepcopy(self.model.state_dict()) if cfg.after_freeze in ("rewind", "retrain") else None
+        self.distillation = create_distillation(cfg, self.model, self.runtime.device)
         self.weights_opt, self.factors_opt = self.build_optimizers()
         self.scaler = self.runtime.grad_scaler()
-        self.budget = create_budget(cfg, self.model, self.example, self.factors_opt, self.runtime, self.log)
+        selection_steps = (cfg.freeze_epoch or cfg.epochs) * (len(self.train_data) // cfg.batch_size)
+        budget = create_budget(cfg, self.model, self.example, self.factors_opt, self.runtime, self.log, selection_steps)
+        self.callbacks: list[Callback] = [*([budget] if budget else []), *callbacks]
+        if len({c.name for c in self.callbacks}) < len(self.callbacks):
+            raise ValueError(f"callback names must be unique, got {[c.name for c in self.callbacks]}")
         self._wrap()
         self.dense_macs = count(self.model, self.example)[0]
         self.num_factors = sum(ref.weight.numel() for ref in gates(self.model))
@@ -148,36 +160,12 @@ class Trainer(FreezeMixin, ResumeMixin):
         self.history: list[dict] = []
         self.factor_trace: list[dict] = []
 
-    def _land_budget(self) -> None:
-        """Brings the selection inside the target's band (see :mod:`sss.train.budget`); a latency
-        target is then checked against a timing of the compact model."""
-        if self.budget is None or self.frozen:
-            return
-        if self.budget.metric != "latency":
-            lines = self.budget.land(self.model)[1]
-        else:
-            batch, shape = self.cfg.latency_batch, tuple(self.example.shape[1:])
-            # A fraction of dense ("0.7x") is timed against the dense model in the same interleaved
-            # pass and put on the calibration's clock, so that a drift of the machine cancels.
-            dense = dense_architecture(self.model) if is_relative(self.cfg.target_latency) else None
-            passes: list[str] = []
-
-            def measure(compact: nn.Module) -> float:  # as saved: contiguous, eval mode
-                models = {"m": compact.to(memory_format=torch.contiguous_format)}
-                if dense is not None:
-                    models["dense"] = dense
-                ms = {k: v[batch] for k, v in compare_latency(models, shape, (batch,), rounds=5,
-                                                               device=self.runtime.device).items()}  # fmt: skip
-                if dense is not None:
-                    share = ms["m"] / ms["dense"]
-                    passes.append(f"budget: check {len(passes) + 1}: {ms['m']:.2f} ms, the dense model "
-                                  f"{ms['dense']:.2f} ms in the same pass: {share:.1%} of dense")  # fmt: skip
-                value = ms["m"] * (self.budget.dense / ms["dense"] if dense is not None else 1.0)
-                return self.runtime.agree(value if self.runtime.main else None)
-
-            lines = self.budget.land_measured(self.model, measure) + passes
-        for line in lines:
-            self.log(line)
+    def _end_selection(self) -> None:
+        """Where the selection ends (the freeze, or the end of a run without one): each callback's
+        :meth:`~sss.train.callbacks.Callback.on_selection_end` (the budget lands here)."""
+        if not self.frozen:
+            for callback in self.callbacks:
+                callback.on_selection_end(self)
 
     def _wrap(self) -> None:
         """``self.net``: the model as the training forward runs it (DDP, compiled)."""
@@ -189,8 +177,13 @@ class Trainer(FreezeMixin, ResumeMixin):
         """Hook: the model to train (default: ``cfg.model`` from the zoo, with factors attached)."""
         cfg = self.cfg
         model = create(cfg.model, num_classes=data.num_classes, in_channels=data.shape[0], **cfg.model_kwargs)
+        if cfg.init:
+            load_weights(model, cfg.init, cfg.init_prefix)
+            self.log(f"initialised {cfg.model} from {cfg.init}")
         if cfg.sparsity != "none":
             model = attach(model, self.example, structures=cfg.structures, inplace=True)
+            if (cfg.factor_init if cfg.factor_init != "auto" else "magnitude" if cfg.init else "one") == "magnitude":
+                init_from_magnitudes(model)  # the same function; the factors rank the trained structures
         return model
 
     def build_optimizers(self) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer | None]:
@@ -239,7 +232,8 @@ class Trainer(FreezeMixin, ResumeMixin):
         """Hook: the loss of one training batch (default: cross-entropy on the labels). It runs
         under the run's autocast; ``self.net`` is the model as trained (DDP-wrapped, compiled)."""
         logits = self.net(x)
-        return BatchResult(F.cross_entropy(logits, y), logits, y)
+        loss = self.distillation.loss(x, logits, y) if self.distillation else F.cross_entropy(logits, y)
+        return BatchResult(loss, logits, y)
 
     def optimizer_step(self, loss: torch.Tensor) -> None:
         """Hook: one step of the weights' and the factors' optimizers on ``loss``."""
@@ -271,8 +265,9 @@ class Trainer(FreezeMixin, ResumeMixin):
                 raise self._diverged(f"{', '.join(f'{k} became {v}' for k, v in bad.items())} at epoch "
                                      f"{self.epoch + 1}, step {step + 1}")  # fmt: skip
             self.optimizer_step(out.loss)
-            if self.budget is not None and self.factors_opt is not None and not self.frozen:
-                self.budget.after_step(self.model, self.factors_opt)
+            if self.factors_opt is not None and not self.frozen:
+                for callback in self.callbacks:
+                    callback.on_factor_step(self)
             n = len(x)  # this rank's share: the epoch figures are rank 0's
             loss_sum += values.pop("loss") * n
             for k, v in values.items():
@@ -288,11 +283,12 @@ class Trainer(FreezeMixin, ResumeMixin):
     def _diverged(self, what: str) -> TrainingDivergedError:
         ckpt = self.out / CHECKPOINT
         if ckpt.exists():
-            kept, then = f"The last good checkpoint ({ckpt}, epoch {self.epoch}) is kept", "rerun with --resume"
+            kept = f"The last good checkpoint ({ckpt}, epoch {self.saved_epoch}) is kept"
+            then = "rerun the same command with --resume --set lr=... (a lower lr or gamma; a resume may change them)"
         else:
-            kept, then = "No checkpoint was written (the first epoch diverged)", "rerun"
-        return TrainingDivergedError(f"{what}. {kept}. Lower lr or gamma (a resume may change them: --resume --set "
-                                     f"lr=...), check the input data for NaN/inf, then {then}.")  # fmt: skip
+            kept = "No checkpoint was written (no epoch ended well)"
+            then = "rerun the same command with --set lr=... (a lower lr or gamma)"
+        return TrainingDivergedError(f"{what}. {kept}. Check the input data for NaN/inf, then {then}.")
 
     def fit(self, resume: bool = False, overwrite: bool = False) -> TrainResult:
         """Trains until ``cfg.total_epochs``; with ``resume`` starts from the run's checkpoint.
@@ -316,6 +312,7 @@ class Trainer(FreezeMixin, ResumeMixin):
             if resume:
                 self.load(folder.checkpoint)
                 self.log(f"resumed {folder.checkpoint} after epoch {self.epoch}")
+            self.saved_epoch = self.epoch  # the epoch the checkpoint on disk holds
             if self.runtime.main:  # drop metric lines of epochs the checkpoint lacks (a crash in between)
                 folder.write_metrics(folder.read_metrics(up_to_epoch=self.epoch))
             return self._loop(folder)
@@ -339,6 +336,8 @@ class Trainer(FreezeMixin, ResumeMixin):
             self.on_epoch_start()
             train_loss, train_acc = self._train_epoch()
             self.runtime.sync_buffers(self.model)
+            for callback in self.callbacks:
+                callback.on_epoch_end(self)
             val_acc, val_loss = evaluate(self.model, self.val_data, cfg.eval_batch_size)
             broken = nonfinite_tensors(self.model)
             if broken or not math.isfinite(val_loss):
@@ -349,10 +348,16 @@ class Trainer(FreezeMixin, ResumeMixin):
                 self.log(f"warning: {warning}")
             self.epoch += 1
             record = self._record(lr, train_loss, train_acc, val_loss, val_acc, time.perf_counter() - start, compact)
+            suspect = suspect_loss(val_loss, self.history)
             self.history.append(record)
+            if suspect:
+                self.log(f"warning: {suspect}; the checkpoint of epoch {self.saved_epoch} is kept, not replaced")
             if self.runtime.main:
                 folder.append_metrics(record)
-                save_state(self.state(), folder.checkpoint)
+                if not suspect:
+                    save_state(self.state(), folder.checkpoint)
+            if not suspect:
+                self.saved_epoch = self.epoch
         return self._finish()
 
     def _record(self, lr, train_loss, train_acc, val_loss, val_acc, seconds, compact: nn.Module) -> dict:
@@ -378,7 +383,7 @@ class Trainer(FreezeMixin, ResumeMixin):
         return record
 
     def _finish(self) -> TrainResult:
-        self._land_budget()  # a run without a freeze lands at its end
+        self._end_selection()  # a run without a freeze ends its selection here
         model = self.model.to(memory_format=torch.contiguous_format).eval()  # returned ready for inference
         if self.cfg.sparsity == "sgd":
             n = zero_small_factors(model, self.cfg.prune_threshold)

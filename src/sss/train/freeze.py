@@ -48,11 +48,13 @@ class FreezeMixin:
         self._wrap()
 
     def _freeze_and_log(self) -> None:
-        self._land_budget()  # a target: the selection lands inside its band first
+        self._end_selection()  # a target: the selection lands inside its band first
         self.selected = copy.deepcopy(self.model).to(memory_format=torch.contiguous_format)
         gated_acc = evaluate(self.selected, self.val_data, self.cfg.eval_batch_size)[0]
         compact = prune(self.selected, self.cfg.prune_threshold, round_to=self.cfg.round_to)
         compact_acc = evaluate(compact, self.val_data, self.cfg.eval_batch_size)[0]
+        if self.history:  # the selection epoch's record: its accuracy before and after the landing
+            self.history[-1]["val_acc_landed"] = gated_acc
         self._freeze()
         zeros = sum(int((m == 0).sum()) for m in self.frozen_masks.values())
         rewound = "; weights rewound to their initial values" if self.init_state is not None else ""

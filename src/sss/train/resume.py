@@ -24,7 +24,7 @@ class ResumeMixin:
             "history": self.history,
             "factor_trace": self.factor_trace,
             "extra": self.extra_state(),
-            "budget": self.budget.state() if self.budget is not None else None,
+            "callbacks": {c.name: c.state_dict() for c in self.callbacks},
         }
 
     def extra_state(self) -> dict:
@@ -51,8 +51,12 @@ class ResumeMixin:
             if self.factors_opt is not None:
                 load_optimizer_state(self.factors_opt, state["factors_opt"])
             self.load_extra_state(state.get("extra", {}))
-            if self.budget is not None and state.get("budget") is not None:
-                self.budget.load_state(state["budget"])
+            saved = dict(state.get("callbacks") or {})
+            if state.get("budget") is not None:  # checkpoints written before callbacks
+                saved.setdefault("budget", state["budget"])
+            for callback in self.callbacks:
+                if callback.name in saved:
+                    callback.load_state_dict(saved[callback.name])
         except (KeyError, RuntimeError, ValueError, TypeError) as e:
             raise CheckpointError(f"{path} does not fit this run's model ({type(e).__name__}: {e}); delete it or "
                                   "resume with the config it was written with") from e  # fmt: skip

@@ -63,6 +63,11 @@ class RunFolder:
         if stale:
             notes.append(f"removed {len(stale)} temp file(s) left in {self.path} by an interrupted write")
         existing = [name for name in RUN_FILES if (self.path / name).exists()]
+        if existing == [METRICS] and not self.read_metrics(up_to_epoch=10**9):
+            # A run that failed in its first epoch leaves only an empty metrics file: no run to protect.
+            self.metrics.unlink()
+            existing = []
+            notes.append(f"{self.path} holds no finished epoch of an earlier run; starting afresh")
         if existing and overwrite:
             for name in existing:
                 (self.path / name).unlink()
