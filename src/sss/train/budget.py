@@ -56,6 +56,9 @@ class BudgetController:
                  latency: LatencyModel | None = None, selection_steps: int | None = None) -> None:  # fmt: skip
         self.metric, self.example, self.round_to, self.tolerance = metric, example, round_to, tolerance
         self.latency, self.selection_steps = latency, selection_steps
+        if selection_steps is not None:  # the path sets the pace: momentum would carry factors past it
+            for group in optimizer.param_groups:
+                group["momentum"] = 0.0
         if metric == "latency":
             if latency is None:
                 raise ValueError("a latency target needs a LatencyModel (sss.measure.calibrate_latency)")
