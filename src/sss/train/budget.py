@@ -55,7 +55,7 @@ class BudgetController:
                  optimizer: torch.optim.Optimizer, *, round_to: int = 1, tolerance: float = 0.02,
                  latency: LatencyModel | None = None, selection_steps: int | None = None) -> None:  # fmt: skip
         self.metric, self.example, self.round_to, self.tolerance = metric, example, round_to, tolerance
-        self.latency, self.selection_steps = latency, selection_steps
+        self.latency, self.selection_steps, self.bias = latency, selection_steps, 1.0
         if selection_steps is not None:  # the path sets the pace: momentum would carry factors past it
             for group in optimizer.param_groups:
                 group["momentum"] = 0.0
@@ -128,15 +128,16 @@ class BudgetController:
             group["gamma"] = base * self.scale if above else 0.0
         return est
 
-    def boundary(self, model: nn.Module, est: float, goal: float) -> float:
+    def boundary(self, model: nn.Module, est: float, goal: float, bias: float = 1.0) -> float:
         """|λ| of the structure at ``goal``'s edge: zeroing every live structure up to it,
-        smallest |λ| first, brings the estimate to ``goal`` (0: it is there already)."""
+        smallest |λ| first, brings the estimate (its structure costs times ``bias``) to ``goal``
+        (0: it is there already)."""
         refs = {r.name: r.weight.detach().view(-1) for r in gates(model)}
         edge = 0.0
         for name, i in self.removal_order(model, fine_only=False):
             if est <= goal:
                 break
-            est -= self.costs[name]
+            est -= self.costs[name] * bias
             edge = float(refs[name][i].abs())
         return edge
 
@@ -149,9 +150,12 @@ class BudgetController:
         their gate's largest, keep their ranking while the data moves them. No multiplier winds up at a small lr;
         structures cross zero a few at a time, weakest first, while the weights adapt; at or
         under the path γ is 0, so the loss can lift factors back."""
+        if self.step_count % 20 == 1:  # the estimate is additive, channel costs are not: correct it
+            self.bias = self.exact(model) / max(est, 1e-9)
+        est *= self.bias
         span = max(1, int(0.8 * self.selection_steps))
         goal = self.target + (self.dense - self.target) * (1 - min(self.step_count / span, 1.0)) ** 3
-        edge = self.boundary(model, est, goal) / 10 if est > goal else 0.0
+        edge = self.boundary(model, est, goal, self.bias) / 10 if est > goal else 0.0
         top = max(self.base) or 1.0
         for group, base in zip(optimizer.param_groups, self.base, strict=True):
             group["gamma"] = edge / group["lr"] * base / top
@@ -250,6 +254,8 @@ class BudgetCallback(Callback):
         else:
             lines = budget.land_measured(trainer.model, self._timer(trainer, passes := []))
             lines += passes
+        if budget.selection_steps is not None:  # the landing's zeros shift the statistics too
+            recalibrate_batchnorm(trainer.model, trainer.train_data, trainer.cfg.batch_size, trainer.runtime)
         for line in lines:
             trainer.log(line)
 

@@ -9,7 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from sss.errors import CheckpointError, SelectionCollapsedError
+from sss.errors import CheckpointError, SelectionCollapsedError, TrainingDivergedError
+from sss.measure import format_count
 from sss.structures import gates
 from sss.structures.registry import get_kind
 from sss.train.config import RESUMABLE_KEYS
@@ -123,3 +124,24 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
     optimizer.load_state_dict(state)
     for group, values in zip(optimizer.param_groups, fresh, strict=True):
         group.update(values)
+
+
+def diverged(checkpoint: Path, saved_epoch: int, what: str) -> TrainingDivergedError:
+    """The error that stops a diverged run, with the rerun command that works from here."""
+    if checkpoint.exists():
+        kept = f"The last good checkpoint ({checkpoint}, epoch {saved_epoch}) is kept"
+        then = "rerun the same command with --resume --set lr=... (a lower lr or gamma; a resume may change them)"
+    else:
+        kept = "No checkpoint was written (no epoch ended well)"
+        then = "rerun the same command with --set lr=... (a lower lr or gamma)"
+    return TrainingDivergedError(f"{what}. {kept}. Check the input data for NaN/inf, then {then}.")
+
+
+def epoch_line(record: dict, total_epochs: int, extras: dict[str, float]) -> str:
+    """The log line of one epoch's record."""
+    r, macs = record, record["compact_macs"]
+    factors = f"  zero factors {r['zero_factors']}/{r['factors']}" if r["factors"] else ""
+    factors += "".join(f"  {k} {v:.3f}" for k, v in extras.items())
+    return (f"epoch {r['epoch']}/{total_epochs}  lr {r['lr']:.4f}  loss {r['train_loss']:.4f}  train "
+            f"{r['train_acc']:.2f}%  val {r['val_acc']:.2f}%{factors}  compact MACs {format_count(macs)} "
+            f"({100 * (1 - macs / r['dense_macs']):.1f}% fewer)  {r['seconds']:.0f}s")  # fmt: skip

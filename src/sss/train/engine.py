@@ -15,7 +15,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from sss.data import ArrayDataset, iterate_batches, load_dataset, split_validation
-from sss.errors import RunFolderError, TrainingDivergedError
+from sss.errors import RunFolderError
 from sss.measure import count, evaluate, mac_weights
 from sss.models import create
 from sss.optim import build_optimizers
@@ -26,7 +26,7 @@ from sss.structures.magnitude import init_from_magnitudes
 from sss.surgery import prune, zero_small_factors
 from sss.train.budget import create_budget
 from sss.train.callbacks import Callback
-from sss.train.checks import check_collapse, nonfinite_tensors, suspect_loss
+from sss.train.checks import check_collapse, diverged, epoch_line, nonfinite_tensors, suspect_loss
 from sss.train.config import TrainConfig
 from sss.train.distill import create_distillation
 from sss.train.freeze import FreezeMixin
@@ -262,8 +262,9 @@ class Trainer(FreezeMixin, ResumeMixin):
             values = {"loss": out.loss.item(), **out.figures}
             bad = {k: v for k, v in values.items() if not math.isfinite(v)}
             if bad:
-                raise self._diverged(f"{', '.join(f'{k} became {v}' for k, v in bad.items())} at epoch "
-                                     f"{self.epoch + 1}, step {step + 1}")  # fmt: skip
+                what = ", ".join(f"{k} became {v}" for k, v in bad.items())
+                what += f" at epoch {self.epoch + 1}, step {step + 1}"
+                raise diverged(self.out / CHECKPOINT, self.saved_epoch, what)
             self.optimizer_step(out.loss)
             if self.factors_opt is not None and not self.frozen:
                 for callback in self.callbacks:
@@ -279,16 +280,6 @@ class Trainer(FreezeMixin, ResumeMixin):
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}")
         self.epoch_extras = {k: v / seen for k, v in figures.items()}
         return loss_sum / seen, 100.0 * correct / seen
-
-    def _diverged(self, what: str) -> TrainingDivergedError:
-        ckpt = self.out / CHECKPOINT
-        if ckpt.exists():
-            kept = f"The last good checkpoint ({ckpt}, epoch {self.saved_epoch}) is kept"
-            then = "rerun the same command with --resume --set lr=... (a lower lr or gamma; a resume may change them)"
-        else:
-            kept = "No checkpoint was written (no epoch ended well)"
-            then = "rerun the same command with --set lr=... (a lower lr or gamma)"
-        return TrainingDivergedError(f"{what}. {kept}. Check the input data for NaN/inf, then {then}.")
 
     def fit(self, resume: bool = False, overwrite: bool = False) -> TrainResult:
         """Trains until ``cfg.total_epochs``; with ``resume`` starts from the run's checkpoint.
@@ -342,7 +333,7 @@ class Trainer(FreezeMixin, ResumeMixin):
             broken = nonfinite_tensors(self.model)
             if broken or not math.isfinite(val_loss):
                 what = f"weights {broken[:3]} hold NaN/inf" if broken else f"validation loss became {val_loss}"
-                raise self._diverged(f"after epoch {self.epoch + 1} the {what}")
+                raise diverged(self.out / CHECKPOINT, self.saved_epoch, f"after epoch {self.epoch + 1} the {what}")
             compact = prune(self.model, self.cfg.prune_threshold, round_to=self.cfg.round_to)
             for warning in check_collapse(self.model, compact, probe, self.epoch + 1, self.cfg.allow_collapse):
                 self.log(f"warning: {warning}")
@@ -373,13 +364,7 @@ class Trainer(FreezeMixin, ResumeMixin):
             "val_loss": val_loss, "val_acc": val_acc, "zero_factors": zeros, "factors": total,
             "compact_macs": macs, "dense_macs": self.dense_macs, "seconds": seconds, **self.epoch_extras,
         }  # fmt: skip
-        factors = f"  zero factors {zeros}/{total}" if total else ""
-        factors += "".join(f"  {k} {v:.3f}" for k, v in self.epoch_extras.items())
-        self.log(
-            f"epoch {self.epoch}/{self.cfg.total_epochs}  lr {lr:.4f}  loss {train_loss:.4f}  train {train_acc:.2f}%  "
-            f"val {val_acc:.2f}%{factors}  compact MACs {macs / 1e6:.2f}M "
-            f"({100 * (1 - macs / self.dense_macs):.1f}% fewer)  {seconds:.0f}s"
-        )
+        self.log(epoch_line(record, self.cfg.total_epochs, self.epoch_extras))
         return record
 
     def _finish(self) -> TrainResult:

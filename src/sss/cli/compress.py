@@ -1,0 +1,50 @@
+"""``sss compress``: a trained model to a budget in one command (the trained-model workflow).
+
+Starts from ``--init`` weights, selects for one epoch and lands on the target (the
+trained-model steering, docs/design.md "From a trained model"), removes what it selected and
+fine-tunes the compact model for the rest of ``--epochs``; then writes the compact model and a
+report of the trained and the compact model side by side: test accuracy, MACs, params and
+latency (``report.md``, ``report.json``) and the training curves (``curves.png``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from sss.cli.report import compare_models, format_table
+from sss.data import load_dataset
+from sss.models import create
+from sss.serialization.weights import load_weights
+from sss.train import TrainConfig, Trainer
+from sss.viz.metrics import plot_metrics
+
+#: What ``compress`` sets unless its flags, ``--config`` or ``--set`` say otherwise.
+DEFAULTS = {"structures": ["channel"], "epochs": 4, "freeze_epoch": 1, "after_freeze": "continue", "lr": 0.01,
+            "out_dir": "runs/compress"}  # fmt: skip
+
+
+def run_compress(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, log=print) -> dict:
+    """Runs the recipe for ``cfg`` (which must set ``init`` and a target); returns the report."""
+    if not cfg.init:
+        raise ValueError("compress starts from trained weights: give --init PATH")
+    if cfg.target_macs is None and cfg.target_params is None and cfg.target_latency is None:
+        raise ValueError("compress needs a budget: --target-macs, --target-params or --target-latency")
+    result = Trainer(cfg, log=log).fit(resume=resume, overwrite=overwrite)
+    test = load_dataset(cfg.dataset, False, cfg.data_dir, **cfg.dataset_options())
+    trained = create(cfg.model, num_classes=test.num_classes, in_channels=test.shape[0], **cfg.model_kwargs)
+    load_weights(trained, cfg.init, cfg.init_prefix)
+    models = {"trained": trained.eval(), "compact": result.compact}
+    rows = compare_models(models, test, latency_of=tuple(models))
+    out = Path(cfg.out_dir)
+    first = result.history[0]
+    report = {"models": rows, "selection": {"val_acc_selection_end": first["val_acc"],
+                                            "val_acc_after_landing": first.get("val_acc_landed")}}  # fmt: skip
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    table = format_table(rows)
+    (out / "report.md").write_text(table + "\n")
+    plot_metrics(result.history, [("train_loss", "val_loss"), ("train_acc", "val_acc")], out / "curves.png",
+                 title=f"{cfg.model} from {cfg.init}: selection, landing, fine-tune")  # fmt: skip
+    log(table)
+    log(f"saved {out / 'compact.safetensors'} (+ .json), {out / 'report.md'}, {out / 'curves.png'}")
+    return report
