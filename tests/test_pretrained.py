@@ -112,6 +112,12 @@ def test_init_with_a_zoo_model_and_a_user_factory_on_the_cli(tmp_path, user_modu
            "--structures", "block,channel", "--target-macs", "0.5", "--out", str(tmp_path / "zoo")]  # fmt: skip
     assert main(zoo + common) == 0
     assert "initialised resnet20 from" in capsys.readouterr().out
+    compress = ["compress", "--init", str(tmp_path / "zoo.safetensors"), "--set", "model_kwargs.width=8",
+                "--target-macs", "0.5", "--out", str(tmp_path / "compress"), *common[:-2], "--epochs", "2"]
+    assert main(compress) == 0
+    report = (tmp_path / "compress" / "report.md").read_text()
+    assert "| | trained | compact |" in report and "latency, batch 1" in report
+    assert (tmp_path / "compress" / "curves.png").exists() and (tmp_path / "compress" / "compact.json").exists()
     # A user's model: weights as a plain torch.save'd state dict, written by DDP (module. prefix).
     net = sss.models.create(user_module, num_classes=10)
     torch.save({f"module.{k}": v for k, v in net.state_dict().items()}, tmp_path / "net.pt")
@@ -130,8 +136,8 @@ def test_init_with_a_zoo_model_and_a_user_factory_on_the_cli(tmp_path, user_modu
 def test_weights_that_do_not_fit_name_the_keys(tmp_path):
     model = sss.models.create("lenet5")
     state = model.state_dict()
-    save_file({k: v for k, v in state.items() if k != "classifier.2.bias"}, str(tmp_path / "w.safetensors"))
-    with pytest.raises(sss.CheckpointError, match=r"1 missing \(first: \['classifier\.2\.bias'\]\)"):
+    save_file({k: v for k, v in state.items() if k != "classifier.3.bias"}, str(tmp_path / "w.safetensors"))
+    with pytest.raises(sss.CheckpointError, match=r"1 missing \(first: \['classifier\.3\.bias'\]\)"):
         load_weights(model, tmp_path / "w.safetensors")
     with pytest.raises(sss.CheckpointError, match="not found"):
         load_weights(model, tmp_path / "nope.pt")
@@ -145,4 +151,4 @@ def test_distillation_from_the_starting_model(trained, tmp_path):
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     result = trainer.fit()
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())  # frozen, eval mode
-    assert not sss.gates(teacher) and result.history[-1]["val_acc"] > 50
+    assert not sss.gates(teacher) and result.history[-1]["val_acc"] > 30  # chance is 25%

@@ -30,8 +30,8 @@ from sss.structures.tracing import (
     ancestors,
     eliminate_dead_code,
     out_width,
+    trace_and_find,
     trace_module,
-    try_trace_module,
 )
 
 
@@ -64,13 +64,10 @@ def _last_affine(node: fx.Node, modules: dict[str, nn.Module]) -> fx.Node | None
 
 
 def _describe_module(model, path, module, graph, names, calls) -> tuple[list[str], list[list[LayerSlice]]] | str:
-    gm = try_trace_module(module)
-    if isinstance(gm, str):
-        return gm
-    found = _concat(gm)
-    if isinstance(found, str):
-        return found
-    _, tensors = found
+    traced = trace_and_find(module, _concat)
+    if isinstance(traced, str):
+        return traced
+    gm, (_, tensors) = traced
     modules = dict(gm.named_modules())
     owned = [ancestors(t) | {t} for t in tensors]
     x = next(n for n in gm.graph.nodes if n.op == "placeholder")

@@ -16,7 +16,7 @@ from __future__ import annotations
 from torch import fx, nn
 
 from sss.structures.gate import ChannelGated, Gate, fold_output_scale
-from sss.structures.tracing import ADDS, AFFINE, ancestors, eliminate_dead_code, trace_module, try_trace_module
+from sss.structures.tracing import ADDS, AFFINE, ancestors, eliminate_dead_code, trace_and_find, trace_module
 
 
 def _residual_add(gm: fx.GraphModule) -> fx.Node | str:
@@ -53,12 +53,10 @@ def _residual_add(gm: fx.GraphModule) -> fx.Node | str:
 
 
 def gate_block(module: nn.Module, device, dtype) -> fx.GraphModule | str:
-    gm = try_trace_module(module)
-    if isinstance(gm, str):
-        return gm
-    add = _residual_add(gm)
-    if isinstance(add, str):
-        return add
+    traced = trace_and_find(module, _residual_add)
+    if isinstance(traced, str):
+        return traced
+    gm, add = traced
     if hasattr(gm, "gate"):
         return "it already has an attribute named 'gate'"
     gm.add_submodule("gate", Gate("block").to(device=device, dtype=dtype))

@@ -17,9 +17,10 @@ Two things plain ``torch.fx`` gets wrong for pruning are handled here:
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cached_property
+from typing import Any
 
 import torch
 import torch_pruning as tp
@@ -81,12 +82,15 @@ def trace_module(module: nn.Module) -> fx.GraphModule:
         return fx.GraphModule(module, Tracer().trace(module), type(module).__name__)
 
 
-def try_trace_module(module: nn.Module) -> fx.GraphModule | str:
-    """:func:`trace_module`, or why ``torch.fx`` cannot trace ``module``."""
+def trace_and_find(module: nn.Module, find: Callable[[fx.GraphModule], Any]) -> tuple[fx.GraphModule, Any] | str:
+    """``module`` traced (:func:`trace_module`) and what ``find`` sees in its graph, or why not:
+    ``torch.fx`` cannot trace it, or ``find``'s own reason (a string)."""
     try:
-        return trace_module(module)
+        gm = trace_module(module)
     except Exception as e:
         return f"torch.fx cannot trace it ({type(e).__name__})"
+    found = find(gm)
+    return found if isinstance(found, str) else (gm, found)
 
 
 def ancestors(node: fx.Node) -> set[fx.Node]:
