@@ -4,7 +4,6 @@ checkpoints not kept, digests on model files and checkpoints, and the CLI's mess
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 
 import numpy as np
@@ -18,21 +17,9 @@ from sss.cli.main import main
 from sss.data import ArrayDataset, load_dataset
 from sss.serialization import load_state, save_state
 from sss.serialization.state import atomic_write
-from sss.train import CHECKPOINT, TrainConfig, Trainer, load_config
+from sss.train import CHECKPOINT, load_config
 from sss.train.checks import suspect_loss
-
-
-def _cfg(tmp_path, **kw):
-    base = TrainConfig(model="resnet20", model_kwargs={"width": 4}, val_size=64, epochs=1, batch_size=32, lr=0.05,
-                       gamma=0.05, augment_pad=1, out_dir=str(tmp_path / "run"), channels_last=False,
-                       schedule="step")  # fmt: skip
-    return dataclasses.replace(base, **kw)
-
-
-def _fit(cfg, data=None, **kw):
-    lines: list[str] = []
-    result = Trainer(cfg, train_data=data or synthetic_dataset(128), log=lines.append, progress=False).fit(**kw)
-    return result, lines
+from test_reliability import _cfg, _fit  # the same tiny run as the other reliability tests
 
 
 # -- image folders: every split checked before the first step ------------------------------
