@@ -152,3 +152,17 @@ def test_distillation_from_the_starting_model(trained, tmp_path):
     result = trainer.fit()
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())  # frozen, eval mode
     assert not sss.gates(teacher) and result.history[-1]["val_acc"] > 30  # chance is 25%
+
+
+def test_gal_teacher_from_a_state_dict_on_the_cli(tmp_path, user_module):
+    """`sss gal --teacher weights.pt --model pkg.module:factory`: the teacher is built and loaded
+    (a `module.` prefix stripped), the student is pruned and its compact model saved."""
+    net = sss.models.create(user_module, num_classes=10)
+    torch.save({f"module.{k}": v for k, v in net.state_dict().items()}, tmp_path / "teacher.pt")
+    gal = ["gal", "--teacher", str(tmp_path / "teacher.pt"), "--model", user_module, "--structures", "channel",
+           "--dataset", "fashion-mnist", "--epochs", "1", "--out", str(tmp_path / "gal"), "--set", "train_subset=300",
+           "--set", "val_size=100", "--set", "batch_size=50", "--set", "channels_last=false"]  # fmt: skip
+    assert main(gal) == 2  # the prefix is named as the fix
+    assert main([*gal, "--set", "init_prefix=module."]) == 0
+    compact = sss.load(tmp_path / "gal" / "compact")
+    assert type(compact).__name__ == "Net"

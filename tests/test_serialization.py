@@ -119,3 +119,33 @@ def test_save_load_channel_pruned_model(tmp_path):
     with torch.no_grad():
         assert torch.equal(loaded(x), compact(x))
     assert sss.count(loaded, x[:1]) == sss.count(compact, x[:1])
+
+
+@pytest.mark.parametrize("zoo", [True, False])
+def test_a_model_pruned_by_torch_pruning_saves_and_loads(tmp_path, zoo):
+    """Layers resized by another tool are rebuilt with their saved sizes (the history cannot
+    know them): Torch-Pruning's global group-norm pruning, a zoo model and a user model."""
+    import torch_pruning as tp
+
+    torch.manual_seed(0)
+    if zoo:
+        model = sss.models.create("resnet20", num_classes=10, in_channels=1, width=8)
+        base = None
+    else:
+        def base():
+            return torch.nn.Sequential(torch.nn.Conv2d(1, 12, 3), torch.nn.BatchNorm2d(12), torch.nn.ReLU(),
+                                       torch.nn.Conv2d(12, 12, 3, groups=12), torch.nn.Flatten(),
+                                       torch.nn.Linear(12 * 24 * 24, 10))
+        model = base()
+    randomise(model)
+    x = torch.randn(2, 1, 28, 28)
+    fc = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    pruner = tp.pruner.MetaPruner(model, x, importance=tp.importance.GroupMagnitudeImportance(p=2),
+                                  global_pruning=True, pruning_ratio=0.5, iterative_steps=1, ignored_layers=fc)
+    pruner.step()
+    before = sss.count(model, x[:1])[1]
+    sss.save(model, tmp_path / "m")
+    loaded = sss.load(tmp_path / "m", base=base)
+    model.eval()
+    assert sss.count(loaded, x[:1])[1] == before
+    torch.testing.assert_close(loaded(x), model(x))

@@ -78,12 +78,14 @@ def cmd_compress(args: argparse.Namespace) -> None:
 def cmd_gal(args: argparse.Namespace) -> None:
     from sss.gal import GALConfig, GALTrainer
     from sss.serialization import load
+    from sss.serialization.model_io import is_saved_model
     from sss.train import load_config
 
-    keys = ("teacher", "dataset", "data_dir", "epochs", "gamma", "mu", "out_dir", *TARGETS, "latency_batch",
+    keys = ("teacher", "model", "dataset", "data_dir", "epochs", "gamma", "mu", "out_dir", *TARGETS, "latency_batch",
             *RUNTIME_KEYS)  # fmt: skip
     cfg = load_config(args.config, args.set, cls=GALConfig, values=flag_values(args, keys))
-    cfg.model = _zoo_name(load(cfg.teacher), cfg.teacher)
+    if is_saved_model(cfg.teacher):  # else a state dict: --model (default resnet20) says what it fits
+        cfg.model = _zoo_name(load(cfg.teacher), cfg.teacher)
     _report(cfg, GALTrainer(cfg).fit(resume=args.resume, overwrite=args.overwrite))
 
 

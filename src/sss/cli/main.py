@@ -95,7 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=commands.cmd_compress)
 
     p = sub.add_parser("gal", help="GAL: prune a trained teacher without labels, adversarially")
-    p.add_argument("--teacher", required=True, help="a model saved by `sss train` (e.g. runs/dense/model)")
+    p.add_argument("--teacher", required=True, help="a model saved by sss (e.g. runs/dense/model), or trained weights "
+                                                    "(.safetensors, .pt/.pth) for --model")
+    p.add_argument("--model", help="with a state-dict --teacher: a zoo name or pkg.module:factory (default resnet20)")
     p.add_argument("--config", help="YAML config; keys as for train, plus mu, d_lr, mask_interval, restart")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--dataset")

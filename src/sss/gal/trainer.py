@@ -14,7 +14,9 @@ from torch.optim import SGD
 from sss.data import ArrayDataset
 from sss.gal.discriminator import Discriminator
 from sss.optim import FISTA, factor_param_groups, weight_param_groups
-from sss.serialization import load
+from sss.models import create
+from sss.serialization.model_io import is_saved_model, load
+from sss.serialization.weights import load_weights
 from sss.structures import attach, gates
 from sss.train.checks import load_optimizer_state
 from sss.train.config import NonNegativeFloat, PositiveFloat, PositiveInt, TrainConfig
@@ -28,8 +30,10 @@ class GALConfig(TrainConfig):
     (the masks' L1 strength, applied in FISTA's prox), and ``lr`` drives weights and masks.
 
     Attributes:
-        teacher: A model saved by ``sss train`` (e.g. ``runs/dense/model``): the frozen baseline
-            whose logits are the "real" samples and whose weights initialise the student.
+        teacher: The frozen baseline whose logits are the "real" samples and whose weights
+            initialise the student: a model saved by sss (e.g. ``runs/dense/model``), or trained
+            weights (``.safetensors``, ``.pt``/``.pth`` state dict) for ``model`` (a zoo name or
+            ``pkg.module:factory``; ``init_prefix`` strips a key prefix).
         mu: Weight μ of the MSE between teacher and student logits.
         d_lr: Discriminator learning rate (same schedule as ``lr``).
         mask_interval: FISTA updates the masks every this many steps (official code: 200).
@@ -53,8 +57,19 @@ class GALConfig(TrainConfig):
     def cross_field_problems(self) -> list[str]:
         problems = super().cross_field_problems()
         if not self.teacher:
-            problems.append("GAL needs a teacher: a model saved by `sss train` (e.g. --teacher runs/dense/model)")
+            problems.append("GAL needs a teacher: a model saved by sss (e.g. --teacher runs/dense/model), or a "
+                            "state dict with --model")
         return problems
+
+
+def load_teacher(cfg: GALConfig, data: ArrayDataset) -> nn.Module:
+    """GAL's baseline: the model saved by sss at ``cfg.teacher``, or ``cfg.model`` built for
+    ``data`` with the trained weights of ``cfg.teacher`` loaded into it."""
+    if is_saved_model(cfg.teacher):
+        return load(cfg.teacher)
+    model = create(cfg.model, num_classes=data.num_classes, in_channels=data.shape[0], **cfg.model_kwargs)
+    load_weights(model, cfg.teacher, cfg.init_prefix)
+    return model
 
 
 class GALTrainer(Trainer):
@@ -83,10 +98,7 @@ class GALTrainer(Trainer):
         log: Callable[[str], None] = print,
         progress: bool = True,
     ) -> None:
-        self.teacher = load(cfg.teacher).eval()
-        for p in self.teacher.parameters():
-            p.requires_grad_(False)
-        super().__init__(cfg, train_data=train_data, log=log, progress=progress)
+        super().__init__(cfg, train_data=train_data, log=log, progress=progress)  # loads the teacher
         self.teacher = self.teacher.to(self.runtime.device)
         if cfg.channels_last:
             self.teacher = self.teacher.to(memory_format=torch.channels_last)
@@ -99,6 +111,7 @@ class GALTrainer(Trainer):
     progress_label = "GAL epoch"
 
     def build_model(self, data: ArrayDataset) -> nn.Module:
+        self.teacher = load_teacher(self.cfg, data).eval().requires_grad_(False)
         student = copy.deepcopy(self.teacher).requires_grad_(True)  # the teacher's copy was frozen
         student = attach(student, self.example, structures=self.cfg.structures, inplace=True).train()
         if self.cfg.official:  # masks ~ N(0, 1), as the official code (which sets no seed)

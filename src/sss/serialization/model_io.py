@@ -16,6 +16,7 @@ from torch import nn
 
 from sss.errors import CheckpointError
 from sss.models import create
+from sss.serialization.layer_sizes import layer_sizes, resize_layers
 from sss.serialization.replay import replay
 from sss.serialization.state import atomic_write, check_digest, tensor_digest
 from sss.structures.gate import gates
@@ -37,13 +38,20 @@ def _paths(path: str | Path) -> tuple[Path, Path]:
     return base.with_suffix(".safetensors"), base.with_suffix(".json")
 
 
+def is_saved_model(path: str | Path) -> bool:
+    """Whether ``path`` names a model written by :func:`save` (both of its files exist)."""
+    return all(p.is_file() for p in _paths(path))
+
+
 def save(model: nn.Module, path: str | Path) -> None:
     """Saves ``model`` as ``path.safetensors`` (weights and buffers) + ``path.json``.
 
     The JSON holds the zoo name and builder keywords (for models made by
     :func:`sss.models.create`) and the model's edit history: what was gated, ignored, cut and
     removed. :func:`load` replays that history to rebuild the architecture, for zoo models
-    and, given the unpruned ``base``, for any other model.
+    and, given the unpruned ``base``, for any other model. The sizes of its convolutions,
+    linear layers and norms are saved too, so a model pruned by another tool (Torch-Pruning)
+    loads with its own widths.
     """
     weights_path, spec_path = _paths(path)
     spec = {
@@ -51,6 +59,8 @@ def save(model: nn.Module, path: str | Path) -> None:
         "model": getattr(model, "sss_spec", None),
         "history": history(model),
         "gated": sorted({g.kind for g in gates(model)}),  # informational: replay re-creates the gates
+        # What the history cannot know: layers resized outside sss (Torch-Pruning, by hand).
+        "sizes": layer_sizes(model),
     }
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     spec["weights_sha256"] = tensor_digest(tensors)
@@ -98,6 +108,7 @@ def load(
             raise CheckpointError(f"{weights_path.with_suffix('')} was saved from a model outside the zoo: pass its "
                                   "unpruned form, sss.load(path, base=MyModel())")  # fmt: skip
         model = replay(model, spec["history"])
+        resize_layers(model, spec.get("sizes") or {})
     except CheckpointError:
         raise
     except Exception as e:

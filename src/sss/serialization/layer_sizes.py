@@ -1,0 +1,81 @@
+"""The sizes of a model's layers, saved with it, so that a model resized outside sss (by
+Torch-Pruning, by hand) still loads: the rebuilt skeleton's layers are resized to the saved
+sizes before the weights are read.
+
+sss's own removals are replayed from the edit history; this covers what the history cannot
+know. Only the layer types whose sizes live in attributes are handled (convolutions, linear,
+batch/group/layer norms); anything else that changed shape is left to the weight check, which
+names the tensors that do not fit.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.conv import _ConvNd
+
+_CONV = ("in_channels", "out_channels", "groups")
+
+
+def layer_sizes(model: nn.Module) -> dict[str, dict[str, int | list[int]]]:
+    """Per layer path, the attributes that fix its tensors' shapes."""
+    sizes: dict[str, dict[str, int | list[int]]] = {}
+    for path, m in model.named_modules():
+        if isinstance(m, _ConvNd):
+            sizes[path] = {k: getattr(m, k) for k in _CONV}
+        elif isinstance(m, nn.Linear):
+            sizes[path] = {"in_features": m.in_features, "out_features": m.out_features}
+        elif isinstance(m, _BatchNorm):
+            sizes[path] = {"num_features": m.num_features}
+        elif isinstance(m, nn.GroupNorm):
+            sizes[path] = {"num_groups": m.num_groups, "num_channels": m.num_channels}
+        elif isinstance(m, nn.LayerNorm):
+            sizes[path] = {"normalized_shape": list(m.normalized_shape)}
+    return sizes
+
+
+def _empty_like(tensor: torch.Tensor | None, shape: tuple[int, ...]) -> torch.Tensor | None:
+    return None if tensor is None else torch.empty(shape, dtype=tensor.dtype, device=tensor.device)
+
+
+def _set(m: nn.Module, name: str, shape: tuple[int, ...]) -> None:
+    old = getattr(m, name, None)
+    if old is None or tuple(old.shape) == shape:
+        return
+    new = _empty_like(old, shape)
+    if isinstance(old, nn.Parameter):
+        setattr(m, name, nn.Parameter(new, requires_grad=old.requires_grad))
+    else:
+        m.register_buffer(name, new)
+
+
+def resize_layers(model: nn.Module, sizes: dict[str, dict[str, int | list[int]]]) -> int:
+    """Gives every layer of ``model`` named in ``sizes`` those sizes (tensors left uninitialised:
+    the saved weights fill them); returns how many layers changed."""
+    changed = 0
+    for path, m in model.named_modules():
+        want = sizes.get(path)
+        if want is None or layer_sizes(m).get("") == want:
+            continue
+        changed += 1
+        for k, v in want.items():
+            setattr(m, k, tuple(v) if isinstance(v, list) else v)
+        if isinstance(m, _ConvNd):
+            k = tuple(m.weight.shape[2:])
+            outer, inner = (m.in_channels, m.out_channels) if m.transposed else (m.out_channels, m.in_channels)
+            _set(m, "weight", (outer, inner // m.groups, *k))
+            _set(m, "bias", (m.out_channels,))
+        elif isinstance(m, nn.Linear):
+            _set(m, "weight", (m.out_features, m.in_features))
+            _set(m, "bias", (m.out_features,))
+        elif isinstance(m, _BatchNorm):
+            for name in ("weight", "bias", "running_mean", "running_var"):
+                _set(m, name, (m.num_features,))
+        elif isinstance(m, nn.GroupNorm):
+            _set(m, "weight", (m.num_channels,))
+            _set(m, "bias", (m.num_channels,))
+        elif isinstance(m, nn.LayerNorm):
+            _set(m, "weight", tuple(m.normalized_shape))
+            _set(m, "bias", tuple(m.normalized_shape))
+    return changed
