@@ -92,8 +92,11 @@ def run_one(out: Path, init: Path, train, test, kinds: str, target: float, lr: f
 
 
 def report(records: list[dict], dense_acc: float, path: Path) -> None:
-    rows = ["| method | target | lr | test accuracy | val at selection end | val after landing | cliff | MACs / dense "
-            "| landed ±2% first try | removal |", "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| method | target | lr | test accuracy | val at selection end | val after landing | cliff | MACs / dense "
+        "| landed ±2% first try | removal |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in sorted(records, key=lambda r: (r["method"], r["target"], -r["lr"])):
         if "error" in r:
             rows.append(f"| {r['method']} | {r['target']} | {r['lr']} | error: {r['error'][:80]} | | | | | | |")
@@ -134,8 +137,11 @@ def main() -> None:
                 print(json.dumps({k: v for k, v in r.items() if k != "log"}), flush=True)
     args.results.mkdir(parents=True, exist_ok=True)
     results = args.results / f"{args.name}.json"
-    kept = [r for r in (json.loads(results.read_text()) if results.exists() else [])
-            if (r["method"], r["target"], r["lr"]) not in {(x["method"], x["target"], x["lr"]) for x in records}]
+    kept = [
+        r
+        for r in (json.loads(results.read_text()) if results.exists() else [])
+        if (r["method"], r["target"], r["lr"]) not in {(x["method"], x["target"], x["lr"]) for x in records}
+    ]
     all_records = kept + records
     results.write_text(json.dumps([{k: v for k, v in r.items() if k != "log"} for r in all_records], indent=1) + "\n")
     report(all_records, dense_acc, args.results / f"{args.name}.md")

@@ -116,8 +116,9 @@ def test_gal_with_branch_masks_on_googlenet(tmp_path):
     cfg = TrainConfig(model="googlenet", model_kwargs={"width": 0.0625}, sparsity="none", val_size=32, epochs=1,
                       batch_size=32, lr=0.05, out_dir=str(out), channels_last=False)  # fmt: skip
     Trainer(cfg, train_data=synthetic_dataset(128), log=_quiet, progress=False).fit()
-    gal_cfg = _gal_cfg(out / "model", tmp_path, model="googlenet", structures=["branch"], gamma=20.0, epochs=1,
-                      allow_collapse=True)  # γ = 20 zeroes whole Inception modules
+    gal_cfg = _gal_cfg(
+        out / "model", tmp_path, model="googlenet", structures=["branch"], gamma=20.0, epochs=1, allow_collapse=True
+    )  # γ = 20 zeroes whole Inception modules
     result = GALTrainer(gal_cfg, train_data=synthetic_dataset(128), log=_quiet, progress=False).fit()
     assert {g.kind for g in sss.gates(result.model)} == {"branch"}
     x = torch.randn(3, 1, 12, 12)

@@ -26,7 +26,7 @@ def folder(tmp_path_factory):
     for split, ext, count in (("train", "png", 12), ("val", "jpg", 4)):
         for name in CLASSES:
             (root / split / name).mkdir(parents=True)
-            idx = np.flatnonzero(fm.labels == wanted[name])[: count] + (0 if split == "train" else 100)
+            idx = np.flatnonzero(fm.labels == wanted[name])[:count] + (0 if split == "train" else 100)
             for k, i in enumerate(idx):
                 img = Image.fromarray(fm.images[i, 0]).convert("RGB").resize((40, 36))
                 img.save(root / split / name / f"{k}.{ext}")
@@ -77,7 +77,7 @@ def test_an_unreadable_image_is_named_and_fails_or_is_skipped_with_its_label(fol
         list(iterate_batches(broken, 6, shuffle=False))
     skipping = dataclasses.replace(broken, on_bad_image="skip", _loaders={})
     with pytest.warns(UserWarning, match=r"skipping unreadable image .*broken\.png"):
-        (_, y), = list(iterate_batches(skipping, 6, shuffle=False))
+        ((_, y),) = list(iterate_batches(skipping, 6, shuffle=False))
     assert y.tolist() == [*data.labels[:3].tolist(), *data.labels[-2:].tolist()]  # the label left with the image
 
 

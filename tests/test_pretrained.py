@@ -112,8 +112,20 @@ def test_init_with_a_zoo_model_and_a_user_factory_on_the_cli(tmp_path, user_modu
            "--structures", "block,channel", "--target-macs", "0.5", "--out", str(tmp_path / "zoo")]  # fmt: skip
     assert main(zoo + common) == 0
     assert "initialised resnet20 from" in capsys.readouterr().out
-    compress = ["compress", "--init", str(tmp_path / "zoo.safetensors"), "--set", "model_kwargs.width=8",
-                "--target-macs", "0.5", "--out", str(tmp_path / "compress"), *common[:-2], "--epochs", "2"]
+    compress = [
+        "compress",
+        "--init",
+        str(tmp_path / "zoo.safetensors"),
+        "--set",
+        "model_kwargs.width=8",
+        "--target-macs",
+        "0.5",
+        "--out",
+        str(tmp_path / "compress"),
+        *common[:-2],
+        "--epochs",
+        "2",
+    ]
     assert main(compress) == 0
     report = (tmp_path / "compress" / "report.md").read_text()
     assert "| | trained | compact |" in report and "latency, batch 1" in report

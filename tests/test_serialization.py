@@ -132,16 +132,30 @@ def test_a_model_pruned_by_torch_pruning_saves_and_loads(tmp_path, zoo):
         model = sss.models.create("resnet20", num_classes=10, in_channels=1, width=8)
         base = None
     else:
+
         def base():
-            return torch.nn.Sequential(torch.nn.Conv2d(1, 12, 3), torch.nn.BatchNorm2d(12), torch.nn.ReLU(),
-                                       torch.nn.Conv2d(12, 12, 3, groups=12), torch.nn.Flatten(),
-                                       torch.nn.Linear(12 * 24 * 24, 10))
+            return torch.nn.Sequential(
+                torch.nn.Conv2d(1, 12, 3),
+                torch.nn.BatchNorm2d(12),
+                torch.nn.ReLU(),
+                torch.nn.Conv2d(12, 12, 3, groups=12),
+                torch.nn.Flatten(),
+                torch.nn.Linear(12 * 24 * 24, 10),
+            )
+
         model = base()
     randomise(model)
     x = torch.randn(2, 1, 28, 28)
     fc = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    pruner = tp.pruner.MetaPruner(model, x, importance=tp.importance.GroupMagnitudeImportance(p=2),
-                                  global_pruning=True, pruning_ratio=0.5, iterative_steps=1, ignored_layers=fc)
+    pruner = tp.pruner.MetaPruner(
+        model,
+        x,
+        importance=tp.importance.GroupMagnitudeImportance(p=2),
+        global_pruning=True,
+        pruning_ratio=0.5,
+        iterative_steps=1,
+        ignored_layers=fc,
+    )
     pruner.step()
     before = sss.count(model, x[:1])[1]
     sss.save(model, tmp_path / "m")

@@ -104,8 +104,12 @@ def _assert_exact_in_train_mode(gated: nn.Module, compact: nn.Module, x: torch.T
 
 @pytest.mark.parametrize(
     ("block", "kinds"),
-    [(InplaceShortcut, ("block",)), (InplaceReluInput, ("block",)), (InplaceShortcut, ("block", "channel")),
-     (InplaceReluInput, ("block", "channel"))],
+    [
+        (InplaceShortcut, ("block",)),
+        (InplaceReluInput, ("block",)),
+        (InplaceShortcut, ("block", "channel")),
+        (InplaceReluInput, ("block", "channel")),
+    ],
 )
 @pytest.mark.parametrize("zero_prob", [0.0, 0.5])  # 0.0: only the first block goes, the rest fold λ
 def test_inplace_ops_in_blocks_are_kept_exactly(block, kinds, zero_prob):

@@ -37,10 +37,18 @@ def _run_folder_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _start_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--init", metavar="PATH", help="start from trained weights: a .safetensors or .pt/.pth state dict, "
-                                                  "or a model saved by sss (--set init_prefix=module. strips a prefix)")
-    p.add_argument("--distill", type=float, metavar="T",
-                   help="distil from the starting model at temperature T (e.g. 4; --set distill_weight=0.5)")
+    p.add_argument(
+        "--init",
+        metavar="PATH",
+        help="start from trained weights: a .safetensors or .pt/.pth state dict, "
+        "or a model saved by sss (--set init_prefix=module. strips a prefix)",
+    )
+    p.add_argument(
+        "--distill",
+        type=float,
+        metavar="T",
+        help="distil from the starting model at temperature T (e.g. 4; --set distill_weight=0.5)",
+    )
 
 
 def _nonnegative_float(text: str) -> float:
@@ -95,8 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=commands.cmd_compress)
 
     p = sub.add_parser("gal", help="GAL: prune a trained teacher without labels, adversarially")
-    p.add_argument("--teacher", required=True, help="a model saved by sss (e.g. runs/dense/model), or trained weights "
-                                                    "(.safetensors, .pt/.pth) for --model")
+    p.add_argument(
+        "--teacher",
+        required=True,
+        help="a model saved by sss (e.g. runs/dense/model), or trained weights (.safetensors, .pt/.pth) for --model",
+    )
     p.add_argument("--model", help="with a state-dict --teacher: a zoo name or pkg.module:factory (default resnet20)")
     p.add_argument("--config", help="YAML config; keys as for train, plus mu, d_lr, mask_interval, restart")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")

@@ -25,8 +25,10 @@ def read_idx(path: str | Path) -> np.ndarray:
         else:
             raw = path.read_bytes()
     except (OSError, EOFError, zlib.error) as e:  # not gzip, or cut short
-        raise DataError(f"{path} cannot be read ({type(e).__name__}: {e}): it is corrupt or truncated; reinstall "
-                        "the dataset (apt-get install --reinstall dataset-fashion-mnist) or fix --data-dir") from e
+        raise DataError(
+            f"{path} cannot be read ({type(e).__name__}: {e}): it is corrupt or truncated; reinstall "
+            "the dataset (apt-get install --reinstall dataset-fashion-mnist) or fix --data-dir"
+        ) from e
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _DTYPES:
         raise DataError(f"{path} is not an IDX file (bad magic number {raw[:4].hex()})")
     dtype, ndim = np.dtype(_DTYPES[raw[2]]), raw[3]

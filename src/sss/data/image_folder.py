@@ -80,8 +80,10 @@ class ImageFolder:
         classes = classes or found
         if found != classes:
             unknown, absent = sorted(set(found) - set(classes)), sorted(set(classes) - set(found))
-            raise DataError(f"{root} has class folders {unknown[:5]} that the training split does not have and lacks "
-                            f"{absent[:5]} (names are case-sensitive); every split needs the same class folders")
+            raise DataError(
+                f"{root} has class folders {unknown[:5]} that the training split does not have and lacks "
+                f"{absent[:5]} (names are case-sensitive); every split needs the same class folders"
+            )
         paths, labels, empty = [], [], []
         for label, name in enumerate(classes):
             files = sorted(p for p in (root / name).iterdir() if p.suffix.lower() in EXTENSIONS)
@@ -90,8 +92,10 @@ class ImageFolder:
             if not files:
                 empty.append(name)
         if empty and paths:
-            raise DataError(f"class folder(s) {empty[:5]} of {root} hold no images ({', '.join(EXTENSIONS)}): an empty "
-                            "class would be a label no image has; remove the folder or add its images")
+            raise DataError(
+                f"class folder(s) {empty[:5]} of {root} hold no images ({', '.join(EXTENSIONS)}): an empty "
+                "class would be a label no image has; remove the folder or add its images"
+            )
         if not paths:
             raise DataError(f"no images ({', '.join(EXTENSIONS)}) in the class folders of {root}")
         return cls(root, paths, np.asarray(labels, dtype=np.int64), classes, **options)
@@ -103,6 +107,7 @@ class ImageFolder:
         """This folder after reading every image's header (threads, not decodes: seconds for
         ImageNet's validation split, minutes for its training split): an unreadable file fails
         here, before the first training step, or (``on_bad_image="skip"``) is left out."""
+
         def probe(path: Path) -> str | None:
             try:
                 with Image.open(path) as f:

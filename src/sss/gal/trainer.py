@@ -13,8 +13,8 @@ from torch.optim import SGD
 
 from sss.data import ArrayDataset
 from sss.gal.discriminator import Discriminator
-from sss.optim import FISTA, factor_param_groups, weight_param_groups
 from sss.models import create
+from sss.optim import FISTA, factor_param_groups, weight_param_groups
 from sss.serialization.model_io import is_saved_model, load
 from sss.serialization.weights import load_weights
 from sss.structures import attach, gates
@@ -57,8 +57,10 @@ class GALConfig(TrainConfig):
     def cross_field_problems(self) -> list[str]:
         problems = super().cross_field_problems()
         if not self.teacher:
-            problems.append("GAL needs a teacher: a model saved by sss (e.g. --teacher runs/dense/model), or a "
-                            "state dict with --model")
+            problems.append(
+                "GAL needs a teacher: a model saved by sss (e.g. --teacher runs/dense/model), or a "
+                "state dict with --model"
+            )
         return problems
 
 

@@ -117,8 +117,10 @@ def load(
     tensors = load_file(str(weights_path), device="cpu")
     if spec["format"] != "sss-model/2":  # the first format carried no digest
         if meta.get("spec_sha256") != _spec_digest(spec):
-            raise CheckpointError(f"{spec_path} does not match the digest written with {weights_path.name} (a "
-                                  "changed byte, or files of two saves mixed); restore both from one sss.save")
+            raise CheckpointError(
+                f"{spec_path} does not match the digest written with {weights_path.name} (a "
+                "changed byte, or files of two saves mixed); restore both from one sss.save"
+            )
         check_digest(tensors, meta.get("sha256"), weights_path)
     model.load_state_dict(tensors, strict=True)
     if isinstance(zoo, dict):
@@ -141,6 +143,9 @@ def _check_weights(model: nn.Module, weights_path: Path) -> dict[str, str]:
     if missing or extra or wrong:
         problems = [f"missing {missing[:3]}" if missing else "", f"unexpected {extra[:3]}" if extra else "",
                     f"shapes differ ({'; '.join(wrong[:3])})" if wrong else ""]  # fmt: skip
-        raise CheckpointError(f"the weights in {weights_path} do not fit the rebuilt model: "
-                              + ", ".join(p for p in problems if p) + " (a base other than the saved model's?)")
+        raise CheckpointError(
+            f"the weights in {weights_path} do not fit the rebuilt model: "
+            + ", ".join(p for p in problems if p)
+            + " (a base other than the saved model's?)"
+        )
     return meta

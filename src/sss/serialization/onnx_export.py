@@ -21,8 +21,9 @@ def export_onnx(model: nn.Module, example_inputs: torch.Tensor, path: str | Path
     rounding (tested).
     """
     if importlib.util.find_spec("onnx") is None:
-        raise MissingDependencyError("ONNX export needs the onnx package: pip install onnx (or 'sss[onnx]' for "
-                                     "onnxruntime too)")
+        raise MissingDependencyError(
+            "ONNX export needs the onnx package: pip install onnx (or 'sss[onnx]' for onnxruntime too)"
+        )
     if gates(model):
         raise ValueError("export the compact model: call sss.prune(model) first")
     path = Path(path)

@@ -36,8 +36,10 @@ def replay(model: nn.Module, edits: list[Edit]) -> nn.Module:
                 if width != edit["width"]:
                     raise ValueError(f"{edit['layer']} has {width} {role} channels; the edit expects {edit['width']}")
                 if outside := sorted(k for k in kept if not 0 <= k < width):
-                    raise ValueError(f"it keeps {role} indices {outside[:3]} of {edit['layer']}, which has only "
-                                     f"{width} (0-{width - 1}): the saved history is damaged")
+                    raise ValueError(
+                        f"it keeps {role} indices {outside[:3]} of {edit['layer']}, which has only "
+                        f"{width} (0-{width - 1}): the saved history is damaged"
+                    )
                 cut_slices(model, {(edit["layer"], role): [k for k in range(width) if k not in kept]})
             elif (kind := kind_of_op(op)) is not None:
                 kind.replay(model, edit)

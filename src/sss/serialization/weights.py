@@ -42,8 +42,10 @@ def read_state_dict(path: str | os.PathLike, prefix: str = "") -> dict[str, torc
     except CheckpointError:
         raise
     except Exception as e:
-        raise CheckpointError(f"cannot read weights from {path} ({type(e).__name__}: {str(e).splitlines()[0]}); "
-                              "give a .safetensors state dict, a .pt/.pth state dict, or a model saved by sss") from e
+        raise CheckpointError(
+            f"cannot read weights from {path} ({type(e).__name__}: {str(e).splitlines()[0]}); "
+            "give a .safetensors state dict, a .pt/.pth state dict, or a model saved by sss"
+        ) from e
     for key in _NESTED:
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -73,8 +75,11 @@ def load_weights(model: nn.Module, path: str | os.PathLike, prefix: str = "") ->
                     f"{len(unexpected)} unexpected (first: {unexpected[:3]})" if unexpected else "",
                     f"shapes differ ({'; '.join(shapes[:2])})" if shapes else ""]  # fmt: skip
         heads = {k.split(".", 1)[0] + "." for k in unexpected}
-        hint = (f"; every unexpected key starts with {next(iter(heads))!r}: strip it with init_prefix"
-                if len(heads) == 1 and len(unexpected) == len(state) else "; is it the same model and num_classes?")
+        hint = (
+            f"; every unexpected key starts with {next(iter(heads))!r}: strip it with init_prefix"
+            if len(heads) == 1 and len(unexpected) == len(state)
+            else "; is it the same model and num_classes?"
+        )
         raise CheckpointError(f"the weights in {path} do not fit {type(model).__name__}: "
                               + ", ".join(p for p in problems if p) + hint)  # fmt: skip
     model.load_state_dict({**expected, **state}, strict=True)

@@ -74,8 +74,10 @@ class BudgetController:
         else:
             self.target = parse_budget(target, self.dense, metric)
         if self.target >= self.dense * (1 - tolerance):
-            raise ValueError(f"target_{metric} {self._fmt(self.target)} is not below the dense model's "
-                             f"{self._fmt(self.dense)}: there is nothing to remove; aim lower (e.g. 0.5 of dense)")
+            raise ValueError(
+                f"target_{metric} {self._fmt(self.target)} is not below the dense model's "
+                f"{self._fmt(self.dense)}: there is nothing to remove; aim lower (e.g. 0.5 of dense)"
+            )
         floor = self._exact_all_zero(model)
         if self.target < (floor if metric == "latency" else floor * (1 + tolerance)):
             raise ValueError(f"target_{metric} {self._fmt(self.target)} is below what this model can reach: with "
@@ -270,8 +272,10 @@ class BudgetCallback(Callback):
             ms = {k: v[batch] for k, v in compare_latency(models, shape, (batch,), rounds=5,
                                                            device=trainer.runtime.device).items()}  # fmt: skip
             if dense is not None:
-                passes.append(f"budget: check {len(passes) + 1}: {ms['m']:.2f} ms, the dense model "
-                              f"{ms['dense']:.2f} ms in the same pass: {ms['m'] / ms['dense']:.1%} of dense")
+                passes.append(
+                    f"budget: check {len(passes) + 1}: {ms['m']:.2f} ms, the dense model "
+                    f"{ms['dense']:.2f} ms in the same pass: {ms['m'] / ms['dense']:.1%} of dense"
+                )
             value = ms["m"] * (self.controller.dense / ms["dense"] if dense is not None else 1.0)
             return trainer.runtime.agree(value if trainer.runtime.main else None)
 
@@ -331,6 +335,14 @@ def create_budget(cfg, model: nn.Module, example: torch.Tensor, optimizer: torch
         log(f"latency model at batch {latency.batch} on {device_name(runtime.device)}: "
             f"{latency.predict(model, example):.2f} ms predicted for the dense model, fit within "
             f"{latency.fit_error:.0%} of its timings")  # fmt: skip
-    controller = BudgetController(model, example, metric, value, optimizer, round_to=cfg.round_to, latency=latency,
-                                  selection_steps=selection_steps if steering(cfg) == "distance" else None)
+    controller = BudgetController(
+        model,
+        example,
+        metric,
+        value,
+        optimizer,
+        round_to=cfg.round_to,
+        latency=latency,
+        selection_steps=selection_steps if steering(cfg) == "distance" else None,
+    )
     return BudgetCallback(controller, relative_latency=metric == "latency" and is_relative(value))

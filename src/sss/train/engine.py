@@ -221,8 +221,16 @@ class Trainer(FreezeMixin, ResumeMixin):
         rt, fmt = self.runtime, torch.channels_last if cfg.channels_last else torch.contiguous_format
         # Every rank trains on its share of the same global batch: the data, order and
         # augmentation of a one-process run with the same global batch.
-        batches = iterate_batches(self.train_data, cfg.batch_size, shuffle=True, augment_pad=cfg.augment_pad,
-                                  generator=gen, drop_last=True, shard=(rt.rank, rt.world), workers=cfg.workers)
+        batches = iterate_batches(
+            self.train_data,
+            cfg.batch_size,
+            shuffle=True,
+            augment_pad=cfg.augment_pad,
+            generator=gen,
+            drop_last=True,
+            shard=(rt.rank, rt.world),
+            workers=cfg.workers,
+        )
         batches = ((rt.to_device(x).contiguous(memory_format=fmt), rt.to_device(y)) for x, y in batches)
         desc = f"{self.progress_label} {self.epoch + 1}/{cfg.total_epochs}"
         return tqdm(batches, total=self.steps_per_epoch, desc=desc, leave=False,
