@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_latency_target.py [--out runs/bench_latency]
 
-ResNet-20 with block + channel factors, the head-to-head's split (peer_methods.PEER_CONFIG),
+ResNet-20 with block + channel factors, the head-to-head's split (12k images, 2k held out),
 a one-epoch selection aimed at a fraction of the dense model's latency (``target_latency:
 0.6x`` at batch 1, 0.8x at batch 1, 0.7x at batch 64: the run calibrates and checks against
 the dense model timed in the same passes), then one epoch of the compact model. Afterwards the
@@ -22,10 +22,12 @@ from pathlib import Path
 import torch
 
 import sss
-from peer_methods import PEER_CONFIG
+from sss.cli.demo import DEMO_CONFIG
 from sss.data import load_dataset
 from sss.models import create
 from sss.train import Trainer
+
+PEER_CONFIG = dataclasses.replace(DEMO_CONFIG, train_subset=12_000, val_size=2_000, after_freeze="rewind")
 
 RESULTS = Path(__file__).parent / "results"
 TARGETS = ((1, 0.6), (1, 0.8), (64, 0.7))  # (batch, fraction of the dense model's latency)

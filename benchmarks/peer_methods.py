@@ -1,25 +1,24 @@
-"""The methods of the head-to-head (bench_peers.py): one function per method, one schedule for all.
+"""The methods of the head-to-head (bench_peers.py from scratch, bench_pretrained.py from a
+trained model): one schedule per track, one function that runs any method on it.
 
-Every method gets the same model (ResNet-20), data split, seed and number of epochs
-(``PEER_CONFIG``), and except GAL the same shape of run: one selection epoch, a cut to the MAC target,
-then the compact model rewound to its initial weights and trained for the other epochs. Only
-the selection differs:
+Every method of a track gets the same model (ResNet-20), data split, seed, epochs, learning-rate
+schedule and training loop (sss's ``Trainer``); only what is removed, and how it is chosen, differs.
+A run is: ``cut_epoch`` epochs before the cut (dense training for a one-shot criterion, sparse
+training for SSS, slimming and group sparse learning), the cut to the MAC target, then the
+compact model trained for the remaining epochs with the same schedule (``after_freeze: continue``).
 
-- ``sss`` / ``sss-blocks`` / ``sss-channels``: APG on block + channel, block or channel
-  factors, γ steered to the target (the demo's recipe and starting strengths);
-- ``slimming`` (Liu et al. 2017): sparsity training with an L1 subgradient of 1e-4 on every BN
-  γ, then the channels with the smallest |γ| (mean over the BNs a coupled channel has) cut
-  globally until the target is met (Torch-Pruning's ``BNScalePruner`` criterion);
-- ``l1`` (Li et al. 2017): dense training, then the filters with the smallest L1 norm (summed
-  over a coupled channel's convs, normalised by its layer's mean, as Torch-Pruning's
-  ``MagnitudeImportance(p=1)`` with a mean normaliser) cut globally until the target is met;
-- ``gal``: its teacher (a dense model) trains first and its epochs count: the teacher half
-  of the epochs, one GAL epoch (block + channel masks, FISTA, steered to the target,
-  no labels), then fine-tuning for the rest, the GAL paper's recipe.
-
-The peers' criteria are computed on sss's channel groups, so that the cut, the rewind and the
-training are the same code for every method (Torch-Pruning's pruners apply the same criteria,
-but their prune loop cannot rewind).
+- ``sss`` / ``sss-blocks`` / ``sss-channels`` (+``kd``): APG on block + channel, block or channel
+  factors, γ steered to the target; from a trained model, the trained-model recipe
+  (magnitude-initialised factors, distance steering) and distillation from it with ``+kd``;
+- ``tp-*``: Torch-Pruning's pruners run by Torch-Pruning (tp_peers.py); one-shot criteria cut
+  at epoch 0 from a trained model (the trained model is their pre-training), sparse ones after
+  their sparse phase;
+- ``uniform`` / ``random``: the controls of Liu et al. (ICLR 2019): every layer's width scaled
+  by the same factor, or random per-layer widths, to the same MACs, random channels kept (from a
+  trained model: its weights, then fine-tuned; from scratch: trained from initialisation);
+- ``gal``: from a trained model, one GAL epoch with it as the teacher (no labels), then the
+  compact model fine-tuned; from scratch, a teacher trained half of the epochs first (its
+  epochs count), one GAL epoch, fine-tuning for the rest.
 """
 
 from __future__ import annotations
@@ -37,79 +36,60 @@ import sss
 from sss.cli.demo import DEMO_CONFIG
 from sss.data import ArrayDataset
 from sss.gal import GALConfig, GALTrainer
-from sss.structures.gate import ChannelGated
+from sss.models import create
 from sss.train import TrainConfig, Trainer
-from sss.train.callbacks import Callback
+from tp_peers import TP_METHODS, TPTrainer
 
-#: The benchmark's schedule: the demo's recipe on a smaller split (10k images to train, 2k held
-#: out) and 6 epochs: one run takes 1-4 minutes on a 2-core CPU (the full grid, 54 runs, about 2 hours);
-#: ``rewind`` (not the demo's ``retrain``) so that every method trains exactly 6 epochs.
-PEER_CONFIG = dataclasses.replace(DEMO_CONFIG, train_subset=12_000, val_size=2_000, epochs=6, after_freeze="rewind")
-#: The smoke version (tests/test_bench_peers.py): a narrow net, 2k images, 3 epochs.
-QUICK_PEER_CONFIG = dataclasses.replace(PEER_CONFIG, model_kwargs={"width": 8}, train_subset=2_500, val_size=500,
-                                        epochs=3, batch_size=64)  # fmt: skip
-SLIM_REG = 1e-4
+#: From scratch: 10k images to train, 2k held out, 6 epochs, the cut after 2.
+SCRATCH = dataclasses.replace(DEMO_CONFIG, train_subset=12_000, val_size=2_000, epochs=6, freeze_epoch=2,
+                              after_freeze="continue")  # fmt: skip
+#: From a trained model: the same split, 3 epochs at a fine-tuning rate, the selection in the first.
+TRAINED = dataclasses.replace(SCRATCH, epochs=3, freeze_epoch=1, lr=0.01, gamma=0.01)
+#: The smoke versions (tests/test_bench_peers.py): a narrow net, 1.2k images.
+QUICK = {"scratch": dataclasses.replace(SCRATCH, model_kwargs={"width": 8}, train_subset=1_200, val_size=300,
+                                        epochs=3, freeze_epoch=1, batch_size=64),
+         "trained": dataclasses.replace(TRAINED, model_kwargs={"width": 8}, train_subset=1_200, val_size=300,
+                                        epochs=2, batch_size=64)}  # fmt: skip
+SCHEDULES = {"scratch": SCRATCH, "trained": TRAINED}
 SSS_STRUCTURES = {"sss": ["block", "channel"], "sss-blocks": ["block"], "sss-channels": ["channel"]}
-METHODS = [*SSS_STRUCTURES, "slimming", "l1", "gal"]
+CONTROLS = ("uniform", "random")
+METHODS = {
+    "scratch": [*SSS_STRUCTURES, *TP_METHODS, *CONTROLS],
+    "trained": ["sss", "sss-channels", "sss+kd", "sss-channels+kd", *TP_METHODS, *CONTROLS, "gal"],
+}
+#: Distillation (``+kd``) from the trained model: temperature 4, half soft and half hard labels.
+KD_TEMPERATURE = 4.0
 
 
-class PeerTrainer(Trainer):
-    """The benchmark's run with a peer's selection: λ stays 1 (no factor optimizer) until the cut."""
-
-    criterion = "l1"
-
-    def build_optimizers(self):
-        return super().build_optimizers()[0], None
-
-    def optimizer_step(self, loss: torch.Tensor) -> None:
-        self.weights_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.criterion == "slimming" and not self.frozen:  # Liu et al.'s sparsity term on BN γ
-            for m in self.model.modules():
-                if isinstance(m, nn.BatchNorm2d) and m.weight.grad is not None:
-                    m.weight.grad.add_(torch.sign(m.weight.detach()), alpha=SLIM_REG)
-        self.weights_opt.step()
-
-    def __init__(self, cfg, **kwargs) -> None:
-        super().__init__(cfg, callbacks=[PeerCut(self.criterion)], **kwargs)
+def is_sss(method: str) -> bool:
+    return method.removesuffix("+kd") in SSS_STRUCTURES
 
 
-class PeerCut(Callback):
-    """The peer's one-shot cut where the selection ends: its criterion's lowest channels go."""
+def fresh_model(cfg: TrainConfig, seed: int, data: ArrayDataset) -> nn.Module:
+    """The model every method of a seed starts from in the from-scratch track: the same
+    initialisation the ``Trainer`` draws (seeded the same way)."""
+    torch.manual_seed(seed)
+    return create(cfg.model, num_classes=data.num_classes, in_channels=data.shape[0], **cfg.model_kwargs)
 
-    name = "peer_cut"
 
-    def __init__(self, criterion: str) -> None:
-        self.criterion = criterion
-
-    def on_selection_end(self, trainer) -> None:
-        cut = cut_to_target(trainer.model, trainer.example, trainer.cfg.target_macs,
-                            scores(trainer.model, self.criterion))  # fmt: skip
-        trainer.log(f"{self.criterion}: cut to {cut:.1%} of the dense MACs")
+def train_dense(cfg: TrainConfig, seed: int, folder: Path, train: ArrayDataset, epochs: int | None = None) -> nn.Module:
+    """A dense model (no factors, no cut) on the track's split."""
+    cfg = dataclasses.replace(cfg, seed=seed, sparsity="none", freeze_epoch=None, target_macs=None,
+                              epochs=epochs or cfg.epochs, out_dir=str(folder))  # fmt: skip
+    return Trainer(cfg, train_data=train, progress=False).fit(overwrite=True).compact
 
 
 @torch.no_grad()
-def scores(model: nn.Module, criterion: str) -> dict[str, torch.Tensor]:
-    """Per channel of each channel gate: mean BN |γ| (slimming) or normalised filter L1 (l1)."""
+def control_scores(model: nn.Module, kind: str, seed: int) -> dict[str, torch.Tensor]:
+    """Per channel gate, scores whose global order cuts the same fraction of every gate
+    (``uniform``) or a random fraction of each (``random``); random channels within a gate."""
+    gen = torch.Generator().manual_seed(seed)
     out = {}
-    for name, wrapper in model.named_modules():
-        if not isinstance(wrapper, ChannelGated) or wrapper.group is None:
-            continue
-        group, per_channel = wrapper.group, []
-        for c in range(group.channels):
-            values = []
-            for s in group.slices:
-                layer = model.get_submodule(s.path)
-                layer = layer.inner if isinstance(layer, ChannelGated) else layer
-                if s.role != "out":
-                    continue
-                if criterion == "slimming" and isinstance(layer, nn.BatchNorm2d):
-                    values.append(float(layer.weight[list(s.index[c])].abs().mean()))
-                elif criterion == "l1" and isinstance(layer, nn.Conv2d):
-                    values.append(float(layer.weight[list(s.index[c])].abs().sum()))
-            per_channel.append(sum(values) / max(1, len(values)) if criterion == "slimming" else sum(values))
-        score = torch.tensor(per_channel)
-        out[f"{name}.gate"] = score / score.mean() if criterion == "l1" else score
+    for ref in sss.gates(model):
+        n = ref.weight.numel()
+        rank = (torch.randperm(n, generator=gen).float() + 1) / n
+        scale = 1.0 if kind == "uniform" else float(torch.empty(1).uniform_(0.25, 1.0, generator=gen))
+        out[ref.name] = rank * scale  # a gate cuts its channels with rank < threshold / scale
     return out
 
 
@@ -144,70 +124,81 @@ def cut_to_target(model: nn.Module, example: torch.Tensor, target: float, score:
     return apply(lo)
 
 
-def train_dense(cfg: TrainConfig, seed: int, folder: Path, train: ArrayDataset, epochs: int | None = None) -> nn.Module:
-    """The dense model of a seed on the benchmark's split (no factors, no freeze)."""
-    cfg = dataclasses.replace(cfg, seed=seed, sparsity="none", freeze_epoch=None, target_macs=None,
-                              epochs=epochs or cfg.epochs, out_dir=str(folder))  # fmt: skip
-    return Trainer(cfg, train_data=train, progress=False).fit(overwrite=True).compact
+def _control(cfg: TrainConfig, start: nn.Module, kind: str, example: torch.Tensor, train: ArrayDataset):
+    gated = sss.attach(copy.deepcopy(start), example, structures=["channel"])
+    cut_to_target(gated, example, cfg.target_macs, control_scores(gated, kind, cfg.seed))
+    at_cut = sss.prune(gated)
+    tuned = Trainer(dataclasses.replace(cfg, sparsity="none", freeze_epoch=None, target_macs=None), train_data=train,
+                    model=copy.deepcopy(at_cut).train(), progress=False).fit(overwrite=True)  # fmt: skip
+    return at_cut, tuned.compact
 
 
-def _gal(cfg: TrainConfig, target: float, seed: int, folder: Path, train: ArrayDataset) -> tuple[nn.Module, nn.Module]:
-    teacher_dir = folder.parent / f"gal-teacher_s{seed}"  # shared by the targets; its time counts in each
-    if not (teacher_dir / "model.json").exists():
-        train_dense(cfg, seed, teacher_dir, train, epochs=gal_teacher_epochs(cfg))
-    gal_cfg = GALConfig(model=cfg.model, model_kwargs=cfg.model_kwargs, teacher=str(teacher_dir / "model"),
-                        structures=["block", "channel"], gamma={"block": 1.0, "channel": 0.05}, target_macs=target,
-                        epochs=1, lr=0.01, seed=seed, train_subset=cfg.train_subset, val_size=cfg.val_size,
-                        batch_size=cfg.batch_size, out_dir=str(folder / "gal"))  # fmt: skip
+def _gal(cfg: TrainConfig, track: str, folder: Path, train: ArrayDataset, dense: Path | None):
+    extra = 0.0
+    if track == "scratch":  # the teacher trains first, for half the epochs (shared by the targets; counted)
+        teacher = folder.parent / f"gal-teacher_s{cfg.seed}"
+        if not (teacher / "model.json").exists():
+            train_dense(cfg, cfg.seed, teacher, train, epochs=cfg.epochs // 2)
+        extra = float(sum(json.loads(line)["seconds"] for line in (teacher / "metrics.jsonl").open()))
+        dense, tune_epochs = teacher / "model", cfg.epochs - cfg.epochs // 2 - 1
+    else:
+        tune_epochs = cfg.epochs - 1
+    gal_cfg = GALConfig(model=cfg.model, model_kwargs=cfg.model_kwargs, teacher=str(dense),
+                        structures=["block", "channel"], gamma={"block": 1.0, "channel": 0.05},
+                        target_macs=cfg.target_macs, epochs=1, lr=0.01, seed=cfg.seed, train_subset=cfg.train_subset,
+                        val_size=cfg.val_size, batch_size=cfg.batch_size, out_dir=str(folder / "gal"))  # fmt: skip
     gal = GALTrainer(gal_cfg, train_data=train, progress=False).fit(overwrite=True)
-    tune_cfg = dataclasses.replace(cfg, seed=seed, sparsity="none", freeze_epoch=None, target_macs=None,
-                                   epochs=cfg.epochs - gal_teacher_epochs(cfg) - 1, lr=0.05,
-                                   out_dir=str(folder / "finetune"))  # fmt: skip
-    student = copy.deepcopy(gal.compact).train()
-    tuned = Trainer(tune_cfg, train_data=train, model=student, progress=False).fit(overwrite=True).model
-    return gal.model, tuned
+    tune = dataclasses.replace(cfg, sparsity="none", freeze_epoch=None, target_macs=None, epochs=tune_epochs,
+                               lr=cfg.lr if track == "trained" else 0.05, out_dir=str(folder / "finetune"))  # fmt: skip
+    tuned = Trainer(tune, train_data=train, model=copy.deepcopy(gal.compact).train(), progress=False).fit(
+        overwrite=True
+    )
+    return gal.compact, tuned.compact, extra
 
 
-def gal_teacher_epochs(cfg: TrainConfig) -> int:
-    """GAL's teacher gets half of the epochs; one GAL epoch and fine-tuning share the rest."""
-    return cfg.epochs // 2
+def run_method(track: str, cfg: TrainConfig, method: str, folder: Path, train: ArrayDataset,
+               dense: Path | None) -> tuple[nn.Module, nn.Module, float]:  # fmt: skip
+    """Runs one method (``cfg`` carries the seed and the target); returns the model right after
+    the cut, the final compact model and seconds spent outside this run that count (GAL's teacher)."""
+    cfg = dataclasses.replace(cfg, out_dir=str(folder))
+    example = torch.zeros(1, *train.shape)
 
+    def start() -> nn.Module:
+        return sss.load(dense).train() if track == "trained" else fresh_model(cfg, cfg.seed, train)
 
-def run_method(
-    cfg: TrainConfig, method: str, target: float, seed: int, folder: Path, train: ArrayDataset
-) -> tuple[nn.Module, nn.Module]:
-    """Runs one method; returns (the gated model at the cut, the final compact model)."""
-    base = dataclasses.replace(cfg, seed=seed, target_macs=target, out_dir=str(folder))
-    if method in SSS_STRUCTURES:
-        kinds = SSS_STRUCTURES[method]
-        gamma = {k: v for k, v in DEMO_CONFIG.gamma.items() if k in kinds}
-        result = Trainer(dataclasses.replace(base, structures=kinds, gamma=gamma), train_data=train,
-                         progress=False).fit(overwrite=True)  # fmt: skip
-        return result.selected, result.compact
+    if is_sss(method):
+        kinds = SSS_STRUCTURES[method.removesuffix("+kd")]
+        gamma = cfg.gamma if track == "trained" else {k: v for k, v in DEMO_CONFIG.gamma.items() if k in kinds}
+        run = dataclasses.replace(cfg, structures=kinds, gamma=gamma, init=str(dense) if dense else None,
+                                  distill=KD_TEMPERATURE if method.endswith("+kd") else None)  # fmt: skip
+        result = Trainer(run, train_data=train, progress=False).fit(overwrite=True)
+        return sss.prune(result.selected), result.compact, 0.0
+    if method in TP_METHODS:
+        cut_epoch = cfg.freeze_epoch if TP_METHODS[method].sparse or track == "scratch" else 0
+        run = dataclasses.replace(cfg, sparsity="none", freeze_epoch=None, target_macs=None)
+        trainer = TPTrainer(run, method=method, target=cfg.target_macs, cut_epoch=cut_epoch, model=start(),
+                            train_data=train)  # fmt: skip
+        result = trainer.fit(overwrite=True)
+        return trainer.at_cut, result.compact, 0.0
+    if method in CONTROLS:
+        return (*_control(cfg, start(), method, example, train), 0.0)
     if method == "gal":
-        return _gal(cfg, target, seed, folder, train)
-    cfg = dataclasses.replace(base, structures=["channel"], gamma=0.0)
-    trainer = type("Peer", (PeerTrainer,), {"criterion": method})(cfg, train_data=train, progress=False)
-    result = trainer.fit(overwrite=True)
-    return result.selected, result.compact
+        return _gal(cfg, track, folder, train, dense)
+    raise ValueError(f"unknown method {method!r}")
 
 
-def timed_run(
-    cfg: TrainConfig, method: str, target: float, seed: int, folder: Path, train: ArrayDataset, test: ArrayDataset
-) -> dict:
-    """One run's figures (no latency: that is timed later, all models together) and its compact model
-    saved as ``folder/compact``; a GAL run's wall time includes its teacher's."""
+def timed_run(track: str, cfg: TrainConfig, method: str, target: float, seed: int, folder: Path,
+              train: ArrayDataset, test: ArrayDataset, dense: Path | None, commit: str) -> dict:  # fmt: skip
+    """One run's record (latency is timed later, every model together); its compact model is
+    saved as ``folder/compact``."""
+    cfg = dataclasses.replace(cfg, seed=seed, target_macs=target)
     start = time.perf_counter()
-    selected, compact = run_method(cfg, method, target, seed, folder, train)
-    seconds = time.perf_counter() - start
-    if method == "gal":
-        seconds += float(sum(r["seconds"] for r in _metrics(folder.parent / f"gal-teacher_s{seed}")))
+    at_cut, compact, extra = run_method(track, cfg, method, folder, train, dense)
+    seconds = time.perf_counter() - start + extra
     sss.save(compact, folder / "compact")
     macs, params = sss.count(compact, torch.zeros(1, *test.shape))
-    return {"method": method, "target": target, "seed": seed, "accuracy": sss.evaluate(compact, test)[0],
-            "accuracy_after_cut": sss.evaluate(sss.prune(selected), test)[0], "macs": macs, "params": params,
-            "blocks_removed": len(sss.structures.removed_blocks(compact)), "seconds": seconds}  # fmt: skip
-
-
-def _metrics(folder: Path) -> list[dict]:
-    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return {"method": method, "track": track, "target": target, "seed": seed,
+            "accuracy": sss.evaluate(compact, test)[0], "accuracy_after_cut": sss.evaluate(at_cut, test)[0],
+            "macs": macs, "params": params,
+            "blocks_removed": len(sss.structures.removed_blocks(compact)), "seconds": seconds,
+            "epochs": cfg.epochs, "commit": commit}  # fmt: skip

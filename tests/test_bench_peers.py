@@ -1,5 +1,6 @@
-"""The head-to-head benchmark's smoke version: every method runs once on a tiny schedule, and
-the table, the equal-latency comparison and both figures come out."""
+"""The head-to-head benchmarks' smoke versions: every method of each track runs once on a tiny
+schedule through Torch-Pruning's own pruners, the results file is a list of records, and the
+table and both figures come out; a rerun trains nothing."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
-from bench_peers import at_latency  # noqa: E402
+from h2h_report import at_latency, best_against_peers  # noqa: E402
 from peer_methods import METHODS  # noqa: E402
 
 
@@ -24,21 +25,36 @@ def test_accuracy_at_a_latency_interpolates_between_measured_points():
     assert at_latency(curve, 0.5) is None  # the method never ran that fast
 
 
-def test_every_method_runs_and_the_report_is_written(tmp_path):
+def test_the_best_peer_excludes_the_controls():
+    def cell(acc):
+        return {0.5: {"accuracy": {"mean": acc}, "n": 5}}
+
+    rows = best_against_peers({"sss": cell(90.0), "tp-l1": cell(89.5), "uniform": cell(95.0)})
+    assert rows[0]["peer"] == "tp-l1" and rows[0]["ahead"] == pytest.approx(0.5)
+    assert rows[0]["control"] == "uniform"
+
+
+@pytest.mark.parametrize(("script", "name", "track"), [("bench_peers.py", "peers", "scratch"),
+                                                       ("bench_pretrained.py", "pretrained", "trained")])  # fmt: skip
+def test_every_method_runs_and_the_report_is_written(tmp_path, script, name, track):
     out, results = tmp_path / "runs", tmp_path / "results"
-    cmd = [sys.executable, str(BENCHMARKS / "bench_peers.py"), "--quick", "--targets", "0.5", "--seeds", "0",
-           "--out", str(out), "--results", str(results)]  # fmt: skip
+    cmd = [sys.executable, str(BENCHMARKS / script), "--quick", "--targets", "0.5", "--seeds", "0", "--out", str(out),
+           "--dense", str(tmp_path / "dense"), "--results", str(results)]  # fmt: skip
     subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=900)
-    report = json.loads((results / "peers.json").read_text())
-    assert set(report["summary"]) == set(METHODS)
-    for method, per in report["summary"].items():
-        cell = per["0.5"]
-        assert cell["n"] == 1 and 0 < cell["macs_fraction"]["mean"] < 1, method
-        assert cell["b1_ms"]["mean"] > 0 and 0 <= cell["accuracy"]["mean"] <= 100
-    sss_runs = [r for r in report["runs"] if r["method"] == "sss"]
-    assert abs(sss_runs[0]["macs_fraction"] - 0.5) <= 0.02 * 0.5  # the sss budget lands in its band
-    assert report["equal_latency"] and (results / "peers.md").read_text().count("\n| ") >= len(METHODS) + 1
-    assert (results / "peers_accuracy_vs_macs.png").stat().st_size > 0
-    assert (results / "peers_accuracy_vs_latency.png").stat().st_size > 0
+    records = json.loads((results / f"{name}.json").read_text())
+    assert {r["method"] for r in records} == {*METHODS[track], "dense"}
+    for r in records:
+        assert {"method", "target", "seed", "accuracy", "macs_fraction", "b1_ms", "b64_ms"} <= r.keys()
+        if r["method"] != "dense":
+            assert 0 < r["macs_fraction"] < 0.55 and 0 <= r["accuracy"] <= 100, r
+            assert r["commit"]
+    sss_run = next(r for r in records if r["method"] == "sss")
+    assert abs(sss_run["macs_fraction"] - 0.5) <= 0.02 * 0.5  # the sss budget lands in its band
+    tp_run = next(r for r in records if r["method"] == "tp-group-sl")
+    assert tp_run["macs_fraction"] <= 0.5  # Torch-Pruning stepped until the target was met
+    table = (results / f"{name}.md").read_text()
+    assert table.count("\n| ") >= len(METHODS[track]) + 1 and "sss ahead by" in table
+    assert (results / f"{name}_accuracy_vs_macs.png").stat().st_size > 0
+    assert (results / f"{name}_accuracy_vs_latency.png").stat().st_size > 0
     rerun = subprocess.run([*cmd, "--train-only"], check=True, capture_output=True, text=True, timeout=300)
     assert "method" not in rerun.stdout  # every run was already there: nothing trained again

@@ -1,0 +1,136 @@
+"""The head-to-head's driver, for both tracks (bench_peers.py: from scratch; bench_pretrained.py:
+from a trained model): runs the grid method × target × seed, one folder per run, then times
+every model together and writes the results file, the table and two figures.
+
+Each run leaves ``OUT/<method>_<target>_s<seed>/row.json`` (with the commit it ran at) and its
+compact model; a rerun skips the runs already there, so the grid fills over several calls.
+Latency is timed at the end for every model together (interleaved rounds, batch 1 and 64), so a
+busy machine during training does not bias one method.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+from pathlib import Path
+
+import torch
+
+import sss
+from h2h_report import markdown, plot, summarise
+from peer_methods import METHODS, QUICK, SCHEDULES, timed_run, train_dense
+from sss.cli.demo import DEMO_CONFIG
+from sss.data import load_dataset
+
+RESULTS = Path(__file__).parent / "results"
+NAMES = {"scratch": "peers", "trained": "pretrained"}
+TITLES = {"scratch": "from scratch", "trained": "from a trained model"}
+
+
+def commit() -> str:
+    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False)
+    return done.stdout.strip() or "unknown"
+
+
+def trained_dense(folder: Path, train, quick: bool) -> Path:
+    """The trained model of the trained-model track (once, shared by its seeds): the demo's
+    recipe (8 cosine epochs, 25k/5k split; narrow and short with ``quick``)."""
+    path = folder / "model"
+    if not path.with_suffix(".json").exists():
+        cfg = QUICK["trained"] if quick else DEMO_CONFIG
+        train_dense(cfg, 0, folder, train, epochs=2 if quick else DEMO_CONFIG.epochs)
+    return path
+
+
+def _dense_row(track: str, folder: Path, model: torch.nn.Module, test, example) -> dict:
+    seconds = sum(json.loads(line)["seconds"] for line in (folder / "metrics.jsonl").open() if line.strip())
+    return {
+        "method": "dense",
+        "track": track,
+        "target": 1.0,
+        "seed": 0,
+        "accuracy": sss.evaluate(model, test)[0],
+        "macs": sss.count(model, example)[0],
+        "params": sss.count(model, example)[1],
+        "seconds": seconds,
+    }
+
+
+def main(track: str, doc: str) -> None:
+    methods = METHODS[track]
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--targets", type=float, nargs="+", default=[0.3, 0.5, 0.7])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    p.add_argument("--methods", nargs="+", choices=methods, default=methods)
+    p.add_argument("--out", type=Path, default=Path(f"runs/bench_{NAMES[track]}"))
+    p.add_argument(
+        "--dense",
+        type=Path,
+        default=Path("runs/bench_pretrained/dense"),
+        help="trained-model track: where the trained model is (trained there if missing)",
+    )
+    p.add_argument("--report-only", action="store_true", help="only time and summarise the runs already done")
+    p.add_argument("--train-only", action="store_true", help="train the missing runs, then stop (no timing)")
+    p.add_argument("--quick", action="store_true", help="the smoke version: narrow net, 1.2k images, 2-3 epochs")
+    p.add_argument("--results", type=Path, default=RESULTS, help="where the results, table and figures go")
+    args = p.parse_args()
+    cfg = QUICK[track] if args.quick else SCHEDULES[track]
+    train, test = load_dataset("fashion-mnist", True), load_dataset("fashion-mnist", False)
+    example = torch.zeros(1, *test.shape)
+    dense_path = trained_dense(args.dense, train, args.quick) if track == "trained" else None
+    here = commit()
+    order = [(s, t, m) for s in args.seeds for t in args.targets for m in args.methods]
+    for seed, target, method in [] if args.report_only else order:
+        if track == "scratch" and not (args.out / f"dense_s{seed}" / "row.json").exists():
+            dense = train_dense(cfg, seed, args.out / f"dense_s{seed}", train)
+            row = {**_dense_row(track, args.out / f"dense_s{seed}", dense, test, example), "seed": seed}
+            (args.out / f"dense_s{seed}" / "row.json").write_text(json.dumps(row) + "\n")
+        folder = args.out / f"{method}_{target}_s{seed}"
+        if not (folder / "row.json").exists():
+            row = timed_run(track, cfg, method, target, seed, folder, train, test, dense_path, here)
+            (folder / "row.json").write_text(json.dumps(row) + "\n")
+            print(json.dumps(row), flush=True)
+    if args.train_only:
+        return
+    report(track, args, cfg, dense_path, test, example)
+
+
+def report(track: str, args, cfg, dense_path: Path | None, test, example) -> None:
+    """Times every model of the track together, then writes ``<name>.json`` (a list of records),
+    ``<name>.md`` and the two figures."""
+    folders = sorted(p.parent for p in args.out.glob("*/row.json"))
+    rows = [json.loads((f / "row.json").read_text()) for f in folders]
+    models = {f.name: sss.load(f / ("model" if f.name.startswith("dense") else "compact")) for f in folders}
+    if dense_path is not None:
+        models["dense"] = sss.load(dense_path)
+        rows.append(_dense_row(track, dense_path.parent, models["dense"], test, example))
+        folders.append(Path("dense"))
+    latency = sss.compare_latency(models, test.shape, (1, 64), rounds=5)
+    for f, r in zip(folders, rows, strict=True):
+        r["b1_ms"], r["b64_ms"] = latency[f.name][1], latency[f.name][64]
+    dense_macs = {r["seed"]: r["macs"] for r in rows if r["method"] == "dense"}
+    for r in rows:
+        r["macs_fraction"] = r["macs"] / dense_macs.get(r["seed"], dense_macs.get(0))
+    dense_rows = [r for r in rows if r["method"] == "dense"]
+    keys = ("accuracy", "b1_ms", "b64_ms", "seconds", "macs_fraction")
+    dense = {
+        k: {
+            "mean": statistics.mean(r[k] for r in dense_rows),
+            "std": statistics.stdev([r[k] for r in dense_rows]) if len(dense_rows) > 1 else 0.0,
+        }
+        for k in keys
+    }
+    dense["n"] = len(dense_rows)
+    table = summarise([r for r in rows if r["method"] != "dense"])
+    device = sss.measure.device_name("cpu")
+    name = NAMES[track]
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / f"{name}.json").write_text(json.dumps(rows, indent=1) + "\n")
+    schedule = f"ResNet-20, Fashion-MNIST, {TITLES[track]}, {cfg.epochs} epochs per method"
+    (args.results / f"{name}.md").write_text(markdown(table, dense, device, schedule))
+    plot(table, dense, "macs_fraction", "MACs / dense MACs", args.results / f"{name}_accuracy_vs_macs.png", schedule)
+    plot(table, dense, "b1_ms", f"batch-1 latency (ms), {device}", args.results / f"{name}_accuracy_vs_latency.png",
+         schedule)  # fmt: skip
+    print((args.results / f"{name}.md").read_text())
