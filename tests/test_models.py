@@ -22,9 +22,13 @@ GOLDEN = {
 }
 
 
+#: 28x28 inputs for the models sized for others.
+SMALL_INPUT = {"vit_tiny": {"img_size": 28}}
+
+
 @pytest.mark.parametrize("name", ALL)
 def test_forward_shape(name):
-    model = sss.models.create(name, num_classes=7, in_channels=1).eval()
+    model = sss.models.create(name, num_classes=7, in_channels=1, **SMALL_INPUT.get(name, {})).eval()
     assert model(torch.randn(2, 1, 28, 28)).shape == (2, 7)
 
 
@@ -33,6 +37,13 @@ def test_golden_size(name, shortcut):
     kwargs = {"shortcut": shortcut} if shortcut else {}
     model = sss.models.create(name, num_classes=10, **kwargs)
     assert sss.count(model, torch.zeros(1, 3, 32, 32)) == GOLDEN[(name, shortcut)]
+
+
+def test_vit_tiny_has_timms_size():
+    """timm's vit_tiny_patch16_224 has 5,717,416 parameters; the MACs count the attention matmuls."""
+    model = sss.models.create("vit_tiny")
+    assert sss.count(model, torch.zeros(1, 3, 224, 224)) == (1_253_683_200, 5_717_416)
+    assert "blocks.11.attn.qkv.weight" in model.state_dict() and "cls_token" in model.state_dict()
 
 
 def test_block_counts_and_shortcut_type():

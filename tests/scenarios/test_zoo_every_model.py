@@ -14,10 +14,13 @@ SMALL = {
     "densenet40": {"depth": 10, "growth": 4},
     "googlenet": {"width": 0.125},
     **{f"resnet{d}": {"width": 8} for d in (20, 32, 56, 110)},
+    "vit_tiny": {"img_size": 28},
 }
 
 
 def _kinds(name: str) -> tuple[str, ...]:
+    if name.startswith("vit"):
+        return ("block", "head", "channel")
     if name == "resnext29":
         return ("block", "group", "channel")
     return ("block", "channel") if "resnet" in name else ("channel",)

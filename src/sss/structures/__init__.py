@@ -1,10 +1,10 @@
 """Structures that carry a learnable scaling factor, and the factors themselves.
 
-Importing this package registers the built-in kinds: channel, group, block, branch (the order
+Importing this package registers the built-in kinds: channel, head, group, block, branch (the order
 in which ``attach`` gates them and ``prune`` removes them; see ``StructureKind.order``).
 """
 
-from sss.structures import blocks, branches, channels, groups  # noqa: F401  (the built-in kinds register)
+from sss.structures import blocks, branches, channels, groups, heads  # noqa: F401  (the built-in kinds register)
 from sss.structures.attach import attach
 from sss.structures.discovery import StructureReport, find_structures
 from sss.structures.gate import Gate, GateRef, factor_parameters, gates

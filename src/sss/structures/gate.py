@@ -68,7 +68,11 @@ class ChannelGated(nn.Module):
         return torch.cat([one] + [g.weight for g in self.slice_gates])[self.pick]
 
     def scaled(self, y: torch.Tensor) -> torch.Tensor:
-        """``y`` (this layer's output) times the channel factors."""
+        """``y`` (this layer's output) times the channel factors: along dim 1 for convs and
+        BatchNorms, along the last dim for a linear layer (whose input may be ``(B, N, C)``
+        tokens, as in a transformer's MLP)."""
+        if isinstance(self.inner, nn.Linear):
+            return y * self.scale()
         return y * self.scale().view((1, -1) + (1,) * (y.dim() - 2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

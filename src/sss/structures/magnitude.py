@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from sss.structures.gate import ChannelGated, fold_output_scale
+from sss.structures.tracing import NORMS
 
 
 def _slice_norms(layer: nn.Module, role: str, index: tuple[tuple[int, ...], ...]) -> torch.Tensor | None:
@@ -83,9 +84,12 @@ def hold_largest_at_one(model: nn.Module) -> None:
     at about the shrink per step and cross zero one by one, the strong ones stay, and the
     activations keep their scale. In training the next BN makes this rescaling invisible; where
     no BN follows (the residual stream into the head) it is a small step the weights follow.
-    Gates of one factor (blocks) are left alone: their scale is what removes them."""
+    Gates of one factor (blocks) are left alone: their scale is what removes them, and so are
+    gates on layers without a BatchNorm (a transformer's heads and MLP neurons): no BN undoes
+    their scale there."""
     for wrapper in model.modules():
-        if isinstance(wrapper, ChannelGated) and wrapper.group is not None and wrapper.gate.weight.numel() > 1:
+        if (isinstance(wrapper, ChannelGated) and wrapper.group is not None and wrapper.gate.weight.numel() > 1
+                and isinstance(wrapper.inner, NORMS)):  # fmt: skip
             top = wrapper.gate.weight.abs().max()
             if top > 0:
                 wrapper.gate.weight.div_(top)

@@ -3,8 +3,11 @@
 A submodule is a *block* when its traced graph has exactly one residual sum
 ``add(branch, shortcut)`` whose two operands both come from the module's input along
 disjoint paths (the shortcut may be the input itself, or a downsample), and whose branch
-ends in a BatchNorm, conv or linear layer: torchvision's BasicBlock and Bottleneck,
-pre-activation blocks, MobileNetV2's inverted residuals. The block is replaced by its traced
+ends in a BatchNorm, conv or linear layer (or an attention module, folded into its ``proj``):
+torchvision's BasicBlock and Bottleneck, pre-activation blocks, MobileNetV2's inverted
+residuals, and a pre-norm transformer block's attention branch (its MLP branch is the second
+sum, which is kept after the first: removing the block removes the attention branch only).
+The block is replaced by its traced
 ``GraphModule`` with a :class:`Gate` (``.gate``) on the branch: ``post(shortcut + λ·branch)``.
 
 When ``λ = 0`` the block becomes the same graph without its branch: the shortcut and the ops
@@ -16,7 +19,15 @@ from __future__ import annotations
 from torch import fx, nn
 
 from sss.structures.gate import ChannelGated, Gate, fold_output_scale
-from sss.structures.tracing import ADDS, AFFINE, ancestors, eliminate_dead_code, trace_and_find, trace_module
+from sss.structures.tracing import (
+    ADDS,
+    AFFINE,
+    ancestors,
+    eliminate_dead_code,
+    is_attention,
+    trace_and_find,
+    trace_module,
+)
 
 
 def _residual_add(gm: fx.GraphModule) -> fx.Node | str:
@@ -46,8 +57,10 @@ def _residual_add(gm: fx.GraphModule) -> fx.Node | str:
     node, branch, shortcut = found[0]
     last = modules.get(branch.target) if branch.op == "call_module" else None
     last = last.inner if isinstance(last, ChannelGated) else last
-    if not isinstance(last, AFFINE):
-        return f"its branch ends in {branch.format_node()}, not a BatchNorm/conv/linear layer to fold λ into"
+    if not isinstance(last, AFFINE) and not is_attention(last):
+        return (
+            f"its branch ends in {branch.format_node()}, not a BatchNorm/conv/linear layer or attention to fold λ into"
+        )
     node.args = (branch, shortcut)
     return node
 
@@ -82,7 +95,8 @@ def compact_traced_block(gm: fx.GraphModule, threshold: float = 0.0) -> fx.Graph
     branch = gate_node.args[0]
     if float(lam.abs().max()) <= threshold:
         return _drop_branch(gm, next(iter(gate_node.users)), gate_node)
-    fold_output_scale(gm.get_submodule(branch.target), lam)
+    last = gm.get_submodule(branch.target)
+    fold_output_scale(last.proj if is_attention(last) else last, lam)  # attention: its output projection
     gate_node.replace_all_uses_with(branch)
     gm.graph.erase_node(gate_node)  # nothing else changes: no dead-code pass over the user's ops
     gm.delete_all_unused_submodules()

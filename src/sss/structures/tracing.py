@@ -17,6 +17,7 @@ Two things plain ``torch.fx`` gets wrong for pruning are handled here:
 from __future__ import annotations
 
 import operator
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cached_property
@@ -49,13 +50,23 @@ _VIEW_FUNCTIONS = {torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze,
 _INPLACE_OPERATORS = {operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.setitem}
 
 
+def is_attention(m: nn.Module) -> bool:
+    """Whether ``m`` looks like timm's ``Attention``: ``qkv`` and ``proj`` linear layers (maybe
+    gated) and an int ``num_heads`` (the ``head`` kind's structures)."""
+    qkv, proj = getattr(m, "qkv", None), getattr(m, "proj", None)
+    linear = tuple(isinstance(x.inner if isinstance(x, ChannelGated) else x, nn.Linear) for x in (qkv, proj))
+    return all(linear) and isinstance(getattr(m, "num_heads", None), int)
+
+
 class Tracer(fx.Tracer):
-    """Keeps sss wrappers and torch.nn layers as leaves and proxies buffers (no baked constants)."""
+    """Keeps sss wrappers, torch.nn layers and attention modules as leaves, and proxies buffers
+    (no baked constants). An attention module stays a leaf because tracing through it would
+    bake its ``num_heads`` into the graph's reshapes, and removing heads changes it."""
 
     proxy_buffer_attributes = True
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, ChannelGated | Gate) or super().is_leaf_module(m, qualname)
+        return isinstance(m, ChannelGated | Gate) or is_attention(m) or super().is_leaf_module(m, qualname)
 
 
 @contextmanager
@@ -171,7 +182,10 @@ def build_graph(model: nn.Module, example_inputs: torch.Tensor) -> tp.Dependency
     """Torch-Pruning's dependency graph of ``model`` (traced in eval mode, so BN statistics stay)."""
     was_training = model.training
     try:
-        return tp.DependencyGraph().build_dependency(model.eval(), example_inputs=example_inputs)
+        with warnings.catch_warnings():  # a parameter outside any layer (a ViT's cls_token): its
+            # channels join the embedding's group, which a LayerNorm keeps out of reach anyway
+            warnings.filterwarnings("ignore", message="Unwrapped parameters")
+            return tp.DependencyGraph().build_dependency(model.eval(), example_inputs=example_inputs)
     except Exception as e:
         raise UnsupportedModelError(
             f"cannot trace {type(model).__name__} on the example input ({type(e).__name__}: {e}); channel "

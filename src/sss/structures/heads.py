@@ -1,0 +1,95 @@
+"""The head kind: one factor per attention head of timm-style attention, removing whole heads.
+
+An attention module in timm's form has a fused ``qkv`` linear layer (output ``3·D``: the query,
+key and value rows of each of ``num_heads`` heads of ``D / num_heads`` features), attention per
+head, and a ``proj`` linear layer reading the heads' concatenated outputs (input ``D``). Head
+``h``'s factor multiplies its value rows (``λ_h · v_h``), which scales that head's output and
+nothing else: the attention weights come from ``q`` and ``k``. So ``λ_h = 0`` zeroes the head's
+columns of ``proj``'s input, and the head's ``q``, ``k``, ``v`` rows and those columns can be
+cut with ``num_heads`` lowered by one: the same function. The head dim stays.
+
+Found by attributes (a module with ``qkv`` and ``proj`` linear layers and an int ``num_heads``),
+then checked for exact removal on the example input as every kind is: a forward that reshapes
+by the original width (``reshape(B, N, C)`` instead of ``-1``) fails the check and is skipped
+with the reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from sss.errors import UnsupportedModelError
+from sss.structures.channels import ChannelGroup, LayerGateKind, LayerSlice, kept_channels
+from sss.structures.gate import ChannelGated
+from sss.structures.registry import Discovery, Edit, Removal, register_kind
+from sss.structures.tracing import is_attention
+
+
+def describe_heads(m: nn.Module, path: str, calls: dict[nn.Module, int]) -> ChannelGroup | str:
+    """The heads of one attention module, or why they cannot be removed."""
+    qkv, proj, heads = m.qkv, m.proj, m.num_heads
+    width = proj.in_features
+    if qkv.out_features != 3 * width or width % heads:
+        return f"qkv gives {qkv.out_features} features, not 3 × proj's {width} input features split in {heads} heads"
+    if heads < 2:
+        return "it has one head"
+    for layer in (qkv, proj):
+        if calls.get(layer, 0) > 1:
+            return f"its {'qkv' if layer is qkv else 'proj'} is used {calls[layer]} times in forward"
+    dim = width // heads
+    own = [tuple(range(h * dim, (h + 1) * dim)) for h in range(heads)]
+    rows = tuple(tuple(i + part * width for part in range(3) for i in own[h]) for h in range(heads))
+    values = tuple(tuple(i + 2 * width for i in own[h]) for h in range(heads))
+    prefix = f"{path}." if path else ""
+    slices = (LayerSlice(f"{prefix}qkv", "out", rows), LayerSlice(f"{prefix}proj", "in", tuple(own)))
+    return ChannelGroup(name=path, channels=heads, gated=(LayerSlice(f"{prefix}qkv", "out", values),),
+                        slices=slices, kind="head")  # fmt: skip
+
+
+class HeadKind(LayerGateKind):
+    """One factor per attention head (timm-style ``qkv`` / ``proj`` attention)."""
+
+    name = "head"
+    order = 15
+    ops = ("set_heads",)
+    not_found = "attention modules with qkv and proj linear layers and num_heads (timm-style)"
+
+    def describe_all(self, discovery: Discovery) -> Iterator[tuple[str, ChannelGroup | str]]:
+        for m, path in discovery.names.items():
+            if is_attention(m):
+                yield path, describe_heads(m, path, discovery.calls)
+
+    def plan(self, model: nn.Module, remove: bool, round_to: int, removal: Removal) -> None:
+        heads: dict[str, int] = {}
+        for name, owner in model.named_modules():
+            if not isinstance(owner, ChannelGated) or owner.group is None or owner.gate.kind != self.name:
+                continue
+            lam = owner.gate.weight.detach()
+            if bool((lam < 0).any()):
+                raise UnsupportedModelError(f"{name}: negative head factors cannot be folded exactly")
+            if remove:
+                keep = kept_channels(lam, round_to)
+                removed = torch.nonzero(~keep).flatten().tolist()
+                for s in owner.group.slices:
+                    removal.cut(s.path, s.role, (i for c in removed for i in s.index[c]))
+                if removed:
+                    heads[owner.group.name] = int(keep.sum())
+        if heads:
+            removal.steps.append(lambda m: self._set_heads(m, heads))
+
+    def _set_heads(self, model: nn.Module, heads: dict[str, int]) -> list[Edit]:
+        edits: list[Edit] = []
+        for path, n in sorted(heads.items()):
+            edit: Edit = {"op": "set_heads", "path": path, "num_heads": n}
+            self.replay(model, edit)
+            edits.append(edit)
+        return edits
+
+    def replay(self, model: nn.Module, edit: Edit) -> None:
+        model.get_submodule(edit["path"]).num_heads = int(edit["num_heads"])
+
+
+register_kind(HeadKind())
