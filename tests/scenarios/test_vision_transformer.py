@@ -1,9 +1,10 @@
-"""Vision transformers: attention heads, MLP neurons and attention branches gated, removed exactly.
+"""Vision transformers: attention heads, MLP neurons and residual branches gated, removed exactly.
 
 A ViT written by hand in timm's style (fused qkv, pre-norm blocks, GELU MLP, class token) and
 the zoo's: ``attach(structures=("block", "head", "channel"))`` finds every head, every hidden
-neuron and every attention branch; with about 30% of the factors zero, ``prune`` gives the
-gated model's outputs with fewer heads and MACs, and the compact model saves and loads.
+neuron and both residual branches of every block (attention, MLP); with about 30% of the
+factors zero, ``prune`` gives the gated model's outputs with fewer heads and MACs, and the
+compact model saves and loads.
 """
 
 from __future__ import annotations
@@ -68,15 +69,29 @@ def _heads(model: nn.Module) -> list[int]:
     return [m.num_heads for m in model.modules() if hasattr(m, "num_heads")]
 
 
-def test_a_hand_written_vit_loses_heads_neurons_and_attention_branches_exactly():
+def test_a_hand_written_vit_loses_heads_neurons_and_residual_branches_exactly():
     model, x = UserViT(), torch.randn(3, 1, 12, 12)
     report = sss.find_structures(model, x, ("block", "head", "channel"))
     assert report.names("head") == ["blocks.0.attn", "blocks.1.attn"]
     assert report.names("block") == ["blocks.0", "blocks.1"]
     assert {"blocks.0.mlp.0", "blocks.1.mlp.0"} <= set(report.names("channel"))
     gated = random_gated(model, x, ("block", "head", "channel"), zero_prob=0.3, seed=3)
+    assert [r.weight.numel() for r in sss.gates(gated) if r.kind == "block"] == [2, 2]  # attention, MLP
     compact = assert_exact_and_smaller(gated, x)  # outputs equal, fewer MACs, save/load round trip
     assert sum(_heads(compact)) < 8 or sss.structures.removed_blocks(compact)
+
+
+def test_each_residual_branch_of_a_transformer_block_goes_on_its_own():
+    """λ = (0, 0.7): the attention branch goes, the MLP branch stays (and the other way round);
+    (0, 0): the block is the identity. The history names the branches and replays."""
+    model, x = sss.models.create("vit_fmnist", depth=3), torch.randn(2, 1, 28, 28)
+    gated = sss.attach(model, x, structures=("block",)).eval()
+    with torch.no_grad():
+        for ref, lam in zip(sss.gates(gated), ([0.0, 0.7], [0.5, 0.0], [0.0, 0.0]), strict=True):
+            ref.weight.copy_(torch.tensor(lam))
+    compact = assert_exact_and_smaller(gated, x)
+    assert sss.structures.removed_blocks(compact) == ["blocks.0[0]", "blocks.1[1]", "blocks.2[0]", "blocks.2[1]"]
+    assert {"op": "remove_block", "path": "blocks.1", "branches": [1]} in sss.structures.history(compact)
 
 
 def test_the_zoo_vit_removes_heads_and_keeps_the_head_dim():

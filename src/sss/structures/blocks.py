@@ -118,16 +118,23 @@ class BlockKind(StructureKind):
         replacement = {name: block.compact(threshold) for name, block in zoo.items()}
         removed = [name for name, new in replacement.items() if not isinstance(new, ResidualBlock)]
         replace_blocks(model, replacement)
+        edits: list[Edit] = [{"op": "remove_block", "path": name} for name in removed]
         for name, m in list(model.named_modules()):
             if is_traced_block(m):
-                if float(m.gate.weight.detach().abs().max()) <= threshold:
-                    removed.append(name)
-                compact_traced_block(m, threshold)
-        return [{"op": "remove_block", "path": name} for name in sorted(removed)]
+                branches = m.gate.weight.numel()
+                dropped = compact_traced_block(m, threshold)
+                if dropped and branches == 1:
+                    edits.append({"op": "remove_block", "path": name})
+                elif dropped:  # some branches of a block with several (a transformer's attention, MLP)
+                    edits.append({"op": "remove_block", "path": name, "branches": dropped})
+        return sorted(edits, key=lambda e: e["path"])
 
     def replay(self, model: nn.Module, edit: Edit) -> None:
         block = model.get_submodule(edit["path"])
-        form = block.removed_form() if isinstance(block, ResidualBlock) else removed_traced_block(block)
+        if isinstance(block, ResidualBlock):
+            form = block.removed_form()
+        else:
+            form = removed_traced_block(block, edit.get("branches"))
         replace_blocks(model, {edit["path"]: form})
 
 

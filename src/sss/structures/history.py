@@ -32,8 +32,13 @@ def record(model: nn.Module, edits: Iterable[Edit]) -> None:
 
 
 def removed_blocks(model: nn.Module) -> list[str]:
-    """Paths of the residual blocks that pruning removed from ``model``."""
-    return [e["path"] for e in history(model) if e["op"] == "remove_block"]
+    """Paths of the residual blocks that pruning removed from ``model``; a removed branch of a
+    block with several is ``path[j]`` (a transformer block's attention ``[0]``, MLP ``[1]``)."""
+    out = []
+    for e in history(model):
+        if e["op"] == "remove_block":
+            out += [f"{e['path']}[{j}]" for j in e["branches"]] if "branches" in e else [e["path"]]
+    return out
 
 
 def input_shape(model: nn.Module) -> list[int] | None:

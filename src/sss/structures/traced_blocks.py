@@ -5,16 +5,19 @@ A submodule is a *block* when its traced graph has exactly one residual sum
 disjoint paths (the shortcut may be the input itself, or a downsample), and whose branch
 ends in a BatchNorm, conv or linear layer (or an attention module, folded into its ``proj``):
 torchvision's BasicBlock and Bottleneck, pre-activation blocks, MobileNetV2's inverted
-residuals, and a pre-norm transformer block's attention branch (its MLP branch is the second
-sum, which is kept after the first: removing the block removes the attention branch only).
-The block is replaced by its traced
-``GraphModule`` with a :class:`Gate` (``.gate``) on the branch: ``post(shortcut + λ·branch)``.
+residuals. Residual sums *chained* after it (``y = x + f(x); z = y + g(y)``, with ``g``'s ops
+used by nothing else) are branches of the same block: a pre-norm transformer block has two,
+attention then MLP. The block is replaced by its traced ``GraphModule`` with a :class:`Gate`
+(``.gate``, one factor per branch) on each branch: ``post(shortcut + λ_j·branch_j)``.
 
-When ``λ = 0`` the block becomes the same graph without its branch: the shortcut and the ops
-after the sum (a final ReLU), exactly. Otherwise λ is folded into the branch's last layer.
+When ``λ_j = 0`` branch ``j`` goes and its sum becomes its shortcut, exactly (a block with one
+branch becomes its shortcut and the ops after the sum, a final ReLU). Otherwise ``λ_j`` is
+folded into the branch's last layer.
 """
 
 from __future__ import annotations
+
+import operator
 
 from torch import fx, nn
 
@@ -30,8 +33,37 @@ from sss.structures.tracing import (
 )
 
 
-def _residual_add(gm: fx.GraphModule) -> fx.Node | str:
-    """The block's one residual sum (args: branch, shortcut), or why there is none."""
+def _foldable(branch: fx.Node, modules: dict[str, nn.Module]) -> str | None:
+    """Why ``λ`` cannot be folded into the op that ends ``branch`` (``None``: it can)."""
+    last = modules.get(branch.target) if branch.op == "call_module" else None
+    last = last.inner if isinstance(last, ChannelGated) else last
+    if isinstance(last, AFFINE) or is_attention(last):
+        return None
+    return f"its branch ends in {branch.format_node()}, not a BatchNorm/conv/linear layer or attention to fold λ into"
+
+
+def _is_add(node: fx.Node) -> bool:
+    return (node.op == "call_function" and node.target in ADDS and len(node.args) == 2
+            and all(isinstance(a, fx.Node) for a in node.args))  # fmt: skip
+
+
+def _chained(add: fx.Node, previous: fx.Node) -> fx.Node | None:
+    """The branch of ``add`` if it is ``previous + g(previous)`` with ``g``'s ops used only by
+    ``g`` (so dropping the branch drops nothing else), else ``None``."""
+    if previous not in add.args:
+        return None
+    branch = add.args[1] if add.args[0] is previous else add.args[0]
+    own = (ancestors(branch) | {branch}) - ancestors(previous) - {previous}
+    if previous not in ancestors(branch) or not own:
+        return None
+    if any(user not in own and user is not add for n in own for user in n.users):
+        return None
+    return branch
+
+
+def _residual_adds(gm: fx.GraphModule) -> list[fx.Node] | str:
+    """The block's residual sums, each with args (branch, shortcut): the one sum of its input,
+    then the sums chained after it; or why it is not a block."""
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     if len(placeholders) != 1:
         return "its forward takes more than one input"
@@ -39,11 +71,9 @@ def _residual_add(gm: fx.GraphModule) -> fx.Node | str:
     modules = dict(gm.named_modules())
     found = []
     for node in gm.graph.nodes:
-        if node.op != "call_function" or node.target not in ADDS or len(node.args) != 2:
+        if not _is_add(node):
             continue
         a, b = node.args
-        if not (isinstance(a, fx.Node) and isinstance(b, fx.Node)):
-            continue
         anc_a, anc_b = ancestors(a) | {a}, ancestors(b) | {b}
         if x not in anc_a or x not in anc_b:
             continue
@@ -55,28 +85,39 @@ def _residual_add(gm: fx.GraphModule) -> fx.Node | str:
     if len(found) != 1:
         return f"it has {len(found)} residual sums of its input (a block has exactly one)"
     node, branch, shortcut = found[0]
-    last = modules.get(branch.target) if branch.op == "call_module" else None
-    last = last.inner if isinstance(last, ChannelGated) else last
-    if not isinstance(last, AFFINE) and not is_attention(last):
-        return (
-            f"its branch ends in {branch.format_node()}, not a BatchNorm/conv/linear layer or attention to fold λ into"
-        )
+    why = _foldable(branch, modules)
+    if why:
+        return why
     node.args = (branch, shortcut)
-    return node
+    adds = [node]
+    for later in gm.graph.nodes:
+        chained = _chained(later, adds[-1]) if _is_add(later) else None
+        if chained is not None and _foldable(chained, modules) is None:
+            later.args = (chained, adds[-1])
+            adds.append(later)
+    return adds
 
 
 def gate_block(module: nn.Module, device, dtype) -> fx.GraphModule | str:
-    traced = trace_and_find(module, _residual_add)
+    traced = trace_and_find(module, _residual_adds)
     if isinstance(traced, str):
         return traced
-    gm, add = traced
+    gm, adds = traced
     if hasattr(gm, "gate"):
         return "it already has an attribute named 'gate'"
-    gm.add_submodule("gate", Gate("block").to(device=device, dtype=dtype))
-    branch = add.args[0]
-    with gm.graph.inserting_after(branch):
-        gated = gm.graph.call_module("gate", (branch,))
-    add.replace_input_with(branch, gated)
+    gm.add_submodule("gate", Gate("block", len(adds)).to(device=device, dtype=dtype))
+    for j, add in enumerate(adds):
+        branch = add.args[0]
+        with gm.graph.inserting_after(branch):
+            if len(adds) == 1:
+                gated = gm.graph.call_module("gate", (branch,))
+            else:  # λ_j: one entry of the block's gate per branch
+                weight = gm.graph.get_attr("gate.weight")
+                with gm.graph.inserting_after(weight):
+                    lam = gm.graph.call_function(operator.getitem, (weight, j))
+                with gm.graph.inserting_after(lam):
+                    gated = gm.graph.call_function(operator.mul, (branch, lam))
+        add.replace_input_with(branch, gated)
     gm.recompile()
     return gm
 
@@ -87,37 +128,59 @@ def is_traced_block(module: nn.Module) -> bool:
     return isinstance(module, fx.GraphModule) and isinstance(gate, Gate) and gate.kind == "block"
 
 
-def compact_traced_block(gm: fx.GraphModule, threshold: float = 0.0) -> fx.GraphModule:
-    """The gate-free block: its shortcut and post-sum ops if ``|λ| <= threshold``, else the
-    block with λ folded into the branch's last layer. ``gm`` is modified in place."""
+def _gated_branches(gm: fx.GraphModule) -> list[tuple[int, fx.Node, fx.Node]]:
+    """(branch index, the gated node, the branch node) of each gated branch of a traced block."""
+    out = []
+    for n in gm.graph.nodes:
+        if n.op == "call_module" and n.target == "gate":
+            out.append((0, n, n.args[0]))
+        elif n.op == "call_function" and n.target is operator.mul and isinstance(n.args[1], fx.Node):
+            lam = n.args[1]
+            if lam.target is operator.getitem and lam.args[0].op == "get_attr" and lam.args[0].target == "gate.weight":
+                out.append((lam.args[1], n, n.args[0]))
+    return out
+
+
+def compact_traced_block(gm: fx.GraphModule, threshold: float = 0.0) -> list[int]:
+    """Makes ``gm`` gate-free, in place: each branch with ``|λ_j| <= threshold`` dropped (its sum
+    becomes its shortcut), the others with ``λ_j`` folded into their last layer. Returns the
+    indices of the dropped branches."""
     lam = gm.gate.weight.detach()
-    gate_node = next(n for n in gm.graph.nodes if n.op == "call_module" and n.target == "gate")
-    branch = gate_node.args[0]
-    if float(lam.abs().max()) <= threshold:
-        return _drop_branch(gm, next(iter(gate_node.users)), gate_node)
-    last = gm.get_submodule(branch.target)
-    fold_output_scale(last.proj if is_attention(last) else last, lam)  # attention: its output projection
-    gate_node.replace_all_uses_with(branch)
-    gm.graph.erase_node(gate_node)  # nothing else changes: no dead-code pass over the user's ops
-    gm.delete_all_unused_submodules()
+    dropped = []
+    for j, gated, branch in _gated_branches(gm):
+        if float(lam[j].abs()) <= threshold:
+            add = next(iter(gated.users))
+            add.replace_all_uses_with(add.args[1] if add.args[0] is gated else add.args[0])
+            gm.graph.erase_node(add)
+            dropped.append(j)
+        else:
+            last = gm.get_submodule(branch.target)
+            fold_output_scale(last.proj if is_attention(last) else last, lam[j])  # attention: its output projection
+            gated.replace_all_uses_with(branch)
+            gm.graph.erase_node(gated)
+    for n in reversed(list(gm.graph.nodes)):  # the λ_j lookups of folded branches
+        if not n.users and (n.op == "get_attr" or (n.op == "call_function" and n.target is operator.getitem
+                                                   and n.args[0].op == "get_attr")):  # fmt: skip
+            gm.graph.erase_node(n)
+    if dropped:
+        eliminate_dead_code(gm)  # keeps in-place ops whose write is still read (a shortcut's x.mul_())
+    gm.delete_all_unused_submodules()  # with no dropped branch nothing else changes: no pass over the user's ops
+    gm.recompile()
+    return sorted(dropped)
+
+
+def removed_traced_block(module: nn.Module, branches: list[int] | None = None) -> fx.GraphModule:
+    """What is left of an ungated block (any module :func:`gate_block` accepts) without the
+    given branches (default: its first, the only one a block had before chained branches): the
+    form a pruned block is rebuilt to from the block itself."""
+    gm = trace_module(module)
+    adds = _residual_adds(gm)
+    if isinstance(adds, str):
+        raise ValueError(f"{type(module).__name__} is not a residual block: {adds}")
+    for j in branches if branches is not None else [0]:
+        add = adds[j]
+        add.replace_all_uses_with(add.args[1])
+        gm.graph.erase_node(add)
+    eliminate_dead_code(gm)
     gm.recompile()
     return gm
-
-
-def _drop_branch(gm: fx.GraphModule, add: fx.Node, branch: fx.Node) -> fx.GraphModule:
-    """Replaces the residual sum ``add`` by its shortcut operand; the branch goes as dead code."""
-    shortcut = add.args[1] if add.args[0] is branch else add.args[0]
-    add.replace_all_uses_with(shortcut)
-    gm.graph.erase_node(add)
-    eliminate_dead_code(gm)  # keeps in-place ops whose write is still read (a shortcut's x.mul_())
-    return gm
-
-
-def removed_traced_block(module: nn.Module) -> fx.GraphModule:
-    """What is left of an ungated block (any module :func:`gate_block` accepts) without its
-    branch: the form a zero-factor block is pruned to, rebuilt from the block itself."""
-    gm = trace_module(module)
-    add = _residual_add(gm)
-    if isinstance(add, str):
-        raise ValueError(f"{type(module).__name__} is not a residual block: {add}")
-    return _drop_branch(gm, add, add.args[0])
