@@ -12,7 +12,8 @@ compact model trained for the remaining epochs with the same schedule (``after_f
   (magnitude-initialised factors, distance steering) and distillation from it with ``+kd``;
 - ``tp-*``: Torch-Pruning's pruners run by Torch-Pruning (tp_peers.py); one-shot criteria cut
   at epoch 0 from a trained model (the trained model is their pre-training), sparse ones after
-  their sparse phase;
+  their sparse phase; ``tp-l1+kd`` / ``tp-taylor+kd`` get sss's distillation from the trained
+  model, so that ``+kd`` rows compare criteria, not whether a teacher was used;
 - ``uniform`` / ``random``: the controls of Liu et al. (ICLR 2019): every layer's width scaled
   by the same factor, or random per-layer widths, to the same MACs, random channels kept (from a
   trained model: its weights, then fine-tuned; from scratch: trained from initialisation);
@@ -55,7 +56,17 @@ SSS_STRUCTURES = {"sss": ["block", "channel"], "sss-blocks": ["block"], "sss-cha
 CONTROLS = ("uniform", "random")
 METHODS = {
     "scratch": [*SSS_STRUCTURES, *TP_METHODS, *CONTROLS],
-    "trained": ["sss", "sss-channels", "sss+kd", "sss-channels+kd", *TP_METHODS, *CONTROLS, "gal"],
+    "trained": [
+        "sss",
+        "sss-channels",
+        "sss+kd",
+        "sss-channels+kd",
+        *TP_METHODS,
+        "tp-l1+kd",
+        "tp-taylor+kd",
+        *CONTROLS,
+        "gal",
+    ],
 }
 #: Distillation (``+kd``) from the trained model: temperature 4, half soft and half hard labels.
 KD_TEMPERATURE = 4.0
@@ -173,10 +184,18 @@ def run_method(track: str, cfg: TrainConfig, method: str, folder: Path, train: A
                                   distill=KD_TEMPERATURE if method.endswith("+kd") else None)  # fmt: skip
         result = Trainer(run, train_data=train, progress=False).fit(overwrite=True)
         return sss.prune(result.selected), result.compact, 0.0
-    if method in TP_METHODS:
-        cut_epoch = cfg.freeze_epoch if TP_METHODS[method].sparse or track == "scratch" else 0
-        run = dataclasses.replace(cfg, sparsity="none", freeze_epoch=None, target_macs=None)
-        trainer = TPTrainer(run, method=method, target=cfg.target_macs, cut_epoch=cut_epoch, model=start(),
+    if method.removesuffix("+kd") in TP_METHODS:
+        tp_method, kd = method.removesuffix("+kd"), method.endswith("+kd")
+        cut_epoch = cfg.freeze_epoch if TP_METHODS[tp_method].sparse or track == "scratch" else 0
+        run = dataclasses.replace(
+            cfg,
+            sparsity="none",
+            freeze_epoch=None,
+            target_macs=None,
+            distill=KD_TEMPERATURE if kd else None,
+            distill_teacher=str(dense) if kd else None,
+        )
+        trainer = TPTrainer(run, method=tp_method, target=cfg.target_macs, cut_epoch=cut_epoch, model=start(),
                             train_data=train)  # fmt: skip
         result = trainer.fit(overwrite=True)
         return trainer.at_cut, result.compact, 0.0
