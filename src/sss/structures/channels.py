@@ -202,9 +202,15 @@ class LayerGateKind(StructureKind):
                     f"{name}: negative {self.name} factors cannot be folded exactly; train them with nonneg=True"
                 )
             if remove:
-                removed = torch.nonzero(~kept_channels(lam, round_to)).flatten().tolist()
+                keep = kept_channels(lam, round_to)
+                removed = torch.nonzero(~keep).flatten().tolist()
                 for s in owner.group.slices:
                     removal.cut(s.path, s.role, (i for c in removed for i in s.index[c]))
+                self.after_cut(owner.group, keep, removal)
+
+    def after_cut(self, group: ChannelGroup, keep: torch.Tensor, removal: Removal) -> None:
+        """Hook: what else a cut changes (``keep``: the group's kept structures), e.g. a step
+        that lowers an attention's ``num_heads``. Default: nothing."""
 
 
 class ChannelKind(LayerGateKind):

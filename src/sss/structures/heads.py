@@ -21,9 +21,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from sss.errors import UnsupportedModelError
-from sss.structures.channels import ChannelGroup, LayerGateKind, LayerSlice, kept_channels
-from sss.structures.gate import ChannelGated
+from sss.structures.channels import ChannelGroup, LayerGateKind, LayerSlice
 from sss.structures.registry import Discovery, Edit, Removal, register_kind
 from sss.structures.tracing import is_attention
 
@@ -62,31 +60,15 @@ class HeadKind(LayerGateKind):
             if is_attention(m):
                 yield path, describe_heads(m, path, discovery.calls)
 
-    def plan(self, model: nn.Module, remove: bool, round_to: int, removal: Removal) -> None:
-        heads: dict[str, int] = {}
-        for name, owner in model.named_modules():
-            if not isinstance(owner, ChannelGated) or owner.group is None or owner.gate.kind != self.name:
-                continue
-            lam = owner.gate.weight.detach()
-            if bool((lam < 0).any()):
-                raise UnsupportedModelError(f"{name}: negative head factors cannot be folded exactly")
-            if remove:
-                keep = kept_channels(lam, round_to)
-                removed = torch.nonzero(~keep).flatten().tolist()
-                for s in owner.group.slices:
-                    removal.cut(s.path, s.role, (i for c in removed for i in s.index[c]))
-                if removed:
-                    heads[owner.group.name] = int(keep.sum())
-        if heads:
-            removal.steps.append(lambda m: self._set_heads(m, heads))
+    def after_cut(self, group: ChannelGroup, keep: torch.Tensor, removal: Removal) -> None:
+        if not bool(keep.all()):  # after the cuts: the attention runs with the heads it kept
+            edit: Edit = {"op": "set_heads", "path": group.name, "num_heads": int(keep.sum())}
 
-    def _set_heads(self, model: nn.Module, heads: dict[str, int]) -> list[Edit]:
-        edits: list[Edit] = []
-        for path, n in sorted(heads.items()):
-            edit: Edit = {"op": "set_heads", "path": path, "num_heads": n}
-            self.replay(model, edit)
-            edits.append(edit)
-        return edits
+            def set_heads(model: nn.Module) -> list[Edit]:
+                self.replay(model, edit)
+                return [edit]
+
+            removal.steps.append(set_heads)
 
     def replay(self, model: nn.Module, edit: Edit) -> None:
         model.get_submodule(edit["path"]).num_heads = int(edit["num_heads"])
