@@ -9,6 +9,7 @@ from sss.structures.attach import attach
 from sss.structures.channels import cut_slices
 from sss.structures.history import ATTR as HISTORY_ATTR
 from sss.structures.registry import Edit, kind_of_op
+from sss.structures.torch_transformer import convert_torch_transformers
 from sss.structures.tracing import role_width
 
 
@@ -30,6 +31,9 @@ def replay(model: nn.Module, edits: list[Edit]) -> nn.Module:
                 model = attach(model, example, edit["kinds"], ignore=edit.get("ignore", []), inplace=True)
             elif op in ("attach", "prune"):
                 continue
+            elif op == "convert_transformers":
+                if (paths := convert_torch_transformers(model, ignore=edit.get("ignore", []))) != edit["paths"]:
+                    raise ValueError(f"it rewrites torch transformer modules at {paths}, the edit at {edit['paths']}")
             elif op == "cut":
                 layer, role, kept = model.get_submodule(edit["layer"]), edit["role"], set(edit["kept"])
                 width = role_width(layer, role)

@@ -13,6 +13,7 @@ from sss.errors import UnsupportedModelError
 from sss.structures.discovery import find_structures
 from sss.structures.history import record
 from sss.structures.registry import get_kind, kind_names
+from sss.structures.torch_transformer import convert_torch_transformers
 
 logger = logging.getLogger("sss")
 
@@ -46,6 +47,11 @@ def attach(
             whose width must stay fixed or a block that must stay.
         inplace: Modify ``model`` itself instead of a copy.
 
+    ``nn.TransformerEncoder`` / ``nn.TransformerEncoderLayer`` modules are first rewritten as
+    traceable modules computing the same function, whose attention has ``qkv`` / ``proj``
+    layers (:mod:`sss.structures.torch_transformer`; an edit of the history, so ``sss.load``
+    replays it).
+
     Raises:
         ValueError: A kind is unknown, or needs ``example_inputs`` and got none.
         UnsupportedModelError: The model has no structure of any requested kind.
@@ -54,6 +60,11 @@ def attach(
     for kind in kinds:
         if kind.needs_example and example_inputs is None:
             raise ValueError(f"{kind.name} factors need example_inputs (one input batch) to trace the model")
+    if not inplace:
+        model = copy.deepcopy(model)
+    # torch's encoder layers cannot be traced nor lose a head: rewritten first, as the same function
+    if converted := convert_torch_transformers(model, example_inputs, ignore):
+        record(model, [{"op": "convert_transformers", "paths": converted, "ignore": list(ignore)}])
     report = find_structures(model, example_inputs, structures, ignore)
     if not report.found:
         reasons = f" ({'; '.join(report.skipped)})" if report.skipped else ""
@@ -64,8 +75,6 @@ def attach(
         logger.warning("%s has no %s structures; gating the other kinds", type(model).__name__,
                        "/".join(report.missing))  # fmt: skip
     logger.info("%s: %s", type(model).__name__, report.summary())
-    if not inplace:
-        model = copy.deepcopy(model)
     for kind in sorted(kinds, key=lambda k: kind_names().index(k.name)):  # layers are wrapped before modules trace
         if report.structures[kind.name]:
             kind.gate(model, report.structures[kind.name])

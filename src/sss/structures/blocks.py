@@ -18,6 +18,7 @@ from sss.structures.gate import ChannelGated, Gate
 from sss.structures.paths import under
 from sss.structures.registry import Discovery, Edit, Removal, StructureKind, register_kind
 from sss.structures.residual import ResidualBlock
+from sss.structures.torch_transformer import EncoderStack
 from sss.structures.traced_blocks import compact_traced_block, gate_block, is_traced_block, removed_traced_block
 from sss.structures.tracing import shared_modules
 
@@ -49,6 +50,10 @@ def replace_blocks(model: nn.Module, replacement: dict[str, nn.Module | None]) -
                 setattr(parent, child_name, nn.Identity() if new is None else new)
 
 
+#: Modules searched inside, never gated whole.
+CONTAINERS = (ChannelGated, nn.Sequential, nn.ModuleList, EncoderStack)
+
+
 class BlockKind(StructureKind):
     """One factor per residual block; a zero block becomes its shortcut (or nothing)."""
 
@@ -77,7 +82,8 @@ class BlockKind(StructureKind):
             if not name or under(name, done):
                 continue
             if not isinstance(module, ResidualBlock):
-                if isinstance(module, ChannelGated | nn.Sequential | nn.ModuleList) or not any(module.children()):
+                # containers: their blocks are the blocks (a stack of pre-norm layers would trace as one)
+                if isinstance(module, CONTAINERS) or not any(module.children()):
                     continue
                 gated = gate_block(module, ref.device, ref.dtype)
                 if isinstance(gated, str):

@@ -16,6 +16,7 @@ from sss.errors import UnsupportedModelError
 from sss.structures.gate import Gate
 from sss.structures.paths import under
 from sss.structures.registry import Discovery, StructureKind, get_kind
+from sss.structures.torch_transformer import convert_torch_transformers, has_torch_transformers
 from sss.structures.tracing import NORMS, Tracer, trace_graph
 from sss.surgery.prune import prune
 
@@ -70,6 +71,9 @@ def find_structures(
     compute the same outputs; a structure that fails (an op on the way that turns zeros into
     something else) is reported, not returned.
     """
+    if has_torch_transformers(model):  # what attach would gate: on the rewritten encoder layers
+        model = copy.deepcopy(model)
+        convert_torch_transformers(model, example_inputs, ignore)
     check_single_path(model, ignore)
     discovery = Discovery(model, example_inputs)
     report = StructureReport()

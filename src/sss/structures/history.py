@@ -5,9 +5,11 @@ model's JSON spec, and ``sss.load`` rebuilds the architecture by replaying it on
 unpruned model (a zoo model, or the ``base`` a user passes; :mod:`sss.serialization.replay`),
 so no pickle is ever needed.
 
-Ops: ``attach`` (kinds, ignore, input_shape), ``prune`` (a marker: the gates are folded away
-here), ``cut`` (one layer's kept indices on one side: ``out``, ``in`` or ``groups``), and the
-kinds' own ops (``remove_block``, ``drop_branches``, ...; see :attr:`StructureKind.ops`).
+Ops: ``convert_transformers`` (torch encoder layers rewritten before tracing, see
+:mod:`sss.structures.torch_transformer`), ``attach`` (kinds, ignore, input_shape), ``prune``
+(a marker: the gates are folded away here), ``cut`` (one layer's kept indices on one side:
+``out``, ``in`` or ``groups``), and the kinds' own ops (``remove_block``, ``drop_branches``, ...;
+see :attr:`StructureKind.ops`).
 """
 
 from __future__ import annotations

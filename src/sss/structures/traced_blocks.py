@@ -33,13 +33,29 @@ from sss.structures.tracing import (
 )
 
 
+def _fold_node(branch: fx.Node, modules: dict[str, nn.Module]) -> fx.Node:
+    """The op ``λ`` is folded into: the branch's last op, looking back through dropout (``λ``
+    commutes with it) and the ``[0]`` of an attention module's ``(output, weights)``."""
+    node = branch
+    while True:
+        module = modules.get(node.target) if node.op == "call_module" else None
+        dropout = isinstance(module, nn.Dropout | nn.Identity) and isinstance(node.args[0], fx.Node)
+        attention_output = (node.op == "call_function" and node.target is operator.getitem and node.args[1] == 0
+                            and isinstance(node.args[0], fx.Node) and node.args[0].op == "call_module"
+                            and is_attention(modules.get(node.args[0].target)))  # fmt: skip
+        if not (dropout or attention_output):
+            return node
+        node = node.args[0]
+
+
 def _foldable(branch: fx.Node, modules: dict[str, nn.Module]) -> str | None:
     """Why ``λ`` cannot be folded into the op that ends ``branch`` (``None``: it can)."""
-    last = modules.get(branch.target) if branch.op == "call_module" else None
+    node = _fold_node(branch, modules)
+    last = modules.get(node.target) if node.op == "call_module" else None
     last = last.inner if isinstance(last, ChannelGated) else last
     if isinstance(last, AFFINE) or is_attention(last):
         return None
-    return f"its branch ends in {branch.format_node()}, not a BatchNorm/conv/linear layer or attention to fold λ into"
+    return f"its branch ends in {node.format_node()}, not a BatchNorm/conv/linear layer or attention to fold λ into"
 
 
 def _is_add(node: fx.Node) -> bool:
@@ -62,11 +78,12 @@ def _chained(add: fx.Node, previous: fx.Node) -> fx.Node | None:
 
 
 def _residual_adds(gm: fx.GraphModule) -> list[fx.Node] | str:
-    """The block's residual sums, each with args (branch, shortcut): the one sum of its input,
-    then the sums chained after it; or why it is not a block."""
+    """The block's residual sums, each with args (branch, shortcut): the one sum of its first
+    input, then the sums chained after it; or why it is not a block. Other inputs (an attention
+    mask) may feed a branch: removing the branch drops those uses and nothing else."""
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    if len(placeholders) != 1:
-        return "its forward takes more than one input"
+    if not placeholders:
+        return "its forward takes no input"
     x = placeholders[0]
     modules = dict(gm.named_modules())
     found = []
@@ -154,7 +171,7 @@ def compact_traced_block(gm: fx.GraphModule, threshold: float = 0.0) -> list[int
             gm.graph.erase_node(add)
             dropped.append(j)
         else:
-            last = gm.get_submodule(branch.target)
+            last = gm.get_submodule(_fold_node(branch, dict(gm.named_modules())).target)
             fold_output_scale(last.proj if is_attention(last) else last, lam[j])  # attention: its output projection
             gated.replace_all_uses_with(branch)
             gm.graph.erase_node(gated)
