@@ -11,6 +11,7 @@ busy machine during training does not bias one method.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import subprocess
@@ -21,13 +22,14 @@ import torch
 
 import sss
 from h2h_report import markdown, plot, summarise
-from peer_methods import METHODS, QUICK, SCHEDULES, timed_run, train_dense
+from peer_methods import FROM_TRAINED, METHODS, QUICK, SCHEDULES, timed_run, train_dense
 from sss.cli.demo import DEMO_CONFIG
 from sss.data import load_dataset
 
 RESULTS = Path(__file__).parent / "results"
-NAMES = {"scratch": "peers", "trained": "pretrained"}
-TITLES = {"scratch": "from scratch", "trained": "from a trained model"}
+NAMES = {"scratch": "peers", "trained": "pretrained", "vit": "vit"}
+TITLES = {"scratch": "from scratch", "trained": "from a trained model", "vit": "from a trained model"}
+MODELS = {"resnet20": "ResNet-20", "vit_fmnist": "ViT (vit_fmnist)"}
 
 
 def commit() -> str:
@@ -35,12 +37,14 @@ def commit() -> str:
     return done.stdout.strip() or "unknown"
 
 
-def trained_dense(folder: Path, train, quick: bool) -> Path:
-    """The trained model of the trained-model track (once, shared by its seeds): the demo's
-    recipe (8 cosine epochs, 25k/5k split; narrow and short with ``quick``)."""
+def trained_dense(track: str, folder: Path, train, quick: bool) -> Path:
+    """The trained model of a trained-model track (once, shared by its seeds): the demo's
+    recipe (8 cosine epochs, 25k/5k split) on the track's model; narrow and short with ``quick``."""
     path = folder / "model"
     if not path.with_suffix(".json").exists():
-        cfg = QUICK["trained"] if quick else DEMO_CONFIG
+        run = SCHEDULES[track]
+        cfg = QUICK[track] if quick else dataclasses.replace(DEMO_CONFIG, model=run.model,
+                                                            channels_last=run.channels_last)  # fmt: skip
         train_dense(cfg, 0, folder, train, epochs=2 if quick else DEMO_CONFIG.epochs)
     return path
 
@@ -59,18 +63,19 @@ def _dense_row(track: str, folder: Path, model: torch.nn.Module, test, example) 
     }
 
 
-def main(track: str, doc: str) -> None:
+def main(track: str, doc: str, *, targets: tuple[float, ...] = (0.3, 0.5, 0.7),
+         seeds: tuple[int, ...] = (0, 1, 2, 3, 4)) -> None:  # fmt: skip
     methods = METHODS[track]
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--targets", type=float, nargs="+", default=[0.3, 0.5, 0.7])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    p.add_argument("--targets", type=float, nargs="+", default=list(targets))
+    p.add_argument("--seeds", type=int, nargs="+", default=list(seeds))
     p.add_argument("--methods", nargs="+", choices=methods, default=methods)
     p.add_argument("--out", type=Path, default=Path(f"runs/bench_{NAMES[track]}"))
     p.add_argument(
         "--dense",
         type=Path,
-        default=Path("runs/bench_pretrained/dense"),
-        help="trained-model track: where the trained model is (trained there if missing)",
+        default=Path(f"runs/bench_{NAMES[track]}/dense"),
+        help="trained-model tracks: where the trained model is (trained there if missing)",
     )
     p.add_argument("--report-only", action="store_true", help="only time and summarise the runs already done")
     p.add_argument("--train-only", action="store_true", help="train the missing runs, then stop (no timing)")
@@ -82,7 +87,7 @@ def main(track: str, doc: str) -> None:
     if args.quick:  # the smoke version scores on 1k test images
         test = test.subset(np.arange(1000))
     example = torch.zeros(1, *test.shape)
-    dense_path = trained_dense(args.dense, train, args.quick) if track == "trained" else None
+    dense_path = trained_dense(track, args.dense, train, args.quick) if track in FROM_TRAINED else None
     here = commit()
     order = [(s, t, m) for s in args.seeds for t in args.targets for m in args.methods]
     for seed, target, method in [] if args.report_only else order:
@@ -131,7 +136,7 @@ def report(track: str, args, cfg, dense_path: Path | None, test, example) -> Non
     name = NAMES[track]
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / f"{name}.json").write_text(json.dumps(rows, indent=1) + "\n")
-    schedule = f"ResNet-20, Fashion-MNIST, {TITLES[track]}, {cfg.epochs} epochs per method"
+    schedule = f"{MODELS.get(cfg.model, cfg.model)}, Fashion-MNIST, {TITLES[track]}, {cfg.epochs} epochs per method"
     (args.results / f"{name}.md").write_text(markdown(table, dense, device, schedule))
     plot(table, dense, "macs_fraction", "MACs / dense MACs", args.results / f"{name}_accuracy_vs_macs.png", schedule)
     plot(table, dense, "b1_ms", f"batch-1 latency (ms), {device}", args.results / f"{name}_accuracy_vs_latency.png",

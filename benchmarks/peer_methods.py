@@ -39,7 +39,7 @@ from sss.data import ArrayDataset
 from sss.gal import GALConfig, GALTrainer
 from sss.models import create
 from sss.train import TrainConfig, Trainer
-from tp_peers import TP_METHODS, TPTrainer
+from tp_peers import CNN_TP_METHODS, TP_METHODS, TPTrainer
 
 #: From scratch: 10k images to train, 2k held out, 6 epochs, the cut after 2.
 SCRATCH = dataclasses.replace(DEMO_CONFIG, train_subset=12_000, val_size=2_000, epochs=6, freeze_epoch=2,
@@ -51,22 +51,31 @@ QUICK = {"scratch": dataclasses.replace(SCRATCH, model_kwargs={"width": 8}, trai
                                         epochs=3, freeze_epoch=1, batch_size=64),
          "trained": dataclasses.replace(TRAINED, model_kwargs={"width": 8}, train_subset=1_200, val_size=300,
                                         epochs=2, batch_size=64)}  # fmt: skip
-SCHEDULES = {"scratch": SCRATCH, "trained": TRAINED}
+#: The ViT track (bench_vit.py): ``vit_fmnist`` from a trained one, the trained track's schedule.
+VIT = dataclasses.replace(TRAINED, model="vit_fmnist", channels_last=False)
+QUICK["vit"] = dataclasses.replace(QUICK["trained"], model="vit_fmnist", model_kwargs={"embed_dim": 32, "depth": 2},
+                                   channels_last=False)  # fmt: skip
+SCHEDULES = {"scratch": SCRATCH, "trained": TRAINED, "vit": VIT}
+#: The tracks that start from a trained model (shared by their seeds).
+FROM_TRAINED = ("trained", "vit")
 SSS_STRUCTURES = {"sss": ["block", "channel"], "sss-blocks": ["block"], "sss-channels": ["channel"]}
+#: On a ViT, ``sss`` gates heads, MLP neurons and both residual branches of every block.
+VIT_STRUCTURES = ["block", "head", "channel"]
 CONTROLS = ("uniform", "random")
 METHODS = {
-    "scratch": [*SSS_STRUCTURES, *TP_METHODS, *CONTROLS],
+    "scratch": [*SSS_STRUCTURES, *CNN_TP_METHODS, *CONTROLS],
     "trained": [
         "sss",
         "sss-channels",
         "sss+kd",
         "sss-channels+kd",
-        *TP_METHODS,
+        *CNN_TP_METHODS,
         "tp-l1+kd",
         "tp-taylor+kd",
         *CONTROLS,
         "gal",
     ],
+    "vit": ["sss", "sss+kd", "tp-vit", "tp-vit+kd"],
 }
 #: Distillation (``+kd``) from the trained model: temperature 4, half soft and half hard labels.
 KD_TEMPERATURE = 4.0
@@ -175,11 +184,11 @@ def run_method(track: str, cfg: TrainConfig, method: str, folder: Path, train: A
     example = torch.zeros(1, *train.shape)
 
     def start() -> nn.Module:
-        return sss.load(dense).train() if track == "trained" else fresh_model(cfg, cfg.seed, train)
+        return sss.load(dense).train() if track in FROM_TRAINED else fresh_model(cfg, cfg.seed, train)
 
     if is_sss(method):
-        kinds = SSS_STRUCTURES[method.removesuffix("+kd")]
-        gamma = cfg.gamma if track == "trained" else {k: v for k, v in DEMO_CONFIG.gamma.items() if k in kinds}
+        kinds = VIT_STRUCTURES if track == "vit" else SSS_STRUCTURES[method.removesuffix("+kd")]
+        gamma = cfg.gamma if track in FROM_TRAINED else {k: v for k, v in DEMO_CONFIG.gamma.items() if k in kinds}
         run = dataclasses.replace(cfg, structures=kinds, gamma=gamma, init=str(dense) if dense else None,
                                   distill=KD_TEMPERATURE if method.endswith("+kd") else None)  # fmt: skip
         result = Trainer(run, train_data=train, progress=False).fit(overwrite=True)

@@ -38,7 +38,8 @@ def test_the_best_peer_excludes_the_controls():
 #: Torch-Pruning peer, a peer with distillation, a control, GAL): the whole grid would take the
 #: default suite's time; every method's path is one of these.
 SMOKE = {"scratch": ["sss", "tp-slimming", "random"],
-         "trained": ["sss", "sss+kd", "tp-taylor", "tp-group-sl", "tp-l1+kd", "uniform", "gal"]}  # fmt: skip
+         "trained": ["sss", "sss+kd", "tp-taylor", "tp-group-sl", "tp-l1+kd", "uniform", "gal"],
+         "vit": ["sss", "tp-vit"]}  # fmt: skip
 
 
 def test_the_smoke_methods_cover_every_method():
@@ -48,7 +49,8 @@ def test_the_smoke_methods_cover_every_method():
 
 
 @pytest.mark.parametrize(("script", "name", "track"), [("bench_peers.py", "peers", "scratch"),
-                                                       ("bench_pretrained.py", "pretrained", "trained")])  # fmt: skip
+                                                       ("bench_pretrained.py", "pretrained", "trained"),
+                                                       ("bench_vit.py", "vit", "vit")])  # fmt: skip
 def test_the_methods_run_and_the_report_is_written(tmp_path, script, name, track):
     out, results = tmp_path / "runs", tmp_path / "results"
     cmd = [sys.executable, str(BENCHMARKS / script), "--quick", "--targets", "0.5", "--seeds", "0", "--out", str(out),
@@ -63,7 +65,7 @@ def test_the_methods_run_and_the_report_is_written(tmp_path, script, name, track
             assert r["commit"]
     sss_run = next(r for r in records if r["method"] == "sss")
     assert abs(sss_run["macs_fraction"] - 0.5) <= 0.02 * 0.5  # the sss budget lands in its band
-    tp_run = next(r for r in records if r["method"] in ("tp-group-sl", "tp-slimming"))
+    tp_run = next(r for r in records if r["method"] in ("tp-group-sl", "tp-slimming", "tp-vit"))
     assert tp_run["macs_fraction"] <= 0.5  # Torch-Pruning stepped until the target was met
     table = (results / f"{name}.md").read_text()
     assert table.count("\n| ") >= len(SMOKE[track]) + 1 and "sss ahead by" in table

@@ -163,3 +163,27 @@ def test_a_model_pruned_by_torch_pruning_saves_and_loads(tmp_path, zoo):
     model.eval()
     assert sss.count(loaded, x[:1])[1] == before
     torch.testing.assert_close(loaded(x), model(x))
+
+
+def test_a_vit_pruned_by_torch_pruning_saves_and_loads(tmp_path):
+    """Torch-Pruning's ViT pruning cuts heads and the embedding width: the attention's
+    ``num_heads`` and the model's own tensors (class token, position embedding) are saved too."""
+    import torch_pruning as tp
+
+    torch.manual_seed(0)
+    model, x = (
+        sss.models.create("vit_fmnist", num_classes=10, in_channels=1, embed_dim=32, depth=2),
+        torch.randn(2, 1, 28, 28),
+    )
+    heads = {b.attn.qkv: b.attn.num_heads for b in model.blocks}
+    pruner = tp.pruner.MetaPruner(model, x, importance=tp.importance.GroupMagnitudeImportance(p=2), global_pruning=True,
+                                  pruning_ratio=0.4, iterative_steps=1, ignored_layers=[model.head], num_heads=heads,
+                                  prune_num_heads=True, prune_head_dims=False, head_pruning_ratio=0.4)  # fmt: skip
+    pruner.step()
+    for b in model.blocks:
+        b.attn.num_heads = pruner.num_heads[b.attn.qkv]
+    assert model.cls_token.shape[-1] < 32 and sum(b.attn.num_heads for b in model.blocks) < 8
+    sss.save(model.eval(), tmp_path / "vit")
+    loaded = sss.load(tmp_path / "vit")
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))

@@ -3,9 +3,11 @@ Torch-Pruning, by hand) still loads: the rebuilt skeleton's layers are resized t
 sizes before the weights are read.
 
 sss's own removals are replayed from the edit history; this covers what the history cannot
-know. Only the layer types whose sizes live in attributes are handled (convolutions, linear,
-batch/group/layer norms); anything else that changed shape is left to the weight check, which
-names the tensors that do not fit.
+know. Layers whose sizes live in attributes (convolutions, linear, batch/group/layer norms)
+save those attributes; an attention module its ``num_heads``; any other module the shapes of
+the parameters and buffers it holds itself (a ViT's ``cls_token`` and ``pos_embed``, cut by
+Torch-Pruning with the embedding width). What else changed shape is left to the weight check,
+which names the tensors that do not fit.
 """
 
 from __future__ import annotations
@@ -15,12 +17,14 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
+from sss.structures.tracing import is_attention
+
 _CONV = ("in_channels", "out_channels", "groups")
 
 
-def layer_sizes(model: nn.Module) -> dict[str, dict[str, int | list[int]]]:
+def layer_sizes(model: nn.Module) -> dict[str, dict]:
     """Per layer path, the attributes that fix its tensors' shapes."""
-    sizes: dict[str, dict[str, int | list[int]]] = {}
+    sizes: dict[str, dict] = {}
     for path, m in model.named_modules():
         if isinstance(m, _ConvNd):
             sizes[path] = {k: getattr(m, k) for k in _CONV}
@@ -32,6 +36,14 @@ def layer_sizes(model: nn.Module) -> dict[str, dict[str, int | list[int]]]:
             sizes[path] = {"num_groups": m.num_groups, "num_channels": m.num_channels}
         elif isinstance(m, nn.LayerNorm):
             sizes[path] = {"normalized_shape": list(m.normalized_shape)}
+        else:
+            own = {n: list(t.shape) for n, t in [*m.named_parameters(recurse=False), *m.named_buffers(recurse=False)]
+                   if t is not None}  # fmt: skip
+            entry: dict = {"tensors": own} if own else {}
+            if is_attention(m):
+                entry["num_heads"] = m.num_heads
+            if entry:
+                sizes[path] = entry
     return sizes
 
 
@@ -50,7 +62,7 @@ def _set(m: nn.Module, name: str, shape: tuple[int, ...]) -> None:
         m.register_buffer(name, new)
 
 
-def resize_layers(model: nn.Module, sizes: dict[str, dict[str, int | list[int]]]) -> int:
+def resize_layers(model: nn.Module, sizes: dict[str, dict]) -> int:
     """Gives every layer of ``model`` named in ``sizes`` those sizes (tensors left uninitialised:
     the saved weights fill them); returns how many layers changed."""
     changed = 0
@@ -60,7 +72,11 @@ def resize_layers(model: nn.Module, sizes: dict[str, dict[str, int | list[int]]]
             continue
         changed += 1
         for k, v in want.items():
-            setattr(m, k, tuple(v) if isinstance(v, list) else v)
+            if k == "tensors":
+                for name, shape in v.items():
+                    _set(m, name, tuple(shape))
+            else:
+                setattr(m, k, tuple(v) if isinstance(v, list) else v)
         if isinstance(m, _ConvNd):
             k = tuple(m.weight.shape[2:])
             outer, inner = (m.in_channels, m.out_channels) if m.transposed else (m.out_channels, m.in_channels)
