@@ -11,7 +11,6 @@ busy machine during training does not bias one method.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import statistics
 import subprocess
@@ -22,8 +21,7 @@ import torch
 
 import sss
 from h2h_report import markdown, plot, summarise
-from peer_methods import FROM_TRAINED, METHODS, QUICK, SCHEDULES, timed_run, train_dense
-from sss.cli.demo import DEMO_CONFIG
+from peer_methods import DENSE, FROM_TRAINED, METHODS, QUICK, SCHEDULES, timed_run, train_dense
 from sss.data import load_dataset
 
 RESULTS = Path(__file__).parent / "results"
@@ -38,14 +36,12 @@ def commit() -> str:
 
 
 def trained_dense(track: str, folder: Path, train, quick: bool) -> Path:
-    """The trained model of a trained-model track (once, shared by its seeds): the demo's
-    recipe (8 cosine epochs, 25k/5k split) on the track's model; narrow and short with ``quick``."""
+    """The trained model of a trained-model track (once, shared by its seeds): ``DENSE[track]``
+    (the demo's 8 cosine epochs on its 25k/5k split); narrow and short with ``quick``."""
     path = folder / "model"
     if not path.with_suffix(".json").exists():
-        run = SCHEDULES[track]
-        cfg = QUICK[track] if quick else dataclasses.replace(DEMO_CONFIG, model=run.model,
-                                                            channels_last=run.channels_last)  # fmt: skip
-        train_dense(cfg, 0, folder, train, epochs=2 if quick else DEMO_CONFIG.epochs)
+        cfg = QUICK[track] if quick else DENSE[track]
+        train_dense(cfg, 0, folder, train, epochs=2 if quick else cfg.epochs)
     return path
 
 

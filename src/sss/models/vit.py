@@ -85,10 +85,9 @@ class VisionTransformer(nn.Module):
         self.head = nn.Linear(embed_dim, num_classes)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.normal_(self.cls_token, std=1e-6)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                nn.init.zeros_(m.bias)
+        # Linear layers keep torch's default init, not timm's trunc_normal(0.02): sss trains with
+        # SGD, and from timm's init (made for AdamW) vit_fmnist reaches 45% after 2 epochs on
+        # 12k Fashion-MNIST images against 70% from torch's (the same loop, lr 0.03).
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(x)
