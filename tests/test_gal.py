@@ -124,3 +124,21 @@ def test_gal_with_branch_masks_on_googlenet(tmp_path):
     x = torch.randn(3, 1, 12, 12)
     with torch.no_grad():
         assert torch.allclose(result.model.eval()(x), result.compact(x), atol=1e-5)
+
+
+def test_gal_on_a_vision_transformer_removes_heads_neurons_and_branches_exactly(tmp_path):
+    """GAL's masks on a ViT: heads, MLP neurons and both residual branches of each block; the
+    compact model is the masked one, with fewer heads or neurons."""
+    out, kwargs = tmp_path / "teacher", {"img_size": 12, "embed_dim": 32, "depth": 2}
+    cfg = TrainConfig(model="vit_fmnist", model_kwargs=kwargs, sparsity="none", val_size=32, epochs=1, batch_size=32,
+                      lr=0.03, out_dir=str(out), channels_last=False)  # fmt: skip
+    Trainer(cfg, train_data=synthetic_dataset(128), log=_quiet, progress=False).fit()
+    gal_cfg = _gal_cfg(out / "model", tmp_path, model="vit_fmnist", model_kwargs=kwargs, lr=0.03, epochs=1,
+                       structures=["block", "head", "channel"], gamma=20.0, allow_collapse=True)  # fmt: skip
+    result = GALTrainer(gal_cfg, train_data=synthetic_dataset(128), log=_quiet, progress=False).fit()
+    assert {g.kind for g in sss.gates(result.model)} == {"block", "head", "channel"}
+    assert sum(g.num_zero for g in sss.gates(result.model)) >= 1
+    x = torch.randn(3, 1, 12, 12)
+    with torch.no_grad():
+        assert torch.allclose(result.model.eval()(x), result.compact(x), atol=1e-5)
+    assert sss.count(result.compact, x[:1])[0] < sss.count(sss.load(out / "model"), x[:1])[0]
