@@ -96,7 +96,11 @@ def test_a_selection_from_trained_weights_lands_on_target_without_a_cliff(traine
     macs = sss.count(result.compact, torch.zeros(1, 1, 12, 12))[0] / result.history[0]["dense_macs"]
     assert abs(macs - target) <= 0.02 * target + 1e-9
     first = result.history[0]
-    assert first["val_acc_landed"] >= first["val_acc"] - 2.0  # no cliff at the landing
+    # No cliff at the landing: issue 18's were 39 points (77% -> 38%) and collapses. On 256 synthetic
+    # validation images the landing's cost moves with the trajectory (one thread against two:
+    # 6.6 points for channels at 0.3, lr 1e-3), so the margin is 10; the real figure (at most 0.5
+    # points) is bench_pretrained_grid.py's.
+    assert first["val_acc_landed"] >= first["val_acc"] - 10.0
     x = torch.randn(8, 1, 12, 12)
     with torch.no_grad():  # removal exact
         a, b = result.selected.eval()(x), sss.prune(result.selected).eval()(x)
@@ -178,3 +182,23 @@ def test_gal_teacher_from_a_state_dict_on_the_cli(tmp_path, user_module):
     assert main([*gal, "--set", "init_prefix=module."]) == 0
     compact = sss.load(tmp_path / "gal" / "compact")
     assert type(compact).__name__ == "Net"
+
+
+def test_a_dense_warm_up_leaves_the_factors_at_one_then_selects_as_from_trained_weights(tmp_path):
+    """``selection_start: 1``: the first epoch trains densely (every factor stays exactly 1), the
+    selection then starts from magnitudes, steered by distance, and lands on the target."""
+    cfg = _cfg(tmp_path, structures=["channel"], target_macs=0.5, epochs=3, freeze_epoch=2, selection_start=1)
+    lines: list[str] = []
+    trainer = Trainer(cfg, train_data=synthetic_dataset(512), progress=False, log=lines.append)
+    result = trainer.fit()
+    warm = [s for s in trainer.factor_trace if s["epoch"] <= 1.0]
+    assert len(warm) > 2 and all(v == 1.0 for s in warm for v in s["values"])
+    assert any(line.startswith("selection starts at epoch 2") for line in lines)
+    assert "NOT reached" not in next(line for line in lines if line.startswith("budget:"))
+    macs = sss.count(result.compact, torch.zeros(1, 1, 12, 12))[0] / result.history[0]["dense_macs"]
+    assert abs(macs - 0.5) <= 0.02 * 0.5 + 1e-9
+
+
+def test_a_selection_start_after_the_selection_ends_is_refused():
+    with pytest.raises(ValueError, match="selection_start"):
+        TrainConfig(freeze_epoch=2, epochs=4, selection_start=2).validate()

@@ -246,7 +246,7 @@ class BudgetCallback(Callback):
         self.controller.after_step(trainer.model, trainer.factors_opt)
 
     def on_epoch_end(self, trainer) -> None:
-        if self.controller.selection_steps is not None and not trainer.frozen:
+        if self.controller.selection_steps is not None and trainer.selecting:
             recalibrate_batchnorm(trainer.model, trainer.train_data, trainer.cfg.batch_size, trainer.runtime)
 
     def on_selection_end(self, trainer) -> None:
@@ -315,8 +315,9 @@ def recalibrate_batchnorm(model: nn.Module, data, batch_size: int, runtime, batc
 
 
 def steering(cfg) -> str:
-    """``cfg.steer`` with ``auto`` resolved: by distance from trained weights (``init``), else doubling."""
-    return cfg.steer if cfg.steer != "auto" else ("distance" if cfg.init else "doubling")
+    """``cfg.steer`` with ``auto`` resolved: by distance from trained weights (``init`` or a dense
+    warm-up, :attr:`TrainConfig.from_trained`), else doubling."""
+    return cfg.steer if cfg.steer != "auto" else ("distance" if cfg.from_trained else "doubling")
 
 
 def create_budget(cfg, model: nn.Module, example: torch.Tensor, optimizer: torch.optim.Optimizer | None,

@@ -72,7 +72,10 @@ class TrainConfig:
     weight magnitude, the inverse folded in) and ``steer`` (how a target steers γ: ``doubling``
     a multiplier, or ``distance``: in units of the learning rate, by the factors' distance to
     zero) default to ``auto``: the second where ``init`` is set (docs/design.md, "from a
-    trained model"), the first otherwise.
+    trained model") or the selection starts late, the first otherwise.
+    ``selection_start`` (epochs) trains densely first: the factors stay at 1, without penalty,
+    until that epoch, where the selection starts from the weights trained so far as it would from
+    a trained model (its factors from their magnitudes, steered by distance, under ``auto``).
     """
 
     model: str = "resnet20"
@@ -120,6 +123,12 @@ class TrainConfig:
     distill_teacher: str | None = None
     factor_init: Literal["auto", "one", "magnitude"] = "auto"
     steer: Literal["auto", "doubling", "distance"] = "auto"
+    selection_start: NonNegativeInt = 0
+
+    @property
+    def from_trained(self) -> bool:
+        """Whether the selection starts from trained weights (``init``, or a dense warm-up)."""
+        return bool(self.init) or self.selection_start > 0
 
     @property
     def total_epochs(self) -> int:
@@ -184,6 +193,11 @@ class TrainConfig:
             problems.append(
                 f"freeze_epoch must be between 1 and epochs - 1 ({self.epochs - 1}), got {self.freeze_epoch}"
             )
+        if self.selection_start and self.sparsity == "none":
+            problems.append("selection_start needs factors: sparsity apg, ista or sgd")
+        if self.selection_start and not self.selection_start < (self.freeze_epoch or self.epochs):
+            problems.append(f"selection_start ({self.selection_start}) must come before the selection ends (epoch "
+                            f"{self.freeze_epoch or self.epochs}: freeze_epoch, or epochs without one)")  # fmt: skip
         targets = [n for n in TARGETS if getattr(self, n) is not None]
         if len(targets) > 1:
             problems.append(f"give one target, not {' and '.join(targets)}")

@@ -145,7 +145,9 @@ class Trainer(FreezeMixin, ResumeMixin):
         self.distillation = create_distillation(cfg, self.model, self.runtime.device)
         self.weights_opt, self.factors_opt = self.build_optimizers()
         self.scaler = self.runtime.grad_scaler()
-        selection_steps = (cfg.freeze_epoch or cfg.epochs) * (len(self.train_data) // cfg.batch_size)
+        selection_steps = ((cfg.freeze_epoch or cfg.epochs) - cfg.selection_start) * (
+            len(self.train_data) // cfg.batch_size
+        )
         budget = create_budget(cfg, self.model, self.example, self.factors_opt, self.runtime, self.log, selection_steps)
         self.callbacks: list[Callback] = [*([budget] if budget else []), *callbacks]
         if len({c.name for c in self.callbacks}) < len(self.callbacks):
@@ -182,9 +184,22 @@ class Trainer(FreezeMixin, ResumeMixin):
             self.log(f"initialised {cfg.model} from {cfg.init}")
         if cfg.sparsity != "none":
             model = attach(model, self.example, structures=cfg.structures, inplace=True)
-            if (cfg.factor_init if cfg.factor_init != "auto" else "magnitude" if cfg.init else "one") == "magnitude":
+            if self.magnitude_init and not cfg.selection_start:
                 init_from_magnitudes(model)  # the same function; the factors rank the trained structures
         return model
+
+    @property
+    def magnitude_init(self) -> bool:
+        """Whether the factors start from their structures' weight magnitudes (``factor_init``)."""
+        cfg = self.cfg
+        return (
+            cfg.factor_init if cfg.factor_init != "auto" else "magnitude" if cfg.from_trained else "one"
+        ) == "magnitude"
+
+    @property
+    def selecting(self) -> bool:
+        """Whether the factors train now: after ``selection_start``, before the freeze."""
+        return not self.frozen and self.epoch >= self.cfg.selection_start
 
     def build_optimizers(self) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer | None]:
         """Hook: the weights' optimizer and the factors' (``None`` without factors). Called
@@ -246,9 +261,10 @@ class Trainer(FreezeMixin, ResumeMixin):
     def optimizer_step(self, loss: torch.Tensor) -> None:
         """Hook: one step of the weights' and the factors' optimizers on ``loss``."""
         self.weights_opt.zero_grad(set_to_none=True)
-        if self.factors_opt:
-            self.factors_opt.zero_grad(set_to_none=True)
-        optimizers = [o for o in (self.weights_opt, self.factors_opt) if o is not None]
+        factors = self.factors_opt if self.selecting else None  # a dense warm-up leaves the factors at 1
+        if factors:
+            factors.zero_grad(set_to_none=True)
+        optimizers = [o for o in (self.weights_opt, factors) if o is not None]
         if self.scaler is None:
             loss.backward()
             for opt in optimizers:
@@ -274,7 +290,7 @@ class Trainer(FreezeMixin, ResumeMixin):
                 what += f" at epoch {self.epoch + 1}, step {step + 1}"
                 raise diverged(self.out / CHECKPOINT, self.saved_epoch, what)
             self.optimizer_step(out.loss)
-            if self.factors_opt is not None and not self.frozen:
+            if self.factors_opt is not None and self.selecting:
                 for callback in self.callbacks:
                     callback.on_factor_step(self)
             n = len(x)  # this rank's share: the epoch figures are rank 0's
@@ -330,6 +346,9 @@ class Trainer(FreezeMixin, ResumeMixin):
         while self.epoch < cfg.total_epochs:
             if self.epoch == cfg.freeze_epoch and not self.frozen:
                 self._freeze_and_log()
+            if self.epoch == cfg.selection_start > 0 and self.factors_opt is not None and self.magnitude_init:
+                init_from_magnitudes(self.model)  # from the warmed-up weights, as from a trained model
+                self.log(f"selection starts at epoch {self.epoch + 1}: factors from the structures' magnitudes")
             start = time.perf_counter()
             lr = self._set_lr()
             self.on_epoch_start()
