@@ -19,6 +19,7 @@ MARGIN = 0.3
 
 
 def is_sss(method: str) -> bool:
+    """Whether ``method`` is one of sss's (``sss``, ``sss-channels``, ``sss+kd``, ...)."""
     return method.startswith("sss")
 
 

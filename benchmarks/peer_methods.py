@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 import sss
+from h2h_report import CONTROLS, is_sss
 from sss.cli.demo import DEMO_CONFIG
 from sss.data import ArrayDataset
 from sss.gal import GALConfig, GALTrainer
@@ -70,7 +71,6 @@ FROM_TRAINED = tuple(DENSE)
 SSS_STRUCTURES = {"sss": ["block", "channel"], "sss-blocks": ["block"], "sss-channels": ["channel"]}
 #: On a ViT, ``sss`` gates heads, MLP neurons and both residual branches of every block.
 VIT_STRUCTURES = ["block", "head", "channel"]
-CONTROLS = ("uniform", "random")
 METHODS = {
     "scratch": [*SSS_STRUCTURES, *CNN_TP_METHODS, *CONTROLS],
     "trained": [
@@ -88,10 +88,6 @@ METHODS = {
 }
 #: Distillation (``+kd``) from the trained model: temperature 4, half soft and half hard labels.
 KD_TEMPERATURE = 4.0
-
-
-def is_sss(method: str) -> bool:
-    return method.removesuffix("+kd") in SSS_STRUCTURES
 
 
 def fresh_model(cfg: TrainConfig, seed: int, data: ArrayDataset) -> nn.Module:
