@@ -14,8 +14,9 @@ import pytest
 BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
-from h2h_report import at_latency, best_against_peers  # noqa: E402
+from h2h_report import CONTROLS, at_latency, best_against_peers, is_sss  # noqa: E402
 from peer_methods import METHODS  # noqa: E402
+from tp_peers import TP_METHODS  # noqa: E402
 
 
 def test_accuracy_at_a_latency_interpolates_between_measured_points():
@@ -37,15 +38,28 @@ def test_the_best_peer_excludes_the_controls():
 #: One method of each code path (sss, sss with distillation, a one-shot, a gradient and a sparse
 #: Torch-Pruning peer, a peer with distillation, a control, GAL): the whole grid would take the
 #: default suite's time; every method's path is one of these.
-SMOKE = {"scratch": ["sss", "tp-slimming", "random"],
+SMOKE = {"scratch": ["sss", "tp-l1", "tp-taylor", "tp-slimming", "random"],
          "trained": ["sss", "sss+kd", "tp-taylor", "tp-group-sl", "tp-l1+kd", "uniform", "gal"],
-         "vit": ["sss", "tp-vit"]}  # fmt: skip
+         "vit": ["sss+kd", "tp-vit+kd"]}  # fmt: skip
 
 
-def test_the_smoke_methods_cover_every_method():
+def _code_paths(method: str) -> set[str]:
+    """The branches of ``run_method`` (and of ``TPTrainer``) that ``method`` goes through."""
+    base, kd = method.removesuffix("+kd"), method.endswith("+kd")
+    if is_sss(method):
+        return {"sss", *(["kd:sss"] if kd else [])}
+    if base in TP_METHODS:
+        spec = TP_METHODS[base]
+        kind = "heads" if spec.heads else "sparse" if spec.sparse else "one-shot"
+        kind = "gradients" if spec.needs_gradients else kind
+        return {f"tp:{kind}", *(["kd:tp"] if kd else [])}
+    return {"control" if base in CONTROLS else base}
+
+
+def test_the_smoke_methods_cover_every_code_path_of_their_track():
     for track, methods in METHODS.items():
         assert set(SMOKE[track]) <= set(methods)
-    assert {m.removesuffix("+kd") for m in METHODS["trained"]} <= {*METHODS["scratch"], "sss-channels", "gal"}
+        assert set().union(*map(_code_paths, SMOKE[track])) == set().union(*map(_code_paths, methods)), track
 
 
 @pytest.mark.parametrize(("script", "name", "track"), [("bench_peers.py", "peers", "scratch"),
@@ -63,9 +77,9 @@ def test_the_methods_run_and_the_report_is_written(tmp_path, script, name, track
         if r["method"] != "dense":
             assert 0 < r["macs_fraction"] < 0.55 and 0 <= r["accuracy"] <= 100, r
             assert r["commit"]
-    sss_run = next(r for r in records if r["method"] == "sss")
+    sss_run = next(r for r in records if is_sss(r["method"]))
     assert abs(sss_run["macs_fraction"] - 0.5) <= 0.02 * 0.5  # the sss budget lands in its band
-    tp_run = next(r for r in records if r["method"] in ("tp-group-sl", "tp-slimming", "tp-vit"))
+    tp_run = next(r for r in records if r["method"] in ("tp-group-sl", "tp-slimming", "tp-vit+kd"))
     assert tp_run["macs_fraction"] <= 0.5  # Torch-Pruning stepped until the target was met
     table = (results / f"{name}.md").read_text()
     assert table.count("\n| ") >= len(SMOKE[track]) + 1 and "sss ahead by" in table
