@@ -87,3 +87,18 @@ def test_structures_flag_on_train_and_prune(tmp_path, capsys):
     assert "removed" in capsys.readouterr().out
     assert main(["prune", str(out / "model"), "--out", str(only_blocks), "--structures", "neuron"]) == 2
     assert "unknown kind(s) ['neuron']" in capsys.readouterr().err
+
+
+def test_a_vit_trains_to_a_mac_target_and_exports_from_the_cli(tmp_path, capsys):
+    """``sss train`` on the zoo ViT with heads, neurons and branches, then ``sss export``."""
+    pytest.importorskip("onnx")
+    out = tmp_path / "vit"
+    args = ["train", "--model", "vit_fmnist", "--structures", "block,head,channel", "--target-macs", "0.5", "--out",
+            str(out), "--set", "train_subset=600", "--set", "val_size=100", "--set", "batch_size=64", "--set",
+            "model_kwargs.embed_dim=32", "--set", "model_kwargs.depth=2", "--set", "channels_last=false", "--set",
+            "lr=0.03", "--epochs", "1"]  # fmt: skip
+    assert main(args) == 0
+    assert "NOT reached" not in capsys.readouterr().out
+    assert main(["export", str(out / "compact"), "--out", str(tmp_path / "vit.onnx"), "--input-shape", "1", "28",
+                 "28"]) == 0  # fmt: skip
+    assert (tmp_path / "vit.onnx").stat().st_size > 10_000
