@@ -20,7 +20,8 @@ from sss.serialization.weights import load_weights
 from sss.structures import attach, gates
 from sss.train.checks import load_optimizer_state
 from sss.train.config import NonNegativeFloat, PositiveFloat, PositiveInt, TrainConfig
-from sss.train.engine import BatchResult, Trainer, TrainResult
+from sss.train.engine import Trainer
+from sss.train.results import BatchResult, TrainResult
 from sss.viz import plot_metrics
 
 

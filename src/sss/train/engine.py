@@ -6,7 +6,6 @@ import copy
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -30,6 +29,7 @@ from sss.train.checks import check_collapse, diverged, epoch_line, nonfinite_ten
 from sss.train.config import TrainConfig
 from sss.train.distill import create_distillation
 from sss.train.freeze import FreezeMixin
+from sss.train.results import BatchResult, TrainResult
 from sss.train.resume import ResumeMixin
 from sss.train.run_folder import CHECKPOINT, RunFolder
 from sss.train.runtime import create_runtime
@@ -38,40 +38,8 @@ from sss.train.runtime import create_runtime
 SNAPSHOTS_PER_EPOCH = 10
 
 
-@dataclass
-class TrainResult:
-    """What a finished run leaves.
-
-    ``model`` is the trained model (gated, or already compact after a freeze), ``compact`` its
-    compact form, and ``selected`` the gated model at the moment of a freeze (``None`` without
-    one): the model whose removal the freeze performed, for exactness checks and reports.
-    """
-
-    model: nn.Module
-    compact: nn.Module
-    selected: nn.Module | None = None
-    history: list[dict] = field(default_factory=list)
-    factor_trace: list[dict] = field(default_factory=list)
-
-
 def _silent(message: str) -> None:
     """The log of ranks other than 0."""
-
-
-@dataclass
-class BatchResult:
-    """What :meth:`Trainer.batch_loss` returns for one batch.
-
-    ``loss`` is what :meth:`Trainer.optimizer_step` minimises; the epoch's "train" accuracy
-    compares ``logits.argmax(1)`` with ``targets``; ``figures`` are further per-batch numbers
-    (a discriminator's loss, say) whose epoch means go into the log line and the metrics.
-    Every number is checked for NaN/inf before the step.
-    """
-
-    loss: torch.Tensor
-    logits: torch.Tensor
-    targets: torch.Tensor
-    figures: dict[str, float] = field(default_factory=dict)
 
 
 class Trainer(FreezeMixin, ResumeMixin):
