@@ -85,8 +85,24 @@ class BudgetController:
                              "layers keep a channel, shortcuts and the head stay)")  # fmt: skip
         self.costs = structure_costs(model, example, self.cost)
         self.base = [g["gamma"] for g in optimizer.param_groups]
+        self.price = self._prices(model, optimizer)
         self.scale, self.step_count = 1.0, 0
         self.last_nonzero = {r.name: torch.zeros(r.weight.numel(), dtype=torch.long) for r in gates(model)}
+
+    def _prices(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, float]:
+        """Per gate, its γ relative to the largest (its group's): steered by distance, a factor's
+        threshold is the step's edge times this price, so its time to zero is ``|λ| / price``,
+        the key every ranking of the selection and the landing sorts by (γ per kind, or per gate
+        with ``gamma_macs_power``: the price of a knapsack). The doubling steering ranks by
+        ``|λ|`` alone (price 1)."""
+        top = max(self.base) or 1.0
+        group = {id(p): k for k, g in enumerate(optimizer.param_groups) for p in g["params"]}
+        steered = self.selection_steps is not None
+        return {r.name: max(self.base[group[id(r.weight)]] / top, 1e-12) if steered else 1.0 for r in gates(model)}
+
+    def key(self, name: str, value: torch.Tensor | float) -> float:
+        """A live factor's place in the removal order: ``|λ| / price`` (smallest first)."""
+        return abs(float(value)) / self.price.get(name, 1.0)
 
     def _fmt(self, value: float) -> str:
         return f"{value:.2f} ms (predicted)" if self.metric == "latency" else f"{format_count(value)} {self.metric}"
@@ -131,8 +147,8 @@ class BudgetController:
         return est
 
     def boundary(self, model: nn.Module, est: float, goal: float, bias: float = 1.0) -> float:
-        """|λ| of the structure at ``goal``'s edge: zeroing every live structure up to it,
-        smallest |λ| first, brings the estimate (its structure costs times ``bias``) to ``goal``
+        """The :meth:`key` (``|λ| / price``) of the structure at ``goal``'s edge: zeroing every
+        live structure up to it, smallest key first, brings the estimate (its structure costs times ``bias``) to ``goal``
         (0: it is there already)."""
         refs = {r.name: r.weight.detach().view(-1) for r in gates(model)}
         edge = 0.0
@@ -140,7 +156,7 @@ class BudgetController:
             if est <= goal:
                 break
             est -= self.costs[name] * bias
-            edge = float(refs[name][i].abs())
+            edge = self.key(name, refs[name][i])
         return edge
 
     def _steer_by_distance(self, model: nn.Module, optimizer: torch.optim.Optimizer, est: float) -> None:
@@ -171,11 +187,11 @@ class BudgetController:
         return land_two_level(self, model) if self.metric == "latency" else land_by_estimate(self, model)
 
     def removal_order(self, model: nn.Module, fine_only: bool) -> list[tuple[str, int]]:
-        """The live structures, smallest |λ| first, as many as each gate can lose (its minimum stays)."""
+        """The live structures, smallest :meth:`key` first, as many as each gate can lose (its minimum stays)."""
         refs = [r for r in gates(model) if r.name in self.costs and (not get_kind(r.kind).coarse or not fine_only)]
         kept = {r.name: int((r.weight != 0).sum()) for r in refs}
         order = []
-        for _, n, i, keep in sorted((float(w.abs()), r.name, i, get_kind(r.kind).min_keep) for r in refs
+        for _, n, i, keep in sorted((self.key(r.name, w), r.name, i, get_kind(r.kind).min_keep) for r in refs
                                     for i, w in enumerate(r.weight.detach().view(-1)) if w != 0):  # fmt: skip
             if kept[n] > keep:
                 kept[n] -= 1

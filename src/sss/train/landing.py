@@ -29,6 +29,7 @@ class Budget(Protocol):
     last_nonzero: dict[str, torch.Tensor]
 
     def exact(self, model: nn.Module) -> float: ...
+    def key(self, name: str, value: torch.Tensor | float) -> float: ...
     def estimate(self, model: nn.Module) -> float: ...
     def removal_order(self, model: nn.Module, fine_only: bool) -> list[tuple[str, int]]: ...
     def return_order(self, model: nn.Module, fine_only: bool) -> list[tuple[str, int]]: ...
@@ -49,7 +50,7 @@ def land_by_estimate(ctl: Budget, model: nn.Module, rounds: int = 8) -> tuple[fl
         refs = {r.name: r for r in gates(model) if r.name in ctl.costs}
         slots = [(name, i) for name, r in refs.items() for i in range(r.weight.numel())]
         if cost > hi:  # zero the smallest factors first
-            order = sorted((float(refs[n].weight.view(-1)[i].abs()), n, i) for n, i in slots
+            order = sorted((ctl.key(n, refs[n].weight.view(-1)[i]), n, i) for n, i in slots
                            if refs[n].weight.view(-1)[i] != 0)  # fmt: skip
             for _, name, i in order:
                 if est <= ctl.target * ratio:
