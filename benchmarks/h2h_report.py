@@ -91,7 +91,7 @@ def _latency_lines(table: dict, dense: dict) -> list[str]:
     return lines
 
 
-def markdown(table: dict, dense: dict, device: str, schedule: str) -> str:
+def markdown(table: dict, dense: dict, device: str, schedule: str, kept: int = 0) -> str:
     def cell(c: dict, key: str, fmt: str) -> str:
         return f"{c[key]['mean']:{fmt}} ± {c[key]['std']:{fmt}}"
 
@@ -122,7 +122,13 @@ def markdown(table: dict, dense: dict, device: str, schedule: str) -> str:
         lines.append(f"| {r['target']} | {r['n']} | {r['sss']} {r['sss_acc']:.2f}% | "
                      f"{r['peer']} {r['peer_acc']:.2f}% | {r['ahead']:+.2f} ({verdict}) | {control} |")  # fmt: skip
     lines += _latency_lines(table, dense)
-    lines += ["", f"Latency on {device}, every model timed in the same interleaved passes."]
+    timed = "every model timed in the same interleaved passes"
+    if kept:
+        timed += (
+            f", except {kept} record(s) of an earlier call whose run folders were gone: their latency is "
+            "from the pass that timed them then (the same machine type)"
+        )
+    lines += ["", f"Latency on {device}, {timed}."]
     return "\n".join(lines) + "\n"
 
 

@@ -59,6 +59,19 @@ def _dense_row(track: str, folder: Path, model: torch.nn.Module, test, example) 
     }
 
 
+def earlier_records(path: Path, rows: list[dict], forget: list[str]) -> list[dict]:
+    """The records of an earlier results file whose run folders are gone (another machine, a
+    cleaned ``runs/``): kept as they are, their latency from the pass that timed them, unless a
+    run folder holds the same (method, target, seed) or ``forget`` names the method (``all``:
+    every one). Dense rows are always rebuilt."""
+    if not path.exists():
+        return []
+    done = {(r["method"], r["target"], r["seed"]) for r in rows}
+    return [r for r in json.loads(path.read_text())
+            if r["method"] != "dense" and (r["method"], r["target"], r["seed"]) not in done
+            and "all" not in forget and r["method"] not in forget]  # fmt: skip
+
+
 def main(track: str, doc: str, *, targets: tuple[float, ...] = (0.3, 0.5, 0.7),
          seeds: tuple[int, ...] = (0, 1, 2, 3, 4)) -> None:  # fmt: skip
     methods = METHODS[track]
@@ -77,6 +90,13 @@ def main(track: str, doc: str, *, targets: tuple[float, ...] = (0.3, 0.5, 0.7),
     p.add_argument("--train-only", action="store_true", help="train the missing runs, then stop (no timing)")
     p.add_argument("--quick", action="store_true", help="the smoke version: narrow net, 1.2k images, 1k to test")
     p.add_argument("--results", type=Path, default=RESULTS, help="where the results, table and figures go")
+    p.add_argument(
+        "--forget",
+        nargs="*",
+        default=[],
+        metavar="METHOD",
+        help="drop these methods' earlier records (kept otherwise; 'all' drops every one)",
+    )
     args = p.parse_args()
     cfg = QUICK[track] if args.quick else SCHEDULES[track]
     train, test = load_dataset("fashion-mnist", True), load_dataset("fashion-mnist", False)
@@ -106,6 +126,7 @@ def report(track: str, args, cfg, dense_path: Path | None, test, example) -> Non
     ``<name>.md`` and the two figures."""
     folders = sorted(p.parent for p in args.out.glob("*/row.json"))
     rows = [json.loads((f / "row.json").read_text()) for f in folders]
+    earlier = earlier_records(args.results / f"{NAMES[track]}.json", rows, args.forget)
     models = {f.name: sss.load(f / ("model" if f.name.startswith("dense") else "compact")) for f in folders}
     if dense_path is not None:
         models["dense"] = sss.load(dense_path)
@@ -114,6 +135,7 @@ def report(track: str, args, cfg, dense_path: Path | None, test, example) -> Non
     latency = sss.compare_latency(models, test.shape, (1, 64), rounds=5)
     for f, r in zip(folders, rows, strict=True):
         r["b1_ms"], r["b64_ms"] = latency[f.name][1], latency[f.name][64]
+    rows += earlier
     dense_macs = {r["seed"]: r["macs"] for r in rows if r["method"] == "dense"}
     for r in rows:
         r["macs_fraction"] = r["macs"] / dense_macs.get(r["seed"], dense_macs.get(0))
@@ -133,7 +155,7 @@ def report(track: str, args, cfg, dense_path: Path | None, test, example) -> Non
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / f"{name}.json").write_text(json.dumps(rows, indent=1) + "\n")
     schedule = f"{MODELS.get(cfg.model, cfg.model)}, Fashion-MNIST, {TITLES[track]}, {cfg.epochs} epochs per method"
-    (args.results / f"{name}.md").write_text(markdown(table, dense, device, schedule))
+    (args.results / f"{name}.md").write_text(markdown(table, dense, device, schedule, kept=len(earlier)))
     plot(table, dense, "macs_fraction", "MACs / dense MACs", args.results / f"{name}_accuracy_vs_macs.png", schedule)
     plot(table, dense, "b1_ms", f"batch-1 latency (ms), {device}", args.results / f"{name}_accuracy_vs_latency.png",
          schedule)  # fmt: skip

@@ -106,3 +106,27 @@ def test_a_band_the_blocks_cannot_hit_lands_under_the_target_not_over():
     cost, lines = budget.land(model)
     assert cost <= budget.target * 1.02 and cost == budget.exact(model)
     assert cost >= budget.target * 0.98 or "under the target rather than over" in lines[0]
+
+
+def test_distance_steering_ranks_by_time_to_zero():
+    """Steered by distance, a factor's threshold is the step's edge times its gate's price (its γ
+    relative to the largest), so the removal order is ``|λ| / price``: a gate with four times the
+    γ loses its factors first at equal |λ|; the doubling steering ranks by |λ| alone."""
+    x = torch.zeros(1, 1, 12, 12)
+    model = sss.attach(sss.models.create("resnet20", width=8, in_channels=1, num_classes=4), x,
+                       structures=["channel"])  # fmt: skip
+    refs = sss.gates(model)
+    with torch.no_grad():
+        for ref in refs:
+            ref.weight.fill_(0.5)
+        refs[1].weight.view(-1)[0] = 0.4  # the smallest |λ|, in a gate of the low price
+    dear = refs[0].name
+    groups = sss.optim.factor_param_groups(model, 0.01, {r.name: 4.0 if r.name == dear else 1.0 for r in refs})
+    for steps, first in ((100, dear), (None, refs[1].name)):
+        budget = BudgetController(model, x, "macs", 0.5, sss.optim.APG(groups, lr=0.1, gamma=0.01),
+                                  selection_steps=steps)  # fmt: skip
+        order = budget.removal_order(model, fine_only=False)
+        assert order[0][0] == first
+        if steps is not None:  # every factor of the dear gate (but the one it keeps) before any other
+            n = refs[0].weight.numel() - 1
+            assert {name for name, _ in order[:n]} == {dear}

@@ -148,8 +148,8 @@ class BudgetController:
 
     def boundary(self, model: nn.Module, est: float, goal: float, bias: float = 1.0) -> float:
         """The :meth:`key` (``|λ| / price``) of the structure at ``goal``'s edge: zeroing every
-        live structure up to it, smallest key first, brings the estimate (its structure costs times ``bias``) to ``goal``
-        (0: it is there already)."""
+        live structure up to it, smallest key first, brings the estimate (its structure costs
+        times ``bias``) to ``goal`` (0: it is there already)."""
         refs = {r.name: r.weight.detach().view(-1) for r in gates(model)}
         edge = 0.0
         for name, i in self.removal_order(model, fine_only=False):
