@@ -15,6 +15,7 @@ BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
 from h2h_report import CONTROLS, at_latency, best_against_peers, is_sss  # noqa: E402
+from head_to_head import earlier_records  # noqa: E402
 from peer_methods import METHODS  # noqa: E402
 from tp_peers import TP_METHODS  # noqa: E402
 
@@ -33,6 +34,21 @@ def test_the_best_peer_excludes_the_controls():
     rows = best_against_peers({"sss": cell(90.0), "tp-l1": cell(89.5), "uniform": cell(95.0)})
     assert rows[0]["peer"] == "tp-l1" and rows[0]["ahead"] == pytest.approx(0.5)
     assert rows[0]["control"] == "uniform"
+
+
+def test_earlier_records_are_kept_unless_rerun_or_forgotten(tmp_path):
+    """A grid filled over several sessions: records whose run folders are gone stay in the results,
+    except where a run folder holds the same run, for a method named by ``--forget``, and dense."""
+    def rec(method, seed, accuracy=90.0):
+        return {"method": method, "target": 0.5, "seed": seed, "accuracy": accuracy}
+
+    path = tmp_path / "pretrained.json"
+    path.write_text(json.dumps([rec("tp-l1", 0), rec("tp-l1", 1), rec("sss", 0), rec("dense", 0)]))
+    folders = [rec("tp-l1", 1, 91.0)]
+    assert earlier_records(path, folders, []) == [rec("tp-l1", 0), rec("sss", 0)]
+    assert earlier_records(path, folders, ["sss"]) == [rec("tp-l1", 0)]
+    assert earlier_records(path, folders, ["all"]) == []
+    assert earlier_records(tmp_path / "none.json", folders, []) == []
 
 
 #: One method of each code path (sss, sss with distillation, a one-shot, a gradient and a sparse
