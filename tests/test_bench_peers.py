@@ -39,6 +39,7 @@ def test_the_best_peer_excludes_the_controls():
 def test_earlier_records_are_kept_unless_rerun_or_forgotten(tmp_path):
     """A grid filled over several sessions: records whose run folders are gone stay in the results,
     except where a run folder holds the same run, for a method named by ``--forget``, and dense."""
+
     def rec(method, seed, accuracy=90.0):
         return {"method": method, "target": 0.5, "seed": seed, "accuracy": accuracy}
 
