@@ -11,6 +11,11 @@ from pathlib import Path
 from sss.viz.figure import save_figure
 
 FIGURES = ("accuracy", "accuracy_after_cut", "macs_fraction", "params", "b1_ms", "b64_ms", "seconds")
+LATENCY = ("b1_ms", "b64_ms")
+#: The key of a record kept from an earlier results file (its run folder gone): its latency was
+#: timed in another pass, on a machine whose speed drifts by tens of percent over an hour, so
+#: latency is averaged over the runs timed together in this pass where a cell has any.
+EARLIER = "timed_in_an_earlier_pass"
 #: Two-sided 95% Student-t quantiles by degrees of freedom (n - 1).
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 CONTROLS = ("uniform", "random")
@@ -37,8 +42,10 @@ def summarise(rows: list[dict]) -> dict[str, dict[float, dict]]:
         table.setdefault(r["method"], {}).setdefault(r["target"], {"runs": []})["runs"].append(r)
     for per_target in table.values():
         for cell in per_target.values():
+            timed = [r for r in cell["runs"] if not r.get(EARLIER)] or cell["runs"]
             for key in FIGURES:
-                cell[key] = _stat([r[key] for r in cell["runs"]])
+                cell[key] = _stat([r[key] for r in (timed if key in LATENCY else cell["runs"])])
+            cell["n_timed"] = len(timed)
             cell["n"] = len(cell.pop("runs"))
     return table
 
@@ -125,8 +132,9 @@ def markdown(table: dict, dense: dict, device: str, schedule: str, kept: int = 0
     timed = "every model timed in the same interleaved passes"
     if kept:
         timed += (
-            f", except {kept} record(s) of an earlier call whose run folders were gone: their latency is "
-            "from the pass that timed them then (the same machine type)"
+            f"; {kept} record(s) come from an earlier call whose run folders were gone: their accuracy "
+            "counts, but latency (b1, b64 and the equal-latency table) is the mean over the runs timed in "
+            "this pass only, since this machine's speed drifts between passes"
         )
     lines += ["", f"Latency on {device}, {timed}."]
     return "\n".join(lines) + "\n"

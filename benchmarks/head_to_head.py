@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 import sss
-from h2h_report import markdown, plot, summarise
+from h2h_report import EARLIER, markdown, plot, summarise
 from peer_methods import DENSE, FROM_TRAINED, METHODS, QUICK, SCHEDULES, timed_run, train_dense
 from sss.data import load_dataset
 
@@ -61,13 +61,14 @@ def _dense_row(track: str, folder: Path, model: torch.nn.Module, test, example) 
 
 def earlier_records(path: Path, rows: list[dict], forget: list[str]) -> list[dict]:
     """The records of an earlier results file whose run folders are gone (another machine, a
-    cleaned ``runs/``): kept as they are, their latency from the pass that timed them, unless a
+    cleaned ``runs/``): kept as they are, marked ``EARLIER`` (their latency is from the pass that
+    timed them then, and the tables average latency over this pass's timings only), unless a
     run folder holds the same (method, target, seed) or ``forget`` names the method (``all``:
     every one). Dense rows are always rebuilt."""
     if not path.exists():
         return []
     done = {(r["method"], r["target"], r["seed"]) for r in rows}
-    return [r for r in json.loads(path.read_text())
+    return [{**r, EARLIER: True} for r in json.loads(path.read_text())
             if r["method"] != "dense" and (r["method"], r["target"], r["seed"]) not in done
             and "all" not in forget and r["method"] not in forget]  # fmt: skip
 

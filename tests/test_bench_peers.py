@@ -14,8 +14,8 @@ import pytest
 BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
-from h2h_report import CONTROLS, at_latency, best_against_peers, is_sss  # noqa: E402
-from head_to_head import earlier_records  # noqa: E402
+from h2h_report import CONTROLS, at_latency, best_against_peers, is_sss, summarise  # noqa: E402
+from head_to_head import EARLIER, earlier_records  # noqa: E402
 from peer_methods import METHODS  # noqa: E402
 from tp_peers import TP_METHODS  # noqa: E402
 
@@ -25,6 +25,17 @@ def test_accuracy_at_a_latency_interpolates_between_measured_points():
     assert at_latency(curve, 1.5) == pytest.approx(85.0)
     assert at_latency(curve, 3.0) == pytest.approx(91.0)
     assert at_latency(curve, 0.5) is None  # the method never ran that fast
+
+
+def test_latency_is_averaged_over_this_pass_only():
+    """Kept records' latency came from another pass on a drifting machine: a cell averages the
+    latency of the runs timed now, and the accuracy of all."""
+    base = {"method": "tp-l1", "target": 0.5, "accuracy_after_cut": 10.0, "macs_fraction": 0.5, "params": 1,
+            "seconds": 1.0, "b64_ms": 10.0}  # fmt: skip
+    rows = [{**base, "accuracy": 90.0, "b1_ms": 1.0}, {**base, "accuracy": 88.0, "b1_ms": 3.0, EARLIER: True}]
+    cell = summarise(rows)["tp-l1"][0.5]
+    assert cell["b1_ms"]["mean"] == 1.0 and cell["accuracy"]["mean"] == 89.0
+    assert cell["n"] == 2 and cell["n_timed"] == 1
 
 
 def test_the_best_peer_excludes_the_controls():
@@ -46,8 +57,9 @@ def test_earlier_records_are_kept_unless_rerun_or_forgotten(tmp_path):
     path = tmp_path / "pretrained.json"
     path.write_text(json.dumps([rec("tp-l1", 0), rec("tp-l1", 1), rec("sss", 0), rec("dense", 0)]))
     folders = [rec("tp-l1", 1, 91.0)]
-    assert earlier_records(path, folders, []) == [rec("tp-l1", 0), rec("sss", 0)]
-    assert earlier_records(path, folders, ["sss"]) == [rec("tp-l1", 0)]
+    kept = [{**rec("tp-l1", 0), EARLIER: True}, {**rec("sss", 0), EARLIER: True}]
+    assert earlier_records(path, folders, []) == kept
+    assert earlier_records(path, folders, ["sss"]) == kept[:1]
     assert earlier_records(path, folders, ["all"]) == []
     assert earlier_records(tmp_path / "none.json", folders, []) == []
 
