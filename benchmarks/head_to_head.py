@@ -110,7 +110,7 @@ def main(track: str, doc: str, *, targets: tuple[float, ...] = (0.3, 0.5, 0.7),
     for seed, target, method in [] if args.report_only else order:
         if track == "scratch" and not (args.out / f"dense_s{seed}" / "row.json").exists():
             dense = train_dense(cfg, seed, args.out / f"dense_s{seed}", train)
-            row = {**_dense_row(track, args.out / f"dense_s{seed}", dense, test, example), "seed": seed}
+            row = {**_dense_row(track, args.out / f"dense_s{seed}", dense, test, example), "seed": seed, "commit": here}
             (args.out / f"dense_s{seed}" / "row.json").write_text(json.dumps(row) + "\n")
         folder = args.out / f"{method}_{target}_s{seed}"
         if not (folder / "row.json").exists():
