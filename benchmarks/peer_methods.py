@@ -75,8 +75,10 @@ METHODS = {
     "scratch": [*SSS_STRUCTURES, *CNN_TP_METHODS, *CONTROLS],
     "trained": [
         "sss",
+        "sss-blocks",
         "sss-channels",
         "sss+kd",
+        "sss-blocks+kd",
         "sss-channels+kd",
         *CNN_TP_METHODS,
         "tp-l1+kd",
