@@ -147,12 +147,17 @@ def plot(table: dict, dense: dict, x: str, xlabel: str, path: Path, title: str) 
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7.2, 4.8), dpi=120)
-    for method, per in sorted(table.items()):
+    # tab20 and a marker per family: with 16 methods, tab10's colours repeat and two curves would
+    # read as one.
+    colours = plt.get_cmap("tab20").colors
+    for i, (method, per) in enumerate(sorted(table.items())):
         cells = [per[t] for t in sorted(per)]
-        style = "-" if is_sss(method) else (":" if method in CONTROLS else "--")
+        family = "sss" if is_sss(method) else ("control" if method in CONTROLS else "peer")
+        style, marker = {"sss": ("-", "o"), "control": (":", "^"), "peer": ("--", "s")}[family]
         ax.errorbar([c[x]["mean"] for c in cells], [c["accuracy"]["mean"] for c in cells],
                     xerr=[c[x]["std"] for c in cells], yerr=[c["accuracy"]["std"] for c in cells],
-                    marker="o", capsize=3, lw=1.4, ls=style, label=method)  # fmt: skip
+                    marker=marker, capsize=3, lw=1.4, ls=style, color=colours[i % len(colours)],
+                    label=method)  # fmt: skip
     ax.errorbar([dense[x]["mean"]], [dense["accuracy"]["mean"]], yerr=[dense["accuracy"]["std"]], marker="*",
                 markersize=12, color="black", capsize=3, ls="none", label="dense")  # fmt: skip
     ax.set_xlabel(xlabel)
