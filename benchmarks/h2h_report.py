@@ -109,7 +109,8 @@ def markdown(table: dict, dense: dict, device: str, schedule: str, kept: int = 0
         for t in sorted(per):
             c = per[t]
             ci = f" [±{c['accuracy']['ci95']:.2f}]" if c["n"] > 1 else ""
-            lines.append(f"| {method} | {t} | {c['n']} | {cell(c, 'accuracy', '.2f')}{ci} | "
+            n = f"{c['n']} ({c['n_timed']} timed)" if c["n_timed"] < c["n"] else c["n"]
+            lines.append(f"| {method} | {t} | {n} | {cell(c, 'accuracy', '.2f')}{ci} | "
                          f"{cell(c, 'accuracy_after_cut', '.1f')} | {cell(c, 'macs_fraction', '.3f')} | "
                          f"{c['params']['mean'] / 1e3:.1f}k | {cell(c, 'b1_ms', '.2f')} | {cell(c, 'b64_ms', '.1f')} | "
                          f"{c['seconds']['mean']:.0f} |")  # fmt: skip

@@ -14,7 +14,7 @@ import pytest
 BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
-from h2h_report import CONTROLS, at_latency, best_against_peers, is_sss, summarise  # noqa: E402
+from h2h_report import CONTROLS, at_latency, best_against_peers, is_sss, markdown, summarise  # noqa: E402
 from head_to_head import EARLIER, earlier_records  # noqa: E402
 from peer_methods import METHODS  # noqa: E402
 from tp_peers import TP_METHODS  # noqa: E402
@@ -36,6 +36,8 @@ def test_latency_is_averaged_over_this_pass_only():
     cell = summarise(rows)["tp-l1"][0.5]
     assert cell["b1_ms"]["mean"] == 1.0 and cell["accuracy"]["mean"] == 89.0
     assert cell["n"] == 2 and cell["n_timed"] == 1
+    dense = {k: {"mean": 1.0, "std": 0.0} for k in ("accuracy", "b1_ms", "b64_ms", "seconds")} | {"n": 1}
+    assert "| tp-l1 | 0.5 | 2 (1 timed) |" in markdown(summarise(rows), dense, "cpu", "test", kept=1)
 
 
 def test_the_best_peer_excludes_the_controls():
