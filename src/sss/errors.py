@@ -31,3 +31,7 @@ class SelectionCollapsedError(SSSError, RuntimeError):
 
 class MissingDependencyError(SSSError, ImportError):
     """An optional package that a feature needs is not installed."""
+
+
+class UntrustedCodeError(SSSError, ValueError):
+    """A file names code outside sss's registries (``pkg.module:factory``) that the caller did not trust."""

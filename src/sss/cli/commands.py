@@ -11,8 +11,9 @@ import torch
 
 from sss.train.targets import TARGETS
 
-#: Where and how a run computes: flags of train, gal and finetune (config keys of the same names).
-RUNTIME_KEYS = ("device", "amp", "compile", "workers")
+#: Where and how a run computes, and which factories its model files may name: flags of train,
+#: compress, gal and finetune (config keys of the same names).
+RUNTIME_KEYS = ("device", "amp", "compile", "workers", "trust_model_code")
 #: What a run starts from: trained weights, and distillation from them (train and finetune).
 START_KEYS = ("init", "distill")
 
@@ -64,14 +65,14 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_compress(args: argparse.Namespace) -> None:
-    from sss.cli.compress import DEFAULTS, run_compress
+    from sss.cli.compress import DEFAULTS, CompressConfig, run_compress
     from sss.train import load_config
 
     keys = ("model", "dataset", "data_dir", "epochs", "lr", "out_dir", *TARGETS, "latency_batch", *START_KEYS,
             *RUNTIME_KEYS)  # fmt: skip
     given = {k.partition("=")[0] for k in args.set}
     defaults = {k: v for k, v in DEFAULTS.items() if k not in given and not (args.config and k != "out_dir")}
-    cfg = load_config(args.config, args.set, values={**defaults, **flag_values(args, keys)})
+    cfg = load_config(args.config, args.set, CompressConfig, values={**defaults, **flag_values(args, keys)})
     run_compress(cfg, resume=args.resume, overwrite=args.overwrite)
 
 
@@ -85,7 +86,7 @@ def cmd_gal(args: argparse.Namespace) -> None:
             *RUNTIME_KEYS)  # fmt: skip
     cfg = load_config(args.config, args.set, cls=GALConfig, values=flag_values(args, keys))
     if is_saved_model(cfg.teacher):  # else a state dict: --model (default resnet20) says what it fits
-        cfg.model = _zoo_name(load(cfg.teacher), cfg.teacher)
+        cfg.model = _zoo_name(load(cfg.teacher, trust_code=cfg.trusted_code), cfg.teacher)
     _report(cfg, GALTrainer(cfg).fit(resume=args.resume, overwrite=args.overwrite))
 
 
@@ -100,10 +101,18 @@ def cmd_finetune(args: argparse.Namespace) -> None:
         cfg = load_config(args.config, args.set, values={"sparsity": "none", **flag_values(args, ("model", *keys))})
         _report(cfg, Trainer(cfg).fit(resume=args.resume, overwrite=args.overwrite))
         return
-    model = load(args.saved)
+    model = load(args.saved, trust_code=trusted_code(args))
     values = {"model": _zoo_name(model, args.saved), "sparsity": "none", **flag_values(args, keys)}
     cfg = load_config(args.config, args.set, values=values)
     _report(cfg, Trainer(cfg, model=model.train()).fit(resume=args.resume, overwrite=args.overwrite))
+
+
+def trusted_code(args: argparse.Namespace) -> bool | tuple[str, ...]:
+    """The factories a model file given to this command may name: any with
+    ``--trust-model-code``, else the ``--model`` given on the command line (none without)."""
+    if getattr(args, "trust_model_code", None):
+        return True
+    return (args.model,) if getattr(args, "model", None) else ()
 
 
 def _zoo_name(model: torch.nn.Module, path: str) -> str:
@@ -138,9 +147,9 @@ def cmd_prune(args: argparse.Namespace) -> None:
     from sss.surgery import prune, zero_small_factors
     from sss.train.checks import collapse_warnings, is_constant_output
 
-    model = load(args.model)
+    model = load(args.model, trust_code=bool(args.trust_model_code))
     if not gates(model):
-        raise SystemExit(f"{args.model} has no scaling factors: nothing to prune (is it already compact?)")
+        raise ValueError(f"{args.model} has no scaling factors: nothing to prune (is it already compact?)")
     example = _example(args, model)
     if args.threshold > 0:
         zero_small_factors(model, args.threshold)
@@ -165,7 +174,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from sss.serialization import load
 
     test = load_dataset(args.dataset, False, args.data_dir)
-    models = {Path(p).stem: load(p) for p in args.models}
+    models = {Path(p).stem: load(p, trust_code=bool(args.trust_model_code)) for p in args.models}
     timed = tuple(models) if args.latency else ()
     print(format_table(compare_models(models, test, latency_of=timed, device=args.device)))
 
@@ -173,7 +182,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     from sss.serialization import export_onnx, load
 
-    model = load(args.model)
+    model = load(args.model, trust_code=bool(args.trust_model_code))
     print(f"wrote {export_onnx(model, _example(args, model), args.out)}")
 
 

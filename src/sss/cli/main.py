@@ -34,6 +34,7 @@ def _run_folder_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--amp", choices=["none", "bf16", "fp16"], help="autocast precision (factors stay fp32)")
     p.add_argument("--compile", action="store_const", const=True, help="torch.compile the training forward")
     p.add_argument("--workers", type=int, help="DataLoader processes decoding an image folder (default 0)")
+    _trust_flag(p)
 
 
 def _start_flags(p: argparse.ArgumentParser) -> None:
@@ -49,6 +50,12 @@ def _start_flags(p: argparse.ArgumentParser) -> None:
         metavar="T",
         help="distil from the starting model at temperature T (e.g. 4; --set distill_weight=0.5)",
     )
+
+
+def _trust_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trust-model-code", dest="trust_model_code", action="store_const", const=True,
+                   help="let a model file rebuild a model built by the pkg.module:factory it names (imports and "
+                        "calls that code; by default a file may name only zoo models)")  # fmt: skip
 
 
 def _nonnegative_float(text: str) -> float:
@@ -143,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-shape", type=int, nargs=3, metavar=("C", "H", "W"), help="for MAC counts")
     p.add_argument("--structures", help="comma-separated kinds to remove (default: all); others are folded")
     p.add_argument("--round-to", type=_positive_int, default=1, help="keep channel counts a multiple of this (e.g. 8)")
+    _trust_flag(p)
     p.set_defaults(func=commands.cmd_prune)
 
     p = sub.add_parser("eval", help="test accuracy, MACs, params (and latency) of saved models")
@@ -151,12 +159,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir")
     p.add_argument("--latency", action="store_true", help="also time batch 1 and 64")
     p.add_argument("--device", default="cpu", help="where to time them: cpu, cuda or cuda:N")
+    _trust_flag(p)
     p.set_defaults(func=commands.cmd_eval)
 
     p = sub.add_parser("export", help="write a saved compact model as ONNX (dynamic batch)")
     p.add_argument("model", help="a compact model saved by sss (e.g. runs/demo/compact)")
     p.add_argument("--out", required=True, help="the .onnx file to write")
     p.add_argument("--input-shape", type=int, nargs=3, metavar=("C", "H", "W"), help="one input, e.g. 1 28 28")
+    _trust_flag(p)
     p.set_defaults(func=commands.cmd_export)
 
     p = sub.add_parser("demo", help="SSS on Fashion-MNIST end to end (about 12 minutes on 2 cores)")

@@ -64,7 +64,20 @@ def _set(m: nn.Module, name: str, shape: tuple[int, ...]) -> None:
 
 def resize_layers(model: nn.Module, sizes: dict[str, dict]) -> int:
     """Gives every layer of ``model`` named in ``sizes`` those sizes (tensors left uninitialised:
-    the saved weights fill them); returns how many layers changed."""
+    the saved weights fill them); returns how many layers changed.
+
+    Raises:
+        ValueError: An entry sets anything but its layer's size attributes, or a size that is
+            not a whole number between 1 and the layer's current size (sizes come from a file:
+            they may only shrink the rebuilt model, and all are checked before any tensor is
+            made).
+    """
+    if not isinstance(sizes, dict):
+        raise ValueError(f"the saved layer sizes are a {type(sizes).__name__}, not a mapping of layer paths")
+    modules = dict(model.named_modules())
+    for path, want in sizes.items():
+        if path in modules:  # a layer the rebuilt model lacks sets nothing: the weight check names what differs
+            _check_entry(path, modules[path], want)
     changed = 0
     for path, m in model.named_modules():
         want = sizes.get(path)
@@ -95,3 +108,33 @@ def resize_layers(model: nn.Module, sizes: dict[str, dict]) -> int:
             _set(m, "weight", tuple(m.normalized_shape))
             _set(m, "bias", tuple(m.normalized_shape))
     return changed
+
+
+def _check_entry(path: str, m: nn.Module, want: object) -> None:
+    """A saved entry sets only ``m``'s own size attributes, to whole numbers no larger than now."""
+    current = layer_sizes(m).get("", {})
+    if not isinstance(want, dict):
+        raise ValueError(f"the saved sizes of {path!r} are {str(want)[:60]!r}, not a mapping")
+    if extra := sorted(set(want) - set(current)):
+        raise ValueError(f"the saved sizes of {path!r} ({type(m).__name__}) set {extra}, which are not its "
+                         f"size attributes ({sorted(current)}); the file is damaged or not from sss.save")  # fmt: skip
+    for key, value in want.items():
+        now = current[key]
+        pairs = [(f"{key}.{n}", value.get(n) if isinstance(value, dict) else None, s) for n, s in now.items()] \
+            if key == "tensors" else [(key, value, now)]  # fmt: skip
+        if key == "tensors" and (not isinstance(value, dict) or set(value) - set(now)):
+            raise ValueError(f"the saved sizes of {path!r} name tensors {str(value)[:60]} it does not hold")
+        for what, new, old in pairs:
+            if new is None and key == "tensors":
+                continue
+            if not _fits(new, old):
+                raise ValueError(f"the saved size {what}={new!r} of {path!r} is not a whole number from 1 to its "
+                                 f"size in the rebuilt model ({old!r}); the file is damaged, or the base is not the "
+                                 "unpruned model")  # fmt: skip
+
+
+def _fits(new: object, old: object) -> bool:
+    if isinstance(old, list | tuple):
+        same_rank = isinstance(new, list) and len(new) == len(old)
+        return same_rank and all(_fits(a, b) for a, b in zip(new, old, strict=True))
+    return isinstance(new, int) and not isinstance(new, bool) and 1 <= new <= old

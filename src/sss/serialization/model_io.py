@@ -14,8 +14,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from sss.errors import CheckpointError
-from sss.models import create
+from sss.errors import CheckpointError, UntrustedCodeError
+from sss.models.recorded import TrustCode, create_recorded
 from sss.serialization.layer_sizes import layer_sizes, resize_layers
 from sss.serialization.replay import replay
 from sss.serialization.state import atomic_write, check_digest, tensor_digest
@@ -73,8 +73,11 @@ def load(
     path: str | Path,
     base: nn.Module | Callable[[], nn.Module] | None = None,
     map_location: str | torch.device = "cpu",
+    *,
+    trust_code: TrustCode = False,
 ) -> nn.Module:
-    """Rebuilds a model saved by :func:`save`; never unpickles anything.
+    """Rebuilds a model saved by :func:`save`; never unpickles anything, and runs no code the
+    file names unless told to.
 
     Args:
         path: What was given to :func:`save` (with or without ``.safetensors``/``.json``).
@@ -82,11 +85,21 @@ def load(
             your class), for models not built by :func:`sss.models.create`. Its weights do not
             matter; it is copied, not changed. Zoo models need none.
         map_location: The device of the returned model.
+        trust_code: Whether a model the file says was built by a user's factory
+            (``pkg.module:factory``) may be imported and called to rebuild it: ``True``, or the
+            factory names you trust. By default only zoo models are rebuilt from the file
+            alone: a file could name any function (``os:system``). Passing ``base`` is the
+            other way to rebuild a user's model.
 
     Raises:
+        UntrustedCodeError: The file names a factory that ``trust_code`` does not allow.
         CheckpointError: A file is missing or corrupt, the history does not apply to the base
             (naming the first edit that does not), or the weights do not fit.
     """
+    if Path(path).is_dir():
+        inside = [f"{Path(path) / name}" for name in ("compact", "model") if is_saved_model(Path(path) / name)]
+        hint = f"give a model in it: {' or '.join(inside)}" if inside else "give the path sss.save wrote (no suffix)"
+        raise CheckpointError(f"{path} is a folder, not a saved model; {hint}")
     weights_path, spec_path = _paths(path)
     for p in (weights_path, spec_path):
         if not p.is_file():
@@ -102,14 +115,14 @@ def load(
     try:
         if base is not None:
             model = copy.deepcopy(base) if isinstance(base, nn.Module) else base()
-        elif isinstance(zoo, dict):
-            model = create(zoo["name"], **zoo["kwargs"])
+        elif zoo is not None:
+            model = create_recorded(zoo, trust_code=trust_code, source=str(spec_path))
         else:
             raise CheckpointError(f"{weights_path.with_suffix('')} was saved from a model outside the zoo: pass its "
                                   "unpruned form, sss.load(path, base=MyModel())")  # fmt: skip
         model = replay(model, spec["history"])
         resize_layers(model, spec.get("sizes") or {})
-    except CheckpointError:
+    except (CheckpointError, UntrustedCodeError):
         raise
     except Exception as e:
         raise CheckpointError(f"cannot rebuild the model saved at {weights_path.with_suffix('')}: {e}") from e

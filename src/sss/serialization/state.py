@@ -74,8 +74,12 @@ def _decode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
 def atomic_write(path: Path, write) -> None:
     """Calls ``write(tmp_path)`` then renames the temp file over ``path``: a crash mid-write
     leaves the previous file intact."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:  # the parent is a file, or a folder that takes no files (/proc, read-only)
+        raise CheckpointError(f"cannot write {path}: {e.strerror or e} ({e.filename or path.parent}); choose a path "
+                              "in a writable folder") from None  # fmt: skip
     os.close(fd)
     try:
         write(tmp)

@@ -26,7 +26,7 @@ NonNegativeFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 #: Keys a resume may change: they change how the model trains from here, not its shape.
 RESUMABLE_KEYS = frozenset({"epochs", "out_dir", "lr", "momentum", "weight_decay", "schedule", "milestones",
                             "lr_decay", "gamma", "eval_batch_size", "allow_collapse", "device", "amp", "compile",
-                            "workers"})  # fmt: skip
+                            "workers", "trust_model_code"})  # fmt: skip
 
 
 @dataclass
@@ -76,6 +76,9 @@ class TrainConfig:
     ``selection_start`` (epochs) trains densely first: the factors stay at 1, without penalty,
     until that epoch, where the selection starts from the weights trained so far as it would from
     a trained model (its factors from their magnitudes, steered by distance, under ``auto``).
+    A config is code: ``model: pkg.module:factory`` imports and calls that factory, as
+    ``--model`` does. A model file the run reads (``distill_teacher``, GAL's ``teacher``) may name
+    only zoo models or ``model`` itself, unless ``trust_model_code`` allows any factory.
     """
 
     model: str = "resnet20"
@@ -124,6 +127,13 @@ class TrainConfig:
     factor_init: Literal["auto", "one", "magnitude"] = "auto"
     steer: Literal["auto", "doubling", "distance"] = "auto"
     selection_start: NonNegativeInt = 0
+    trust_model_code: bool = False
+
+    @property
+    def trusted_code(self) -> bool | tuple[str, ...]:
+        """The factories a model file read by this run (a teacher) may name: ``model``, which the
+        user chose (a config is code), or any with ``trust_model_code``."""
+        return True if self.trust_model_code else (self.model,)
 
     @property
     def from_trained(self) -> bool:
