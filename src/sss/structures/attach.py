@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 from sss.errors import UnsupportedModelError
-from sss.structures.discovery import find_structures
+from sss.structures.discovery import check_not_wrapped, find_structures
 from sss.structures.history import record
-from sss.structures.registry import get_kind, kind_names
+from sss.structures.registry import get_kind, kind_names, parse_kinds
 from sss.structures.torch_transformer import convert_torch_transformers
 
 logger = logging.getLogger("sss")
@@ -21,7 +21,7 @@ logger = logging.getLogger("sss")
 def attach(
     model: nn.Module,
     example_inputs: torch.Tensor | None = None,
-    structures: Sequence[str] = ("block",),
+    structures: str | Sequence[str] = ("block",),
     *,
     ignore: Sequence[str] = (),
     inplace: bool = False,
@@ -42,7 +42,8 @@ def attach(
             ``"branch"``: every branch of a module that concatenates parallel branches (GAL's
             Inception masks). Kinds added with :func:`sss.structures.register_kind` too.
         example_inputs: An input batch; required by every kind but ``"block"``.
-        structures: Which kinds get factors.
+        structures: Which kinds get factors: names, or one string naming one kind or a
+            comma-separated list (``"channel"``, ``"block,channel"``).
         ignore: Module paths (and everything below them) that get no factor, e.g. a layer
             whose width must stay fixed or a block that must stay.
         inplace: Modify ``model`` itself instead of a copy.
@@ -53,9 +54,16 @@ def attach(
     replays it).
 
     Raises:
-        ValueError: A kind is unknown, or needs ``example_inputs`` and got none.
-        UnsupportedModelError: The model has no structure of any requested kind.
+        ValueError: ``structures`` is empty, a kind is unknown, or needs ``example_inputs`` and
+            got none.
+        UnsupportedModelError: The model has no structure of any requested kind, or is wrapped in
+            ``nn.DataParallel`` / ``DistributedDataParallel`` (pass ``model.module``).
     """
+    check_not_wrapped(model)
+    structures = parse_kinds(structures)
+    if not structures:
+        raise ValueError(f"structures is empty: name at least one kind to gate, from {', '.join(kind_names())} "
+                         "(e.g. structures=('block', 'channel'))")  # fmt: skip
     kinds = [get_kind(name) for name in structures]
     for kind in kinds:
         if kind.needs_example and example_inputs is None:

@@ -15,12 +15,18 @@ from torch import fx, nn
 from sss.errors import UnsupportedModelError
 from sss.structures.gate import Gate
 from sss.structures.paths import under
-from sss.structures.registry import Discovery, StructureKind, get_kind
+from sss.structures.registry import Discovery, StructureKind, get_kind, parse_kinds
 from sss.structures.torch_transformer import convert_torch_transformers, has_torch_transformers
 from sss.structures.tracing import NORMS, Tracer, trace_graph
 from sss.surgery.prune import prune
 
 logger = logging.getLogger("sss")
+
+#: What the forward of a compact model whose removal is not exact raises: a layer or reshape whose
+#: width no longer fits (RuntimeError), or an index past a cut dimension (IndexError).
+_INEXACT_ERRORS = (RuntimeError, IndexError)
+#: Float types too coarse for the exactness check's 1e-4 tolerance: it runs on an fp32 copy.
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 @dataclass
@@ -60,7 +66,7 @@ class StructureReport:
 def find_structures(
     model: nn.Module,
     example_inputs: torch.Tensor | None,
-    kinds: Sequence[str] = ("channel",),
+    kinds: str | Sequence[str] = ("channel",),
     ignore: Sequence[str] = (),
 ) -> StructureReport:
     """Returns the structures of each kind in ``kinds`` that :func:`sss.attach` would gate and,
@@ -69,8 +75,15 @@ def find_structures(
     Every structure found by a kind that asks for it (``check_exactness``) is checked on
     ``example_inputs``: a copy with random BN statistics loses half of each structure and must
     compute the same outputs; a structure that fails (an op on the way that turns zeros into
-    something else) is reported, not returned.
+    something else) is reported, not returned. ``kinds`` may be one string: ``"channel"`` or
+    ``"block,channel"``.
+
+    Raises:
+        UnsupportedModelError: ``model`` is wrapped in ``nn.DataParallel`` or
+            ``DistributedDataParallel``, or takes another path on other data or in the other mode.
     """
+    check_not_wrapped(model)
+    kinds = parse_kinds(kinds)
     if has_torch_transformers(model):  # what attach would gate: on the rewritten encoder layers
         model = copy.deepcopy(model)
         convert_torch_transformers(model, example_inputs, ignore)
@@ -89,6 +102,16 @@ def find_structures(
         report.structures[name] = found
         report.skipped += skipped
     return report
+
+
+def check_not_wrapped(model: nn.Module) -> None:
+    """Refuses ``nn.DataParallel`` / ``DistributedDataParallel``: their forward scatters the
+    input over devices (not a graph to gate), and gates inside would be renamed ``module.*``."""
+    if isinstance(model, nn.DataParallel | nn.parallel.DistributedDataParallel):
+        raise UnsupportedModelError(
+            f"{type(model).__name__} wraps the model to gate: pass model.module (sss attaches to the bare "
+            "model; wrap it after)"
+        )
 
 
 class _IgnoringTracer(Tracer):
@@ -178,8 +201,12 @@ def exact_subset(
     model: nn.Module, kind: StructureKind, candidates: list[Any], example_inputs: torch.Tensor
 ) -> tuple[list[Any], list[Any]]:
     """Splits ``candidates`` into those whose removal keeps the outputs and those whose removal
-    does not: all at once first (one copy), then one at a time to find the culprits."""
-    inputs = _probe_inputs(example_inputs)
+    does not: all at once first (one copy), then one at a time to find the culprits.
+
+    A half-precision model is checked as an fp32 copy (its removal is exact or not at any
+    precision; fp16 rounding alone exceeds the tolerance), on fp32 inputs."""
+    widen = any(t.dtype in _LOW_PRECISION for t in [*model.parameters(), *model.buffers()])
+    inputs = _probe_inputs(example_inputs, torch.float32 if widen else None)
     if _removes_exactly(model, kind, candidates, inputs):
         return candidates, []
     exact, failed = [], []
@@ -188,14 +215,25 @@ def exact_subset(
     return exact, failed
 
 
-def _probe_inputs(example_inputs: torch.Tensor) -> list[torch.Tensor]:
+def _probe_inputs(example_inputs: torch.Tensor, dtype: torch.dtype | None = None) -> list[torch.Tensor]:
     """The example and, for float inputs, a signed random batch of its shape: an example of
-    zeros (what the trainer traces with) would not exercise ops such as ``relu_(x)``."""
+    zeros (what the trainer traces with) would not exercise ops such as ``relu_(x)``. Float
+    inputs are cast to ``dtype`` if given (the dtype of the checked copy)."""
     if not example_inputs.is_floating_point():
         return [example_inputs]
+    example = example_inputs.to(dtype or example_inputs.dtype)
     gen = torch.Generator().manual_seed(0)
-    noise = torch.randn(example_inputs.shape, generator=gen).to(example_inputs)
-    return [example_inputs, noise]
+    noise = torch.randn(example.shape, generator=gen).to(device=example.device, dtype=example.dtype)
+    return [example, noise]
+
+
+def _check_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` in eval mode to gate and prune: fp32 if it is half precision, and with
+    contiguous parameters (``channels_last`` weights cannot be flattened with ``view``)."""
+    trial = copy.deepcopy(model).eval()
+    if any(t.dtype in _LOW_PRECISION for t in [*trial.parameters(), *trial.buffers()]):
+        trial.float()  # float parameters and buffers only; integer buffers (BN's count, indices) stay
+    return trial.to(memory_format=torch.contiguous_format)
 
 
 def _randomise_state(model: nn.Module, gen: torch.Generator) -> None:
@@ -211,32 +249,34 @@ def _randomise_state(model: nn.Module, gen: torch.Generator) -> None:
                 m.running_var.uniform_(0.5, 2.0, generator=gen)
                 m.bias.uniform_(-0.3, 0.3, generator=gen)
             for t in [*m.parameters(recurse=False), *m.buffers(recurse=False)]:
-                if t.is_floating_point() and t.numel() > 1 and bool((t == t.view(-1)[0]).all()):
+                if t.is_floating_point() and t.numel() > 1 and bool((t == t.reshape(-1)[0]).all()):
                     t.uniform_(0.5, 1.5, generator=gen)
 
 
 def _removes_exactly(model: nn.Module, kind: StructureKind, candidates: list[Any], inputs: list[torch.Tensor]) -> bool:
-    """Gates ``candidates`` in a copy with random state and checks, for two factor patterns
-    (every other factor zero, the rest 0.75; then the other half zero), that pruning keeps
-    the outputs (to 1e-4 relative) on every probe input: removal and folding both checked."""
+    """Gates ``candidates`` in a copy with random state (see :func:`_check_copy`) and checks, for
+    two factor patterns (every other factor zero, the rest 0.75; then the other half zero), that
+    pruning keeps the outputs (to 1e-4 relative) on every probe input: removal and folding both
+    checked. A compact model that cannot run (:data:`_INEXACT_ERRORS`) fails the check; any other
+    error, and any error before the cut, is a bug and propagates."""
     for zero_first in (True, False):
-        trial = copy.deepcopy(model).eval()
-        try:
-            kind.gate(trial, candidates)
-            _randomise_state(trial, torch.Generator().manual_seed(0))
-            with torch.no_grad():
-                position = 0
-                for m in trial.modules():
-                    if isinstance(m, Gate) and m.kind == kind.name:
-                        flat = m.weight.view(-1).fill_(0.75)
-                        start = (position + (0 if zero_first else 1)) % 2
-                        flat[start::2] = 0.0
-                        position += flat.numel()
-                expected = [trial(x.clone()) for x in inputs]  # clones: the model may write into x
+        trial = _check_copy(model)
+        kind.gate(trial, candidates)
+        _randomise_state(trial, torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            position = 0
+            for m in trial.modules():
+                if isinstance(m, Gate) and m.kind == kind.name:
+                    flat = m.weight.view(-1).fill_(0.75)
+                    start = (position + (0 if zero_first else 1)) % 2
+                    flat[start::2] = 0.0
+                    position += flat.numel()
+            expected = [trial(x.clone()) for x in inputs]  # clones: the model may write into x
+            try:
                 compact = prune(trial)
                 actual = [compact(x.clone()) for x in inputs]
-        except Exception:
-            return False
+            except _INEXACT_ERRORS:
+                return False
         for a, e in zip(actual, expected, strict=True):
             scale = float(e.abs().max()) or 1.0
             if a.shape != e.shape or float((a - e).abs().max()) > 1e-4 * scale:

@@ -137,6 +137,27 @@ def get_kind(name: str) -> StructureKind:
     return _KINDS[name]
 
 
+def parse_kinds(structures: str | Sequence[str]) -> tuple[str, ...]:
+    """The kind names in ``structures``, each checked and listed once, in the order given.
+
+    ``structures`` is a sequence of names or one string: a single kind (``"channel"``) or a
+    comma-separated list (``"block,channel"``), never read letter by letter.
+
+    Raises:
+        ValueError: A name is not a registered kind.
+    """
+    names = structures.split(",") if isinstance(structures, str) else list(structures)
+    parsed: list[str] = []
+    for name in names:
+        name = name.strip() if isinstance(name, str) else name
+        if name == "":  # "block," or "block,,channel": a stray comma names nothing
+            continue
+        kind = get_kind(name).name
+        if kind not in parsed:  # a kind listed twice would be gated twice
+            parsed.append(kind)
+    return tuple(parsed)
+
+
 def kind_of_op(op: str) -> StructureKind | None:
     """The kind that replays history op ``op``, if a kind owns it."""
     return next((k for k in _KINDS.values() if op in k.ops), None)

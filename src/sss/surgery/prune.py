@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import copy
+import math
+import numbers
+import operator
 from collections.abc import Sequence
 
 import torch
@@ -11,12 +14,16 @@ from torch import nn
 from sss.structures.channels import cut_slices
 from sss.structures.gate import gates, unwrap_gated_layers
 from sss.structures.history import record
-from sss.structures.registry import Edit, Removal, get_kind, kind_names
+from sss.structures.registry import Edit, Removal, get_kind, kind_names, parse_kinds
 from sss.structures.tracing import role_width
 
 
 def prune(
-    model: nn.Module, threshold: float = 0.0, *, round_to: int = 1, structures: Sequence[str] | None = None
+    model: nn.Module,
+    threshold: float = 0.0,
+    *,
+    round_to: int = 1,
+    structures: str | Sequence[str] | None = None,
 ) -> nn.Module:
     """Returns a plain copy of ``model`` without the structures whose factor is zero.
 
@@ -32,10 +39,17 @@ def prune(
         threshold: Factors at or below this magnitude count as zero. Keep 0 for APG/ISTA,
             whose zeros are exact; the L1-subgradient SGD baseline needs a positive one.
         round_to: Keep channel counts a multiple of this (extra channels keep a zero factor).
-        structures: The kinds to remove (default: all). The factors of other kinds are folded
-            into the weights and their structures stay, zero or not.
+        structures: The kinds to remove (default: all), or one string naming one kind or a
+            comma-separated list. The factors of other kinds are folded into the weights and
+            their structures stay, zero or not.
+
+    Raises:
+        ValueError: ``threshold`` is negative or not finite, ``round_to`` is not an int >= 1, or a
+            kind is unknown.
     """
-    kinds = kind_names() if structures is None else tuple(get_kind(s).name for s in structures)
+    threshold = _checked_threshold(threshold)
+    round_to = _checked_round_to(round_to)
+    kinds = kind_names() if structures is None else parse_kinds(structures)
     was_training = model.training
     compact = copy.deepcopy(model).eval()
     if threshold > 0:
@@ -55,6 +69,29 @@ def prune(
     return compact.train(was_training)
 
 
+def _checked_threshold(threshold: float) -> float:
+    """``threshold`` as a float, or a ValueError unless it is a finite number >= 0 (not a bool,
+    not a string)."""
+    is_number = isinstance(threshold, numbers.Real) and not isinstance(threshold, bool)
+    value = float(threshold) if is_number else math.nan  # nan: refused below, with the value named
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"threshold must be a finite number >= 0 (factors with |λ| at or below it count as zero), "
+                         f"got {threshold!r}; pass 0 to remove only exact zeros")  # fmt: skip
+    return value
+
+
+def _checked_round_to(round_to: int) -> int:
+    """``round_to`` as an int, or a ValueError unless it is an int >= 1 (not a bool, not a float)."""
+    try:
+        value = operator.index(round_to) if not isinstance(round_to, bool) else 0
+    except TypeError:
+        value = 0  # a float or a string: refused below, with the value named
+    if value < 1:
+        raise ValueError(f"round_to must be an int >= 1 (channel counts are kept a multiple of it), got {round_to!r}; "
+                         "pass 1 to keep any count")  # fmt: skip
+    return value
+
+
 def _apply_cuts(model: nn.Module, cuts: dict[tuple[str, str], set[int]]) -> list[Edit]:
     """Cuts every layer once, in its original numbering; returns one ``cut`` edit per layer side."""
     edits = []
@@ -69,13 +106,19 @@ def _apply_cuts(model: nn.Module, cuts: dict[tuple[str, str], set[int]]) -> list
 
 
 @torch.no_grad()
-def zero_small_factors(model: nn.Module, threshold: float, kinds: Sequence[str] | None = None) -> int:
+def zero_small_factors(model: nn.Module, threshold: float, kinds: str | Sequence[str] | None = None) -> int:
     """Sets every factor with ``|λ| <= threshold`` to exactly 0, in place; returns how many.
 
     This is the pruning threshold of the L1-subgradient SGD baseline, which produces no
     exact zeros by itself. Apply it before evaluating, so that the gated model that is
-    measured is the one that :func:`prune` makes smaller. ``kinds`` limits it to those kinds.
+    measured is the one that :func:`prune` makes smaller. ``kinds`` limits it to those kinds
+    (names, or one string: ``"channel"``, ``"block,channel"``).
+
+    Raises:
+        ValueError: ``threshold`` is negative or not finite, or a kind is unknown.
     """
+    threshold = _checked_threshold(threshold)
+    kinds = None if kinds is None else parse_kinds(kinds)
     count = 0
     for ref in gates(model):
         if kinds is not None and ref.kind not in kinds:
