@@ -212,7 +212,7 @@ class TPTrainer(Trainer):
         else:
             self.macs_fraction_at_cut = progressive_cut(self.pruner, self.model, self.example, self.target, grads)
         self.cut_done, self.pruner = True, None
-        if self.cfg.channels_last:
+        if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.weights_opt, self.factors_opt = self.build_optimizers()
         self._set_lr()

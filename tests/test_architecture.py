@@ -1,5 +1,6 @@
 """The house rules that keep the code easy to extend: no import cycles (imports inside
-functions count), no source file over 400 lines, registries that refuse a taken name."""
+functions count), no import running back up a floor (folder to folder), no folder of one file,
+no source file over 400 lines, registries that refuse a taken name."""
 
 from __future__ import annotations
 
@@ -60,6 +61,38 @@ def test_no_module_imports_one_that_imports_it_back():
     for m in sorted(graph):
         if m not in state:
             visit(m)
+
+
+def _room(module: str) -> str:
+    """The folder (or top-level module) of ``sss`` a module lives in: ``sss.train.engine`` → ``train``."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+def test_no_import_runs_back_up_a_floor():
+    """Rooms (sss's folders) stack as floors: a room imports only rooms below it, so the
+    folder-level graph has no cycle (one module importing a room that imports its room back)."""
+    modules = _modules()
+    rooms: dict[str, set[str]] = {}
+    for m, p in modules.items():
+        rooms.setdefault(_room(m), set()).update(_room(d) for d in _imports(m, p, modules) if _room(d) != _room(m))
+    floors: dict[str, int] = {}
+
+    def floor(room: str, seen: tuple[str, ...] = ()) -> int:
+        if room in seen:
+            pytest.fail("import runs back up: " + " -> ".join([*seen[seen.index(room) :], room]))
+        if room not in floors:
+            floors[room] = 1 + max((floor(r, (*seen, room)) for r in rooms.get(room, ())), default=0)
+        return floors[room]
+
+    for room in sorted(rooms):
+        floor(room)
+
+
+def test_no_folder_of_one_file():
+    folders = {p.parent for p in (SRC / "sss").rglob("*.py")} - {SRC / "sss"}
+    lonely = [str(f.relative_to(SRC)) for f in folders if len([p for p in f.glob("*.py") if p.stem != "__init__"]) < 2]
+    assert not lonely
 
 
 def test_no_source_file_over_400_lines():

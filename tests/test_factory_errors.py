@@ -50,3 +50,26 @@ def test_prune_of_a_model_without_factors_exits_2(tmp_path, capsys):
     sss.save(sss.models.create("resnet20", width=4), tmp_path / "plain")
     assert main(["prune", str(tmp_path / "plain"), "--out", str(tmp_path / "small")]) == 2
     assert "has no scaling factors: nothing to prune" in capsys.readouterr().err
+
+
+NET = """
+from torch import nn
+
+
+def build(num_classes=10):
+    return nn.Sequential(nn.Conv2d(1, {width}, 3), nn.BatchNorm2d({width}), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear({width}, num_classes))
+"""
+
+
+def test_resume_after_the_factory_changed_names_the_cause_not_deletion(user_module, tmp_path, capsys):
+    factory = user_module("broken_changed", NET.format(width=4))
+    run = ["train", "--model", factory, "--structures", "channel", "--gamma", "0.01", "--out", str(tmp_path / "run"),
+           "--set", "train_subset=128", "--set", "val_size=64", "--set", "batch_size=64"]  # fmt: skip
+    assert main([*run, "--epochs", "1"]) == 0
+    user_module("broken_changed", NET.format(width=6))  # the user edits their model's code
+    sys.modules.pop("broken_changed")
+    capsys.readouterr()
+    assert main([*run, "--epochs", "2", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "changed since the checkpoint was written" in err and "delete" not in err and "Traceback" not in err

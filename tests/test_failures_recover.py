@@ -183,8 +183,8 @@ def test_export_without_onnx_is_one_line(tmp_path, monkeypatch, capsys):
 
 
 def test_an_out_of_range_kept_index_names_the_damage():
-    from sss.serialization.replay import replay
     from sss.structures.history import history
+    from sss.structures.replay import replay
 
     gated = sss.attach(sss.models.create("lenet5"), torch.zeros(1, 1, 28, 28), ("channel",))
     with torch.no_grad():

@@ -16,7 +16,7 @@ from sss.measure import compare_latency, count, evaluate
 from sss.optim import APG, ISTA, L1SGD, build_optimizers
 from sss.serialization import export_onnx, load, save
 from sss.structures import Gate, GateRef, attach, find_structures, gates
-from sss.surgery import prune, zero_small_factors
+from sss.structures.prune import prune, zero_small_factors
 
 __version__ = "0.1.0"
 

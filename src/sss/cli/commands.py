@@ -144,7 +144,7 @@ def cmd_prune(args: argparse.Namespace) -> None:
     from sss.measure import count
     from sss.serialization import load, save
     from sss.structures import gates, kind_names
-    from sss.surgery import prune, zero_small_factors
+    from sss.structures.prune import prune, zero_small_factors
     from sss.train.checks import collapse_warnings, is_constant_output
 
     model = load(args.model, trust_code=bool(args.trust_model_code))

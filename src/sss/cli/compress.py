@@ -10,6 +10,7 @@ latency (``report.md``, ``report.json``) and the training curves (``curves.png``
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from sss.cli.report import compare_models, format_table
@@ -22,6 +23,21 @@ from sss.viz.metrics import plot_metrics
 #: What ``compress`` sets unless its flags, ``--config`` or ``--set`` say otherwise.
 DEFAULTS = {"structures": ["channel"], "epochs": 4, "freeze_epoch": 1, "after_freeze": "continue", "lr": 0.01,
             "out_dir": "runs/compress"}  # fmt: skip
+
+
+@dataclass
+class CompressConfig(TrainConfig):
+    """A :class:`TrainConfig` whose problems are said in ``compress``'s terms: compress sets
+    ``freeze_epoch`` itself (one selection epoch), so ``--epochs 1`` is a problem of the epochs,
+    not of a key the user never set. Same fields, so its checkpoints resume as any run's."""
+
+    def cross_field_problems(self) -> list[str]:
+        problems = super().cross_field_problems()
+        if self.freeze_epoch == DEFAULTS["freeze_epoch"] and self.epochs <= self.freeze_epoch:
+            problems = [p for p in problems if not p.startswith("freeze_epoch")]  # said below, in compress's terms
+            problems.insert(0, f"epochs must be >= 2 for compress (one selection epoch, then at least one "
+                               f"fine-tune epoch), got {self.epochs}")  # fmt: skip
+        return problems
 
 
 def run_compress(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, log=print) -> dict:

@@ -17,7 +17,7 @@ from sss.errors import CheckpointError
 from sss.serialization import load, save
 from sss.serialization.state import load_state
 from sss.structures import gates
-from sss.surgery import prune
+from sss.structures.prune import prune
 from sss.train import TrainConfig, Trainer, TrainResult
 from sss.viz import plot_factor_trace
 

@@ -20,6 +20,7 @@ from sss.serialization.weights import load_weights
 from sss.structures import attach, gates
 from sss.train.checks import load_optimizer_state
 from sss.train.config import NonNegativeFloat, PositiveFloat, PositiveInt, TrainConfig
+from sss.train.distill import check_teacher
 from sss.train.engine import Trainer
 from sss.train.results import BatchResult, TrainResult
 from sss.viz import plot_metrics
@@ -67,11 +68,17 @@ class GALConfig(TrainConfig):
 
 def load_teacher(cfg: GALConfig, data: ArrayDataset) -> nn.Module:
     """GAL's baseline: the model saved by sss at ``cfg.teacher``, or ``cfg.model`` built for
-    ``data`` with the trained weights of ``cfg.teacher`` loaded into it."""
+    ``data`` with the trained weights of ``cfg.teacher`` loaded into it. It runs once on an
+    input of ``data``'s shape here: the student is its copy, so a teacher that refuses the
+    images or has other classes than ``data`` is a ``ValueError`` naming both shapes, before
+    training (:func:`~sss.train.distill.check_teacher`)."""
     if is_saved_model(cfg.teacher):
-        return load(cfg.teacher)
-    model = create(cfg.model, num_classes=data.num_classes, in_channels=data.shape[0], **cfg.model_kwargs)
-    load_weights(model, cfg.teacher, cfg.init_prefix)
+        model = load(cfg.teacher, trust_code=cfg.trusted_code)
+    else:
+        model = create(cfg.model, num_classes=data.num_classes, in_channels=data.shape[0], **cfg.model_kwargs)
+        load_weights(model, cfg.teacher, cfg.init_prefix)
+    check_teacher(model, torch.zeros(1, *data.shape), (1, data.num_classes), f"teacher {cfg.teacher}",
+                  needs=f"the training data's {data.num_classes} classes [1, {data.num_classes}]")  # fmt: skip
     return model
 
 
@@ -103,7 +110,7 @@ class GALTrainer(Trainer):
     ) -> None:
         super().__init__(cfg, train_data=train_data, log=log, progress=progress)  # loads the teacher
         self.teacher = self.teacher.to(self.runtime.device)
-        if cfg.channels_last:
+        if self.channels_last:
             self.teacher = self.teacher.to(memory_format=torch.channels_last)
         num_logits = self.teacher(self.example.to(self.runtime.device)).shape[-1]
         self.discriminator = Discriminator(num_logits, official=cfg.official).to(self.runtime.device)

@@ -27,8 +27,8 @@ from torch import nn
 from sss.measure.count import count
 from sss.measure.latency import compare_latency
 from sss.structures.gate import factors_restored, gates
+from sss.structures.prune import prune
 from sss.structures.registry import get_kind
-from sss.surgery.prune import prune
 
 FEATURES = ("intercept", "macs", "layers", "activations")
 

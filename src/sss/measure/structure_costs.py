@@ -9,8 +9,8 @@ from torch import nn
 
 from sss.measure.count import count
 from sss.structures.gate import factors_restored, gates
+from sss.structures.prune import prune
 from sss.structures.registry import get_kind
-from sss.surgery.prune import prune
 
 
 def structure_macs(model: nn.Module, example_inputs: torch.Tensor) -> dict[str, float]:

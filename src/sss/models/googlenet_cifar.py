@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sss.models.layers import he_init
+from sss.models.layers import he_init, width_fraction
 from sss.models.registry import register_model
 
 # (1x1, 3x3 reduce, 3x3, 5x5 reduce, 5x5 (as two 3x3), pool projection) per module; "M" max-pools.
@@ -41,6 +41,7 @@ class GoogLeNetCifar(nn.Module):
 
     def __init__(self, *, num_classes: int = 10, in_channels: int = 3, width: float = 1.0) -> None:
         super().__init__()
+        width = width_fraction("googlenet", width, "every layer of GoogLeNet (a 192-channel stem at 1.0)")
 
         def w(c: int) -> int:
             return max(1, int(c * width))

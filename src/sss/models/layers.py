@@ -9,6 +9,28 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def channel_count(model: str, width: object, meaning: str, example: int) -> int:
+    """``width`` as a number of channels (a whole number >= 1; ``16.0`` reads as 16), else a
+    ``ValueError`` saying what ``width`` means for ``model`` with an ``example``: zoo families
+    read ``width`` differently, a count here, a fraction of the full widths in others."""
+    whole = isinstance(width, int | float) and not isinstance(width, bool) and math.isfinite(width)
+    if not (whole and width == int(width) and width >= 1):
+        raise ValueError(f"{model} width {width!r}: width is {meaning}, a whole number >= 1, e.g. width={example}; "
+                         "it is not a fraction")  # fmt: skip
+    return int(width)
+
+
+def width_fraction(model: str, width: object, meaning: str, most: float = 4.0) -> float:
+    """``width`` as a multiplier of every layer's channels, in (0, ``most``], else a
+    ``ValueError`` saying what ``width`` means for ``model`` with examples (a channel count
+    such as 64 would build a model ``64x`` too wide)."""
+    number = isinstance(width, int | float) and not isinstance(width, bool)
+    if not (number and 0 < width <= most):
+        raise ValueError(f"{model} width {width!r}: width scales {meaning}, a number in (0, {most:g}], e.g. "
+                         "width=0.25 for quick runs or 1.0 for the full model; it is not a channel count")  # fmt: skip
+    return float(width)
+
+
 def conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sss.models.layers import he_init
+from sss.models.layers import he_init, width_fraction
 from sss.models.registry import register_model
 
 # VGG-16 convolution widths; "M" is a 2x2 max-pool.
@@ -39,6 +39,7 @@ class VGG(nn.Module):
 
     def __init__(self, *, num_classes: int = 10, in_channels: int = 3, width: float = 1.0) -> None:
         super().__init__()
+        width = width_fraction("vgg16_bn", width, "every layer of VGG-16 (64 to 512 channels at 1.0)")
         layers: list[nn.Module] = []
         cin = in_channels
         for v in _VGG16:

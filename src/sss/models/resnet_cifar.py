@@ -7,7 +7,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from sss.models.layers import PadShortcut, conv1x1, conv3x3, he_init
+from sss.models.layers import PadShortcut, channel_count, conv1x1, conv3x3, he_init
 from sss.models.registry import register_model
 from sss.structures.gate import fold_output_scale
 from sss.structures.residual import ResidualBlock
@@ -64,6 +64,7 @@ class CifarResNet(nn.Module):
         super().__init__()
         if (depth - 2) % 6:
             raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
+        width = channel_count(f"resnet{depth}", width, "the stem's channel count (stages of w, 2w, 4w channels)", 16)
         n = (depth - 2) // 6
         self.stem = nn.Sequential(conv3x3(in_channels, width), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
         widths = [width, 2 * width, 4 * width]

@@ -12,7 +12,7 @@ class L1SGD(SGD):
     """Momentum SGD on ``G(λ) + γ‖λ‖₁`` using the subgradient ``γ·sign(λ)``.
 
     It produces no exact zeros; prune with a threshold
-    (``sss.prune(model, threshold=...)`` after :func:`sss.surgery.zero_small_factors`).
+    (``sss.prune(model, threshold=...)`` after :func:`sss.zero_small_factors`).
     """
 
     def __init__(self, params: Iterable[torch.Tensor], lr: float, gamma: float, momentum: float = 0.9) -> None:

@@ -17,10 +17,10 @@ from torch import nn
 from sss.errors import CheckpointError, UntrustedCodeError
 from sss.models.recorded import TrustCode, create_recorded
 from sss.serialization.layer_sizes import layer_sizes, resize_layers
-from sss.serialization.replay import replay
 from sss.serialization.state import atomic_write, check_digest, tensor_digest
 from sss.structures.gate import gates
 from sss.structures.history import history
+from sss.structures.replay import replay
 
 FORMAT = "sss-model/3"  # /3: a SHA-256 of the weights and of the history, checked at load
 _READABLE = ("sss-model/2", FORMAT)

@@ -4,11 +4,11 @@ Importing this package registers the built-in kinds: channel, head, group, block
 in which ``attach`` gates them and ``prune`` removes them; see ``StructureKind.order``).
 """
 
-from sss.structures import blocks, branches, channels, groups, heads  # noqa: F401  (the built-in kinds register)
 from sss.structures.attach import attach
 from sss.structures.discovery import StructureReport, find_structures
 from sss.structures.gate import Gate, GateRef, factor_parameters, gates
 from sss.structures.history import history, removed_blocks
+from sss.structures.kinds import blocks, branches, channels, groups, heads  # noqa: F401  (the built-in kinds register)
 from sss.structures.registry import Discovery, Removal, StructureKind, kind_names, register_kind, unregister_kind
 from sss.structures.residual import ResidualBlock
 

@@ -15,10 +15,10 @@ from torch import fx, nn
 from sss.errors import UnsupportedModelError
 from sss.structures.gate import Gate
 from sss.structures.paths import under
+from sss.structures.prune import prune
 from sss.structures.registry import Discovery, StructureKind, get_kind, parse_kinds
 from sss.structures.torch_transformer import convert_torch_transformers, has_torch_transformers
 from sss.structures.tracing import NORMS, Tracer, trace_graph
-from sss.surgery.prune import prune
 
 logger = logging.getLogger("sss")
 

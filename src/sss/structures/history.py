@@ -2,7 +2,7 @@
 
 ``attach`` and ``prune`` append to ``model.sss_history``; ``sss.save`` writes it into the
 model's JSON spec, and ``sss.load`` rebuilds the architecture by replaying it on the
-unpruned model (a zoo model, or the ``base`` a user passes; :mod:`sss.serialization.replay`),
+unpruned model (a zoo model, or the ``base`` a user passes; :mod:`sss.structures.replay`),
 so no pickle is ever needed.
 
 Ops: ``convert_transformers`` (torch encoder layers rewritten before tracing, see

@@ -32,8 +32,8 @@ from sss.structures import gates
 from sss.structures.gate import factors_restored
 from sss.structures.magnitude import hold_largest_at_one
 from sss.structures.paths import under
+from sss.structures.prune import prune
 from sss.structures.registry import get_kind
-from sss.surgery import prune
 from sss.train.callbacks import Callback
 from sss.train.landing import land_by_estimate, land_two_level
 from sss.train.targets import LATENCY_NOISE, chosen_target, is_relative, parse_budget, parse_latency_target
@@ -78,7 +78,7 @@ class BudgetController:
                 f"target_{metric} {self._fmt(self.target)} is not below the dense model's "
                 f"{self._fmt(self.dense)}: there is nothing to remove; aim lower (e.g. 0.5 of dense)"
             )
-        floor = self._exact_all_zero(model)
+        self.floor = floor = self._exact_all_zero(model)
         if self.target < (floor if metric == "latency" else floor * (1 + tolerance)):
             raise ValueError(f"target_{metric} {self._fmt(self.target)} is below what this model can reach: with "
                              f"every factor zero it keeps {self._fmt(floor)} ({floor / self.dense:.1%} of dense; "
@@ -103,6 +103,18 @@ class BudgetController:
     def key(self, name: str, value: torch.Tensor | float) -> float:
         """A live factor's place in the removal order: ``|λ| / price`` (smallest first)."""
         return abs(float(value)) / self.price.get(name, 1.0)
+
+    def collapse_advice(self, compact: nn.Module) -> str:
+        """What to change when the selection cut every path from input to output while steered
+        here: near the target, the target (too small for this model to keep a path); far above
+        it, the learning rate (γ is the controller's, so "lower γ" would change nothing)."""
+        cost, target = self.cost(compact), self._fmt(self.target)
+        if cost > self.target * self.band[1] * 1.25:
+            return f"γ is steered toward target_{self.metric} {target}, so lower lr"
+        return (f"target_{self.metric} {target} ({self.target / self.dense:.1%} of dense) is too small for this model: "
+                f"at {self._fmt(cost)} no path from input to output is left. Aim higher: the smallest it shrinks to "
+                f"is {self._fmt(self.floor)} ({self.floor / self.dense:.1%} of dense, every factor zero) and a "
+                "working path takes more")  # fmt: skip
 
     def _fmt(self, value: float) -> str:
         return f"{value:.2f} ms (predicted)" if self.metric == "latency" else f"{format_count(value)} {self.metric}"

@@ -3,6 +3,7 @@ cut everything, and checkpoints that are not what they claim."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from sss.errors import CheckpointError, SelectionCollapsedError, TrainingDiverge
 from sss.measure import format_count
 from sss.structures import gates
 from sss.structures.registry import get_kind
+from sss.train.budget import BudgetCallback
 from sss.train.config import RESUMABLE_KEYS
 
 
@@ -62,29 +64,42 @@ def collapse_warnings(model: nn.Module) -> list[str]:
     return warnings
 
 
-def check_collapse(model: nn.Module, compact: nn.Module, probe: torch.Tensor, epoch: int, allow: bool) -> list[str]:
+def check_collapse(model: nn.Module, compact: nn.Module, probe: torch.Tensor, epoch: int, cfg: Any,
+                   callbacks: Sequence[Any] = ()) -> list[str]:  # fmt: skip
     """Returns warnings about layers and stages the selection empties (:func:`collapse_warnings`);
     raises ``SelectionCollapsedError`` when the compact model no longer depends on its input
-    (the same output for every image of ``probe``), unless ``allow``."""
+    (the same output for every image of ``probe``), unless ``cfg.allow_collapse``. With a budget
+    among ``callbacks`` the advice is the budget's (γ is steered: a too small target, or lr)."""
     warnings = collapse_warnings(model)
-    if not allow and is_constant_output(compact, probe):
-        detail = f" ({'; '.join(warnings)})" if warnings else ""
-        raise SelectionCollapsedError(
-            f"after epoch {epoch} the compact model gives the same output for every input: the selection cut every "
-            f"path{detail}. The last checkpoint is kept. Lower gamma or lr, or set allow_collapse=true to train on "
-            "anyway."
-        )
-    return warnings
+    if cfg.allow_collapse or not is_constant_output(compact, probe):
+        return warnings
+    detail = f" ({'; '.join(warnings)})" if warnings else ""
+    budget = next((c.controller for c in callbacks if isinstance(c, BudgetCallback)), None)
+    advice = budget.collapse_advice(compact) if budget is not None else "Lower gamma or lr"
+    raise SelectionCollapsedError(
+        f"after epoch {epoch} the compact model gives the same output for every input: the selection cut every "
+        f"path{detail}. The last checkpoint is kept. {advice}, or set allow_collapse=true to train on anyway."
+    )
 
 
 def resume_changes(saved: dict, current: dict, path: Path) -> list[str]:
     """Log lines for the config keys a resume changes; ``ValueError`` if one of them may not
-    change (:data:`~sss.train.config.RESUMABLE_KEYS`)."""
+    change (:data:`~sss.train.config.RESUMABLE_KEYS`), naming the values the checkpoint was
+    written with: the checkpoint is good, the command is what changed."""
     changed = sorted(k for k in current if saved.get(k) != current[k])
     refused = [k for k in changed if k not in RESUMABLE_KEYS]
+    if "model" in refused:
+        model, others = saved.get("model"), [k for k in refused if k != "model"]
+        written = f" (with {', '.join(f'{k}={saved.get(k)!r}' for k in others)})" if others else ""
+        raise ValueError(f"cannot resume {path}: the checkpoint was written for model {model}{written}, not "
+                         f"{current['model']}; resume with --model {model} (or --set model={model}"
+                         f"{' and those values' if others else ''}), or start a new run with another "
+                         "--out")  # fmt: skip
     if refused:
+        written = ", ".join(f"{k}={saved.get(k)!r}" for k in refused)
         raise ValueError(f"cannot resume {path}: the config differs in {refused}, which change the model or its "
-                         f"data; only {sorted(RESUMABLE_KEYS)} may change")  # fmt: skip
+                         f"data; resume with the values it was written with ({written}), or start a new run with "
+                         f"another --out (only {sorted(RESUMABLE_KEYS)} may change)")  # fmt: skip
     return [f"resume changes {k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed if k != "out_dir"]
 
 

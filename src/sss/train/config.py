@@ -26,7 +26,7 @@ NonNegativeFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 #: Keys a resume may change: they change how the model trains from here, not its shape.
 RESUMABLE_KEYS = frozenset({"epochs", "out_dir", "lr", "momentum", "weight_decay", "schedule", "milestones",
                             "lr_decay", "gamma", "eval_batch_size", "allow_collapse", "device", "amp", "compile",
-                            "workers", "trust_model_code"})  # fmt: skip
+                            "workers", "trust_model_code", "channels_last"})  # fmt: skip
 
 
 @dataclass
@@ -49,6 +49,7 @@ class TrainConfig:
     penalty at compute, 0.5 is in between (docs/design.md, "channel selection").
     ``allow_collapse`` lets a run go on when its compact model's output no longer depends on
     the input (every path cut); by default that stops the run with an error.
+    ``channels_last`` (``auto``: on CUDA only; see :meth:`sss.train.runtime.Runtime.channels_last`),
     ``device`` (``auto``: CUDA when present), ``amp`` (autocast precision; the factors and their
     optimizer stay fp32), ``compile`` (``torch.compile`` the training forward) and ``workers``
     (DataLoader processes for image folders) say where and how it computes; under ``torchrun``
@@ -105,7 +106,7 @@ class TrainConfig:
     milestones: list[PositiveInt] = field(default_factory=lambda: [])
     lr_decay: Annotated[float, Field(gt=0, le=1)] = 0.1
     seed: NonNegativeInt = 0
-    channels_last: bool = True
+    channels_last: Literal["auto"] | bool = "auto"
     eval_batch_size: PositiveInt = 500
     out_dir: str = "runs/train"
     allow_collapse: bool = False

@@ -22,7 +22,7 @@ from sss.serialization import save, save_state
 from sss.serialization.weights import load_weights
 from sss.structures import attach, gates
 from sss.structures.magnitude import init_from_magnitudes
-from sss.surgery import prune, zero_small_factors
+from sss.structures.prune import prune, zero_small_factors
 from sss.train.budget import create_budget
 from sss.train.callbacks import Callback
 from sss.train.checks import check_collapse, diverged, epoch_line, nonfinite_tensors, suspect_loss
@@ -107,10 +107,11 @@ class Trainer(FreezeMixin, ResumeMixin):
         if model is None:
             model = self.build_model(full)
         model = model.to(self.runtime.device)
-        self.model = model.to(memory_format=torch.channels_last) if cfg.channels_last else model
+        self.channels_last = self.runtime.channels_last(cfg.channels_last)
+        self.model = model.to(memory_format=torch.channels_last) if self.channels_last else model
         # Seeded, hence the same on resume: what `after_freeze: rewind` resets the weights to.
         self.init_state = copy.deepcopy(self.model.state_dict()) if cfg.after_freeze in ("rewind", "retrain") else None
-        self.distillation = create_distillation(cfg, self.model, self.runtime.device)
+        self.distillation = create_distillation(cfg, self.model, self.runtime.device, self.example)
         self.weights_opt, self.factors_opt = self.build_optimizers()
         self.scaler = self.runtime.grad_scaler()
         selection_steps = ((cfg.freeze_epoch or cfg.epochs) - cfg.selection_start) * (
@@ -201,7 +202,7 @@ class Trainer(FreezeMixin, ResumeMixin):
         """This epoch's shuffled, augmented batches (order fixed by seed and epoch), with a bar."""
         cfg = self.cfg
         gen = torch.Generator().manual_seed(cfg.seed * 100_003 + self.epoch)
-        rt, fmt = self.runtime, torch.channels_last if cfg.channels_last else torch.contiguous_format
+        rt, fmt = self.runtime, torch.channels_last if self.channels_last else torch.contiguous_format
         # Every rank trains on its share of the same global batch: the data, order and
         # augmentation of a one-process run with the same global batch.
         batches = iterate_batches(
@@ -330,7 +331,7 @@ class Trainer(FreezeMixin, ResumeMixin):
                 what = f"weights {broken[:3]} hold NaN/inf" if broken else f"validation loss became {val_loss}"
                 raise diverged(self.out / CHECKPOINT, self.saved_epoch, f"after epoch {self.epoch + 1} the {what}")
             compact = prune(self.model, self.cfg.prune_threshold, round_to=self.cfg.round_to)
-            for warning in check_collapse(self.model, compact, probe, self.epoch + 1, self.cfg.allow_collapse):
+            for warning in check_collapse(self.model, compact, probe, self.epoch + 1, self.cfg, self.callbacks):
                 self.log(f"warning: {warning}")
             self.epoch += 1
             record = self._record(lr, train_loss, train_acc, val_loss, val_acc, time.perf_counter() - start, compact)

@@ -9,7 +9,7 @@ from torch import nn
 
 from sss.measure import evaluate
 from sss.structures import gates
-from sss.surgery import prune
+from sss.structures.prune import prune
 
 
 class FreezeMixin:

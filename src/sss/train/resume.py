@@ -58,6 +58,9 @@ class ResumeMixin:
                 if callback.name in saved:
                     callback.load_state_dict(saved[callback.name])
         except (KeyError, RuntimeError, ValueError, TypeError) as e:
-            raise CheckpointError(f"{path} does not fit this run's model ({type(e).__name__}: {e}); delete it or "
-                                  "resume with the config it was written with") from e  # fmt: skip
+            raise CheckpointError(f"{path} does not fit the model this run built ({type(e).__name__}: "
+                                  f"{str(e).splitlines()[0][:200]}): the model's code or keywords changed since the "
+                                  "checkpoint was written; resume with the model it was written with (the same "
+                                  "--model and model_kwargs), or start a new run with another --out"
+                                  ) from e  # fmt: skip
         self.epoch, self.history, self.factor_trace = state["epoch"], state["history"], state["factor_trace"]

@@ -67,6 +67,12 @@ class Runtime:
         """A loss scaler for fp16 (bf16 has fp32's range and needs none)."""
         return torch.amp.GradScaler(self.device.type) if self.amp == "fp16" else None
 
+    def channels_last(self, setting: str | bool) -> bool:
+        """Whether to train in ``channels_last`` memory format: ``auto`` means on CUDA only. On the
+        CPU it gains little, and torch 2.13's oneDNN backward of a strided 1x1 convolution in
+        that format crashes or hangs on AVX2 CPUs (AMD EPYC; docs/architecture.md, "Scale-out")."""
+        return self.device.type == "cuda" if setting == "auto" else bool(setting)
+
     def to_device(self, x: torch.Tensor) -> torch.Tensor:
         if self.device.type == "cuda":
             return x.pin_memory().to(self.device, non_blocking=True)

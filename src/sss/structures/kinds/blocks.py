@@ -2,7 +2,7 @@
 
 Two sources of blocks: the zoo's :class:`~sss.structures.residual.ResidualBlock` subclasses,
 which declare their branch, shortcut and removed form, and any other submodule whose
-``torch.fx`` graph is a residual block (:mod:`sss.structures.traced_blocks`). Both are removed
+``torch.fx`` graph is a residual block (:mod:`sss.structures.kinds.traced_blocks`). Both are removed
 in one step after the channel cuts, so a kept shortcut has already lost its cut channels.
 """
 
@@ -15,11 +15,11 @@ import torch
 from torch import nn
 
 from sss.structures.gate import ChannelGated, Gate
+from sss.structures.kinds.traced_blocks import compact_traced_block, gate_block, is_traced_block, removed_traced_block
 from sss.structures.paths import under
 from sss.structures.registry import Discovery, Edit, Removal, StructureKind, register_kind
 from sss.structures.residual import ResidualBlock
 from sss.structures.torch_transformer import EncoderStack
-from sss.structures.traced_blocks import compact_traced_block, gate_block, is_traced_block, removed_traced_block
 from sss.structures.tracing import shared_modules
 
 

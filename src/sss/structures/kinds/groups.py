@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import torch_pruning as tp
 from torch import nn
 
-from sss.structures.channels import ChannelGroup, LayerGateKind, LayerSlice, describe, is_grouped
+from sss.structures.kinds.channels import ChannelGroup, LayerGateKind, LayerSlice, describe, is_grouped
 from sss.structures.registry import Discovery, register_kind
 
 

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from sss.structures.channels import ChannelGroup, LayerGateKind, LayerSlice
+from sss.structures.kinds.channels import ChannelGroup, LayerGateKind, LayerSlice
 from sss.structures.registry import Discovery, Edit, Removal, register_kind
 from sss.structures.tracing import is_attention
 

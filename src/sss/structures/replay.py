@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from sss.structures.attach import attach
-from sss.structures.channels import cut_slices
 from sss.structures.history import ATTR as HISTORY_ATTR
+from sss.structures.kinds.channels import cut_slices
 from sss.structures.registry import Edit, kind_of_op
 from sss.structures.torch_transformer import convert_torch_transformers
 from sss.structures.tracing import role_width

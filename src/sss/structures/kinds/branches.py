@@ -20,8 +20,8 @@ import torch
 import torch_pruning as tp
 from torch import fx, nn
 
-from sss.structures.channels import LayerSlice, describe
 from sss.structures.gate import Gate, fold_output_scale
+from sss.structures.kinds.channels import LayerSlice, describe
 from sss.structures.paths import under
 from sss.structures.registry import Discovery, Edit, Removal, StructureKind, register_kind
 from sss.structures.tracing import (

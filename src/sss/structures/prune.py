@@ -11,9 +11,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from sss.structures.channels import cut_slices
 from sss.structures.gate import gates, unwrap_gated_layers
 from sss.structures.history import record
+from sss.structures.kinds.channels import cut_slices
 from sss.structures.registry import Edit, Removal, get_kind, kind_names, parse_kinds
 from sss.structures.tracing import role_width
 
