@@ -22,7 +22,7 @@ import json
 import statistics
 
 from demo_checks import RESULTS, check_and_save
-from sss.cli.demo import DEMO_CONFIG, run_demo
+from sss.recipes.demo import DEMO_CONFIG, run_demo
 
 
 def main() -> int:

@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 
 import sss
-from sss.cli.demo import DEMO_CONFIG
 from sss.data import load_dataset
 from sss.gal import GALConfig, GALTrainer
+from sss.recipes.demo import DEMO_CONFIG
 from sss.train import Trainer
 
 RESULTS = Path(__file__).parent / "results"

@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 
 import sss
-from sss.cli.demo import DEMO_CONFIG
 from sss.data import load_dataset
 from sss.models import create
+from sss.recipes.demo import DEMO_CONFIG
 from sss.train import Trainer
 
 PEER_CONFIG = dataclasses.replace(DEMO_CONFIG, train_subset=12_000, val_size=2_000, after_freeze="rewind")

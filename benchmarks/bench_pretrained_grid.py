@@ -30,9 +30,9 @@ from pathlib import Path
 import torch
 
 import sss
-from sss.cli.demo import DEMO_CONFIG
 from sss.data import load_dataset
 from sss.measure import evaluate
+from sss.recipes.demo import DEMO_CONFIG
 from sss.train import Trainer
 
 KINDS = {"channel": ["channel"], "block,channel": ["block", "channel"]}

@@ -23,7 +23,7 @@ import argparse
 import dataclasses
 
 from demo_checks import check_and_save
-from sss.cli.demo import DEMO_CONFIG, run_demo
+from sss.recipes.demo import DEMO_CONFIG, run_demo
 
 
 def main() -> int:

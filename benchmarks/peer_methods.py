@@ -39,10 +39,10 @@ from torch import nn
 
 import sss
 from h2h_report import CONTROLS, is_sss
-from sss.cli.demo import DEMO_CONFIG
 from sss.data import ArrayDataset
 from sss.gal import GALConfig, GALTrainer
 from sss.models import create
+from sss.recipes.demo import DEMO_CONFIG
 from sss.train import TrainConfig, Trainer
 from tp_peers import CNN_TP_METHODS, TP_METHODS, TPTrainer
 

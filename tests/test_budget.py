@@ -10,10 +10,10 @@ import torch
 
 import sss
 from conftest import synthetic_dataset
+from sss.budget.controller import BudgetController
+from sss.budget.landing import land_fine
+from sss.budget.targets import parse_budget
 from sss.train import TrainConfig, Trainer, load_config
-from sss.train.budget import BudgetController
-from sss.train.landing import land_fine
-from sss.train.targets import parse_budget
 
 
 def _cfg(tmp_path, **kw):

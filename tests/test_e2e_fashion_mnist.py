@@ -5,7 +5,7 @@ import json
 import pytest
 
 import sss
-from sss.cli.demo import run_demo
+from sss.recipes.demo import run_demo
 
 
 @pytest.fixture(scope="module")

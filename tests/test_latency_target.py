@@ -12,11 +12,11 @@ import torch
 
 import sss
 from conftest import synthetic_dataset
+from sss.budget.controller import BudgetController
+from sss.budget.targets import LATENCY_NOISE, is_relative, parse_latency_target
 from sss.measure.latency_model import LatencyModel, architecture_features, calibrate_latency
 from sss.train import TrainConfig, Trainer, load_config
 from sss.train import budget as budget_module
-from sss.train.budget import BudgetController
-from sss.train.targets import LATENCY_NOISE, is_relative, parse_latency_target
 
 X = torch.zeros(1, 1, 12, 12)
 

@@ -14,9 +14,9 @@ from safetensors.torch import save_file
 
 import sss
 from conftest import randomise_batchnorm, synthetic_dataset
+from sss.budget.magnitude import hold_largest_at_one, init_from_magnitudes
 from sss.cli.main import main
 from sss.serialization.weights import load_weights
-from sss.structures.magnitude import hold_largest_at_one, init_from_magnitudes
 from sss.train import TrainConfig, Trainer
 
 FACTORY = """

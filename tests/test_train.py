@@ -126,7 +126,7 @@ def test_config_overrides_and_errors(tmp_path):
 
 
 def test_the_demo_config_file_is_the_demo_recipe():
-    from sss.cli.demo import DEMO_CONFIG
+    from sss.recipes.demo import DEMO_CONFIG
 
     shipped = load_config(Path(__file__).parent.parent / "configs" / "fashion_mnist_resnet20_demo.yaml")
     assert dataclasses.replace(shipped, out_dir=DEMO_CONFIG.out_dir) == DEMO_CONFIG

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from sss.train.targets import TARGETS
+from sss.budget.targets import TARGETS
 
 #: Where and how a run computes, and which factories its model files may name: flags of train,
 #: compress, gal and finetune (config keys of the same names).
@@ -65,7 +65,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_compress(args: argparse.Namespace) -> None:
-    from sss.cli.compress import DEFAULTS, CompressConfig, run_compress
+    from sss.recipes.compress import DEFAULTS, CompressConfig, run_compress
     from sss.train import load_config
 
     keys = ("model", "dataset", "data_dir", "epochs", "lr", "out_dir", *TARGETS, "latency_batch", *START_KEYS,
@@ -142,10 +142,10 @@ def _example(args: argparse.Namespace, model: torch.nn.Module) -> torch.Tensor:
 
 def cmd_prune(args: argparse.Namespace) -> None:
     from sss.measure import count
+    from sss.measure.collapse import collapse_warnings, is_constant_output
     from sss.serialization import load, save
     from sss.structures import gates, kind_names
     from sss.structures.prune import prune, zero_small_factors
-    from sss.train.checks import collapse_warnings, is_constant_output
 
     model = load(args.model, trust_code=bool(args.trust_model_code))
     if not gates(model):
@@ -169,8 +169,8 @@ def cmd_prune(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from sss.cli.report import compare_models, format_table
     from sss.data import load_dataset
+    from sss.recipes.report import compare_models, format_table
     from sss.serialization import load
 
     test = load_dataset(args.dataset, False, args.data_dir)
@@ -189,7 +189,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     import dataclasses
 
-    from sss.cli.demo import DEMO_CONFIG, QUICK_CONFIG, run_demo
+    from sss.recipes.demo import DEMO_CONFIG, QUICK_CONFIG, run_demo
 
     config = QUICK_CONFIG if args.quick else DEMO_CONFIG
     picked = (("model", args.model), ("gamma", args.gamma), ("target_macs", args.target_macs),

@@ -12,8 +12,7 @@ from torch import nn
 
 from sss.errors import CheckpointError, SelectionCollapsedError, TrainingDivergedError
 from sss.measure import format_count
-from sss.structures import gates
-from sss.structures.registry import get_kind
+from sss.measure.collapse import collapse_warnings, is_constant_output
 from sss.train.budget import BudgetCallback
 from sss.train.config import RESUMABLE_KEYS
 
@@ -21,16 +20,6 @@ from sss.train.config import RESUMABLE_KEYS
 def nonfinite_tensors(model: nn.Module) -> list[str]:
     """Names of the parameters and buffers of ``model`` that hold NaN or inf."""
     return [k for k, v in model.state_dict().items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
-
-
-@torch.no_grad()
-def is_constant_output(model: nn.Module, x: torch.Tensor) -> bool:
-    """Whether ``model`` gives (to rounding) the same output for every input in the batch ``x``."""
-    was_training = model.training
-    out = model.eval()(x)
-    model.train(was_training)
-    spread = float((out - out[:1]).abs().max())
-    return spread <= 1e-6 * max(float(out.abs().max()), 1e-12)
 
 
 #: A validation loss this many times the best so far marks an epoch whose weights are not kept.
@@ -44,24 +33,6 @@ def suspect_loss(val_loss: float, history: list[dict]) -> str | None:
     if best is None or val_loss <= SUSPECT_LOSS_RATIO * max(best, 0.1):
         return None
     return f"validation loss {val_loss:.3g} is over {SUSPECT_LOSS_RATIO:.0f}x the best so far ({best:.3g})"
-
-
-def collapse_warnings(model: nn.Module) -> list[str]:
-    """Structures a gated model is about to lose entirely: a layer whose every channel factor is
-    zero (it keeps one zero channel and passes nothing on), or a stage whose every block is."""
-    warnings, stages = [], {}
-    for ref in gates(model):
-        zero = ref.num_zero == ref.weight.numel()
-        if get_kind(ref.kind).min_keep > 0:
-            if zero and ref.weight.numel() > 1:
-                owner = get_kind(ref.kind).owner(ref.name)
-                warnings.append(f"{owner}: every {ref.kind} factor is zero, so it passes nothing on")
-        else:
-            parent = ref.name.rsplit(".", 2)[0] if ref.name.count(".") >= 2 else ""
-            stages.setdefault(parent, []).append(zero)
-    warnings += [f"{stage}: all {len(zeros)} blocks are removed" for stage, zeros in stages.items()
-                 if stage and len(zeros) > 1 and all(zeros)]  # fmt: skip
-    return warnings
 
 
 def check_collapse(model: nn.Module, compact: nn.Module, probe: torch.Tensor, epoch: int, cfg: Any,

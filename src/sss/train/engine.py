@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from sss.budget.magnitude import init_from_magnitudes
 from sss.data import ArrayDataset, iterate_batches, load_dataset, split_validation
 from sss.errors import RunFolderError
 from sss.measure import count, evaluate, mac_weights
@@ -21,7 +22,6 @@ from sss.optim import build_optimizers
 from sss.serialization import save, save_state
 from sss.serialization.weights import load_weights
 from sss.structures import attach, gates
-from sss.structures.magnitude import init_from_magnitudes
 from sss.structures.prune import prune, zero_small_factors
 from sss.train.budget import create_budget
 from sss.train.callbacks import Callback

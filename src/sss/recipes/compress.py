@@ -13,9 +13,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from sss.cli.report import compare_models, format_table
 from sss.data import load_dataset
 from sss.models import create
+from sss.recipes.report import compare_models, format_table
 from sss.serialization.weights import load_weights
 from sss.train import TrainConfig, Trainer
 from sss.viz.metrics import plot_metrics

@@ -11,28 +11,26 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from sss.cli.report import compare_models, format_table
 from sss.data import ArrayDataset, iterate_batches, load_dataset
 from sss.errors import CheckpointError
+from sss.recipes.report import compare_models, format_table
 from sss.serialization import load, save
 from sss.serialization.state import load_state
 from sss.structures import gates
 from sss.structures.prune import prune
-from sss.train import TrainConfig, Trainer, TrainResult
+from sss.train import TrainConfig, Trainer, TrainResult, load_config
 from sss.viz import plot_factor_trace
 
-#: The demo recipe: ResNet-20 with block and channel factors on a 30k-image subset of the
-#: Fashion-MNIST training set (25k to train, 5k held out for validation), 8 cosine epochs, aimed
-#: at 70% of the dense MACs. APG, its γ steered by the budget controller from the starting
-#: strengths below, selects in one epoch and lands within ±2% of the target; then the zero
-#: structures are removed and the compact model, rewound to its initial weights, trains for the
-#: dense model's whole 8-epoch schedule (``retrain``: 9 epochs in all, at 0.83x the dense
-#: training's compute; docs/design.md, "the demo recipe" and "budgets").
-DEMO_CONFIG = TrainConfig(
-    model="resnet20", dataset="fashion-mnist", train_subset=30_000, val_size=5000, epochs=8,
-    structures=["block", "channel"], gamma={"block": 0.15, "channel": 0.003}, target_macs=0.7,
-    freeze_epoch=1, after_freeze="retrain", lr=0.1, batch_size=128, schedule="cosine", augment_pad=2,
-)  # fmt: skip
+#: The shipped YAML recipes (``configs/`` at the repo root links here).
+CONFIGS = Path(__file__).parent / "configs"
+#: The demo recipe (``configs/fashion_mnist_resnet20_demo.yaml``): ResNet-20 with block and
+#: channel factors on a 30k-image subset of the Fashion-MNIST training set (25k to train, 5k held
+#: out for validation), 8 cosine epochs, aimed at 70% of the dense MACs. APG, its γ steered by the
+#: budget controller from the file's starting strengths, selects in one epoch and lands within ±2%
+#: of the target; then the zero structures are removed and the compact model, rewound to its
+#: initial weights, trains for the dense model's whole 8-epoch schedule (``retrain``: 9 epochs in
+#: all, at 0.83x the dense training's compute; docs/experiments/demo-recipe.md).
+DEMO_CONFIG = load_config(CONFIGS / "fashion_mnist_resnet20_demo.yaml")
 #: A short variant for tests and smoke runs: narrow net, 8k images, 4 epochs, no freeze (the
 #: selection lands on the target at the end).
 QUICK_CONFIG = dataclasses.replace(
