@@ -51,7 +51,7 @@ def test_the_selection_lands_within_two_percent_exactly(tmp_path, key, target):
 
 def test_an_unreachable_target_is_refused_before_training(tmp_path):
     with pytest.raises(ValueError, match=r"below what this model can reach: with every factor zero it keeps"):
-        Trainer(_cfg(tmp_path, target_macs="1k"), train_data=synthetic_dataset(128), progress=False)
+        Trainer(_cfg(tmp_path, target_macs="1k"), train_data=synthetic_dataset(128), progress=False).setup()
 
 
 def test_target_config_errors():

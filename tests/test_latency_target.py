@@ -134,10 +134,12 @@ def test_a_latency_target_run_times_its_compact_model(tmp_path, relative, monkey
     lines: list[str] = []
     probe = Trainer(dataclasses.replace(cfg, target_latency="0.85x"), train_data=synthetic_dataset(96),
                     progress=False, log=lambda _: None)  # fmt: skip
+    probe.setup()  # the budget (and its latency model) is built at setup
     dense_ms = next(c for c in probe.callbacks if c.name == "budget").controller.dense
     # A load on the machine may shift any timing: the plumbing is what is tested here.
     run_cfg = dataclasses.replace(cfg, target_latency="0.85x" if relative else 0.85 * dense_ms, allow_collapse=True)
     trainer = Trainer(run_cfg, train_data=synthetic_dataset(384), log=lines.append, progress=False)
+    trainer.setup()
     target = next(c for c in trainer.callbacks if c.name == "budget").controller.target
     result = trainer.fit()
     assert any(line.startswith("latency model at batch 1") for line in lines)

@@ -91,7 +91,9 @@ def test_an_out_of_memory_error_of_the_teacher_is_not_rephrased():
 def _collapsible(tmp_path, target: float | None = None) -> Trainer:
     """LeNet-5 with channel factors (every factor zero cuts every path), optionally with a target."""
     cfg = _cfg(tmp_path, model="lenet5", model_kwargs={"image_size": 16}, structures=["channel"], target_macs=target)
-    return Trainer(cfg, train_data=synthetic_dataset(128, shape=(1, 16, 16)), log=_quiet, progress=False)
+    trainer = Trainer(cfg, train_data=synthetic_dataset(128, shape=(1, 16, 16)), log=_quiet, progress=False)
+    trainer.setup()  # builds the budget callback
+    return trainer
 
 
 def _collapse(trainer: Trainer, only: str | None = None) -> SelectionCollapsedError:

@@ -15,7 +15,7 @@ from sss.measure import compare_latency
 from sss.measure.latency import device_name
 from sss.measure.latency_model import calibrate_latency
 from sss.train.batchnorm import recalibrate_batchnorm
-from sss.train.callbacks import Callback
+from sss.train.callbacks import Callback, TrainerState
 
 
 class BudgetCallback(Callback):
@@ -29,16 +29,16 @@ class BudgetCallback(Callback):
     def __init__(self, controller: BudgetController, *, relative_latency: bool = False) -> None:
         self.controller, self.relative_latency = controller, relative_latency
 
-    def on_factor_step(self, trainer) -> None:
+    def on_factor_step(self, trainer: TrainerState) -> None:
         if self.controller.selection_steps is not None:  # steered by distance: relative factors
             hold_largest_at_one(trainer.model)
         self.controller.after_step(trainer.model, trainer.factors_opt)
 
-    def on_epoch_end(self, trainer) -> None:
+    def on_epoch_end(self, trainer: TrainerState) -> None:
         if self.controller.selection_steps is not None and trainer.selecting:
             recalibrate_batchnorm(trainer.model, trainer.train_data, trainer.cfg.batch_size, trainer.runtime)
 
-    def on_selection_end(self, trainer) -> None:
+    def on_selection_end(self, trainer: TrainerState) -> None:
         budget = self.controller
         if budget.metric != "latency":
             lines = budget.land(trainer.model)[1]
@@ -50,7 +50,7 @@ class BudgetCallback(Callback):
         for line in lines:
             trainer.log(line)
 
-    def _timer(self, trainer, passes: list[str]) -> Callable[[nn.Module], float]:
+    def _timer(self, trainer: TrainerState, passes: list[str]) -> Callable[[nn.Module], float]:
         batch, shape = trainer.cfg.latency_batch, tuple(trainer.example.shape[1:])
         dense = dense_architecture(trainer.model) if self.relative_latency else None
 

@@ -8,7 +8,33 @@ it. The budget controller (:class:`sss.train.budget.BudgetCallback`) is one; a u
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from sss.data import ArrayDataset
+from sss.train.config import TrainConfig
+from sss.train.runtime import Runtime
+
+
+class TrainerState(Protocol):
+    """What a callback may read of the :class:`~sss.train.Trainer` that calls it (a protocol,
+    so that this module need not import the loop that imports it)."""
+
+    cfg: TrainConfig
+    model: nn.Module
+    factors_opt: torch.optim.Optimizer | None
+    train_data: ArrayDataset
+    example: torch.Tensor
+    runtime: Runtime
+    log: Callable[[str], None]
+
+    @property
+    def selecting(self) -> bool:
+        """Whether the factors train now."""
+        ...
 
 
 class Callback:
@@ -20,13 +46,13 @@ class Callback:
 
     name: str = "callback"
 
-    def on_factor_step(self, trainer: Any) -> None:
+    def on_factor_step(self, trainer: TrainerState) -> None:
         """After each step of the factors' optimizer, during the selection."""
 
-    def on_epoch_end(self, trainer: Any) -> None:
+    def on_epoch_end(self, trainer: TrainerState) -> None:
         """After each training epoch, before the model is validated and checkpointed."""
 
-    def on_selection_end(self, trainer: Any) -> None:
+    def on_selection_end(self, trainer: TrainerState) -> None:
         """Once, where the selection ends: before the freeze, or at the end of a run without one.
         The factors may be changed here; the model that is then pruned is the gated one as it is."""
 

@@ -29,7 +29,7 @@ from sss.train.checks import check_collapse, diverged, epoch_line, nonfinite_ten
 from sss.train.config import TrainConfig
 from sss.train.distill import create_distillation
 from sss.train.freeze import FreezeMixin
-from sss.train.results import BatchResult, TrainResult
+from sss.train.results import BatchResult, EpochRecord, TrainResult
 from sss.train.resume import ResumeMixin
 from sss.train.run_folder import CHECKPOINT, RunFolder
 from sss.train.runtime import create_runtime
@@ -114,22 +114,34 @@ class Trainer(FreezeMixin, ResumeMixin):
         self.distillation = create_distillation(cfg, self.model, self.runtime.device, self.example)
         self.weights_opt, self.factors_opt = self.build_optimizers()
         self.scaler = self.runtime.grad_scaler()
-        selection_steps = ((cfg.freeze_epoch or cfg.epochs) - cfg.selection_start) * (
-            len(self.train_data) // cfg.batch_size
-        )
-        budget = create_budget(cfg, self.model, self.example, self.factors_opt, self.runtime, self.log, selection_steps)
-        self.callbacks: list[Callback] = [*([budget] if budget else []), *callbacks]
-        if len({c.name for c in self.callbacks}) < len(self.callbacks):
-            raise ValueError(f"callback names must be unique, got {[c.name for c in self.callbacks]}")
-        self._wrap()
-        self.dense_macs = count(self.model, self.example)[0]
+        self.callbacks: list[Callback] = list(callbacks)  # the budget's goes first, at setup()
+        self.is_set_up = False
         self.num_factors = sum(ref.weight.numel() for ref in gates(self.model))
         self.frozen_masks: dict[str, torch.Tensor] | None = None
         self.selected: nn.Module | None = None
         self.epoch_extras: dict[str, float] = {}  # epoch means of BatchResult.figures, for the log
         self.epoch = 0
-        self.history: list[dict] = []
+        self.history: list[EpochRecord] = []
         self.factor_trace: list[dict] = []
+
+    def setup(self) -> None:
+        """The heavy part of getting ready, run once at the start of :meth:`fit` (as Lightning's
+        ``setup``): the budget (a latency target times the model; MAC and parameter targets
+        prune it once per gate to price the structures), the training forward (DDP, compiled)
+        and the dense model's MACs. Call it first to inspect ``callbacks`` before fitting."""
+        if self.is_set_up:
+            return
+        cfg = self.cfg
+        selection_steps = ((cfg.freeze_epoch or cfg.epochs) - cfg.selection_start) * (
+            len(self.train_data) // cfg.batch_size
+        )
+        budget = create_budget(cfg, self.model, self.example, self.factors_opt, self.runtime, self.log, selection_steps)
+        self.callbacks = [*([budget] if budget else []), *self.callbacks]
+        if len({c.name for c in self.callbacks}) < len(self.callbacks):
+            raise ValueError(f"callback names must be unique, got {[c.name for c in self.callbacks]}")
+        self._wrap()
+        self.dense_macs = count(self.model, self.example)[0]
+        self.is_set_up = True
 
     def _end_selection(self) -> None:
         """Where the selection ends (the freeze, or the end of a run without one): each callback's
@@ -280,6 +292,7 @@ class Trainer(FreezeMixin, ResumeMixin):
         The output folder is locked for the run. A folder that holds another run is refused
         unless ``resume`` (continue it) or ``overwrite`` (replace it) is given.
         """
+        self.setup()
         folder, problem = RunFolder(self.out), None
         if self.runtime.main:  # one process owns the folder; the others wait for its verdict
             try:
@@ -347,7 +360,7 @@ class Trainer(FreezeMixin, ResumeMixin):
                 self.saved_epoch = self.epoch
         return self._finish()
 
-    def _record(self, lr, train_loss, train_acc, val_loss, val_acc, seconds, compact: nn.Module) -> dict:
+    def _record(self, lr, train_loss, train_acc, val_loss, val_acc, seconds, compact: nn.Module) -> EpochRecord:
         refs = gates(self.model)
         if self.frozen_masks is not None:
             zeros = sum(int((m == 0).sum()) for m in self.frozen_masks.values())
@@ -355,7 +368,7 @@ class Trainer(FreezeMixin, ResumeMixin):
             zeros = sum(r.num_zero for r in refs)
         total = self.num_factors
         macs = count(compact, self.example)[0]
-        record = {
+        record: EpochRecord = {
             "epoch": self.epoch, "lr": lr, "train_loss": train_loss, "train_acc": train_acc,
             "val_loss": val_loss, "val_acc": val_acc, "zero_factors": zeros, "factors": total,
             "compact_macs": macs, "dense_macs": self.dense_macs, "seconds": seconds, **self.epoch_extras,

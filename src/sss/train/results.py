@@ -3,9 +3,27 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TypedDict
 
 import torch
 from torch import nn
+
+
+class EpochRecord(TypedDict, total=False):
+    """One line of ``metrics.jsonl``: an epoch's figures (``total=False``: a subclass's
+    :class:`BatchResult` figures, such as GAL's ``d_loss``, are added under their own names)."""
+
+    epoch: int
+    lr: float
+    train_loss: float
+    train_acc: float
+    val_loss: float
+    val_acc: float
+    zero_factors: int
+    factors: int
+    compact_macs: int
+    dense_macs: int
+    seconds: float
 
 
 @dataclass
@@ -20,7 +38,7 @@ class TrainResult:
     model: nn.Module
     compact: nn.Module
     selected: nn.Module | None = None
-    history: list[dict] = field(default_factory=list)
+    history: list[EpochRecord] = field(default_factory=list)
     factor_trace: list[dict] = field(default_factory=list)
 
 
