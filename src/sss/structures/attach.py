@@ -11,7 +11,7 @@ from torch import nn
 
 from sss.errors import UnsupportedModelError
 from sss.structures.discovery import check_not_wrapped, find_structures
-from sss.structures.history import record
+from sss.structures.history import record, register_op
 from sss.structures.registry import get_kind, kind_names, parse_kinds
 from sss.structures.torch_transformer import convert_torch_transformers
 
@@ -88,4 +88,23 @@ def attach(
             kind.gate(model, report.structures[kind.name])
     shape = list(example_inputs.shape[1:]) if example_inputs is not None else None
     record(model, [{"op": "attach", "kinds": report.found, "ignore": list(ignore), "input_shape": shape}])
+    return model
+
+
+@register_op("attach")
+def _replay_attach(model: nn.Module, edit: dict, *, pruned_later: bool) -> nn.Module:
+    """Gates the kinds the edit names again, unless a ``prune`` follows: gating and then folding
+    the gates away leaves the plain model's modules and keys (a contract of every kind)."""
+    if pruned_later:
+        return model
+    shape = edit.get("input_shape")
+    example = torch.zeros(1, *shape) if shape else None
+    return attach(model, example, edit["kinds"], ignore=edit.get("ignore", []), inplace=True)
+
+
+@register_op("convert_transformers")
+def _replay_convert_transformers(model: nn.Module, edit: dict, *, pruned_later: bool) -> nn.Module:
+    """Rewrites torch's encoder layers again, checking that the same paths are rewritten."""
+    if (paths := convert_torch_transformers(model, ignore=edit.get("ignore", []))) != edit["paths"]:
+        raise ValueError(f"it rewrites torch transformer modules at {paths}, the edit at {edit['paths']}")
     return model

@@ -14,13 +14,44 @@ see :attr:`StructureKind.ops`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Protocol
 
 from torch import nn
 
 from sss.structures.registry import Edit
 
 ATTR = "sss_history"
+
+
+class ReplayOp(Protocol):
+    """Replays one core edit on a rebuilt model; returns the model (``attach`` may replace it)."""
+
+    def __call__(self, model: nn.Module, edit: Edit, *, pruned_later: bool) -> nn.Module: ...
+
+
+#: The core ops (not a kind's), each registered by the module that writes it, so that an op is
+#: written and replayed in one place (as :class:`~sss.structures.registry.StructureKind` does
+#: for its own ops): ``attach`` and ``convert_transformers`` in ``attach.py``, ``prune`` and
+#: ``cut`` in ``prune.py``.
+_CORE_OPS: dict[str, ReplayOp] = {}
+
+
+def register_op(name: str) -> Callable[[ReplayOp], ReplayOp]:
+    """Decorator registering the replay of core op ``name``; a name taken is refused."""
+
+    def add(replay: ReplayOp) -> ReplayOp:
+        if name in _CORE_OPS:
+            raise ValueError(f"core op {name!r} is already registered")
+        _CORE_OPS[name] = replay
+        return replay
+
+    return add
+
+
+def core_op(name: str) -> ReplayOp | None:
+    """The replay of core op ``name``, or ``None`` (a kind's op, or unknown)."""
+    return _CORE_OPS.get(name)
 
 
 def history(model: nn.Module) -> list[Edit]:

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from sss.structures.gate import gates, unwrap_gated_layers
-from sss.structures.history import record
+from sss.structures.history import record, register_op
 from sss.structures.kinds.channels import cut_slices
 from sss.structures.registry import Edit, Removal, get_kind, kind_names, parse_kinds
 from sss.structures.tracing import role_width
@@ -90,6 +90,28 @@ def _checked_round_to(round_to: int) -> int:
         raise ValueError(f"round_to must be an int >= 1 (channel counts are kept a multiple of it), got {round_to!r}; "
                          "pass 1 to keep any count")  # fmt: skip
     return value
+
+
+@register_op("prune")
+def _replay_prune(model: nn.Module, edit: Edit, *, pruned_later: bool) -> nn.Module:
+    """A marker: the gates were folded away here; the ``cut`` edits that follow change the model."""
+    return model
+
+
+@register_op("cut")
+def _replay_cut(model: nn.Module, edit: Edit, *, pruned_later: bool) -> nn.Module:
+    """Cuts one layer side to the indices the edit kept, after checking they fit its width."""
+    layer, role, kept = model.get_submodule(edit["layer"]), edit["role"], set(edit["kept"])
+    width = role_width(layer, role)
+    if width != edit["width"]:
+        raise ValueError(f"{edit['layer']} has {width} {role} channels; the edit expects {edit['width']}")
+    if outside := sorted(k for k in kept if not 0 <= k < width):
+        raise ValueError(
+            f"it keeps {role} indices {outside[:3]} of {edit['layer']}, which has only "
+            f"{width} (0-{width - 1}): the saved history is damaged"
+        )
+    cut_slices(model, {(edit["layer"], role): [k for k in range(width) if k not in kept]})
+    return model
 
 
 def _apply_cuts(model: nn.Module, cuts: dict[tuple[str, str], set[int]]) -> list[Edit]:
