@@ -28,6 +28,7 @@ from sss.budget.landing import land_by_estimate, land_two_level
 from sss.budget.targets import LATENCY_NOISE, parse_budget, parse_latency_target
 from sss.measure import count, format_count, structure_costs
 from sss.measure.latency_model import LatencyModel
+from sss.optim.penalty import base_penalties, set_penalty_scale
 from sss.structures import gates
 from sss.structures.gate import factors_restored
 from sss.structures.paths import under
@@ -45,16 +46,15 @@ def dense_architecture(model: nn.Module) -> nn.Module:
 
 
 class BudgetController:
-    """Steers γ toward a MACs or parameter target and lands the selection inside its band."""
+    """Steers γ toward a MACs or parameter target and lands the selection inside its band. It sets
+    γ only through :func:`sss.optim.set_penalty_scale`; steered by distance (``selection_steps``),
+    the factors want no momentum: build them with ``build_optimizers(steered_by_distance=True)``."""
 
     def __init__(self, model: nn.Module, example: torch.Tensor, metric: str, target: float | str,
                  optimizer: torch.optim.Optimizer, *, round_to: int = 1, tolerance: float = 0.02,
                  latency: LatencyModel | None = None, selection_steps: int | None = None) -> None:  # fmt: skip
         self.metric, self.example, self.round_to, self.tolerance = metric, example, round_to, tolerance
         self.latency, self.selection_steps, self.bias = latency, selection_steps, 1.0
-        if selection_steps is not None:  # the path sets the pace: momentum would carry factors past it
-            for group in optimizer.param_groups:
-                group["momentum"] = 0.0
         if metric == "latency":
             if latency is None:
                 raise ValueError("a latency target needs a LatencyModel (sss.measure.calibrate_latency)")
@@ -80,7 +80,7 @@ class BudgetController:
                              f"every factor zero it keeps {self._fmt(floor)} ({floor / self.dense:.1%} of dense; "
                              "layers keep a channel, shortcuts and the head stay)")  # fmt: skip
         self.costs = structure_costs(model, example, self.cost)
-        self.base = [g["gamma"] for g in optimizer.param_groups]
+        self.base = base_penalties(optimizer)
         self.price = self._prices(model, optimizer)
         self.scale, self.step_count = 1.0, 0
         self.last_nonzero = {r.name: torch.zeros(r.weight.numel(), dtype=torch.long) for r in gates(model)}
@@ -150,8 +150,7 @@ class BudgetController:
             self._steer_by_distance(model, optimizer, est)
             return est
         self.scale = min(1e3, self.scale * 2 ** (1 / 20)) if above else max(1e-3, self.scale * 2 ** (-1 / 10))
-        for group, base in zip(optimizer.param_groups, self.base, strict=True):
-            group["gamma"] = base * self.scale if above else 0.0
+        set_penalty_scale(optimizer, self.scale if above else 0.0)
         return est
 
     def boundary(self, model: nn.Module, est: float, goal: float, bias: float = 1.0) -> float:
@@ -182,9 +181,7 @@ class BudgetController:
         span = max(1, int(0.8 * self.selection_steps))
         goal = self.target + (self.dense - self.target) * (1 - min(self.step_count / span, 1.0)) ** 3
         edge = self.boundary(model, est, goal, self.bias) / 10 if est > goal else 0.0
-        top = max(self.base) or 1.0
-        for group, base in zip(optimizer.param_groups, self.base, strict=True):
-            group["gamma"] = edge / group["lr"] * base / top
+        set_penalty_scale(optimizer, edge, threshold=True)
 
     def land(self, model: nn.Module) -> tuple[float, list[str]]:
         """Moves the fewest structures across so that the exact cost is within the band; returns

@@ -5,42 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from sss.budget.targets import TARGETS
-
-#: Where and how a run computes, and which factories its model files may name: flags of train,
-#: compress, gal and finetune (config keys of the same names).
-RUNTIME_KEYS = ("device", "amp", "compile", "workers", "trust_model_code")
-#: What a run starts from: trained weights, and distillation from them (train and finetune).
-START_KEYS = ("init", "distill")
-
-
-def flag_values(args: argparse.Namespace, keys: tuple[str, ...]) -> dict[str, Any]:
-    """The config values the command's flags set, typed as argparse read them. A target flag
-    replaces the config's target and any other set with ``--set``, and says so."""
-    values: dict[str, Any] = {key: getattr(args, key) for key in keys if getattr(args, key, None) is not None}
-    flagged = [t for t in TARGETS if t in values]
-    set_targets = [o.partition("=")[0] for o in args.set if o.partition("=")[0] in TARGETS]
-    if flagged:
-        values.update({t: None for t in TARGETS if t in keys and t not in flagged})
-        for other in sorted(set(set_targets) - set(flagged)):
-            print(f"note: --{flagged[0].replace('_', '-')} replaces --set {other}=...", file=sys.stderr)
-    if getattr(args, "structures", None):
-        values["structures"] = list(parse_kinds(args.structures))
-    return values
-
-
-def parse_kinds(text: str) -> tuple[str, ...]:
-    from sss.structures import kind_names
-
-    kinds = tuple(k.strip() for k in text.split(",") if k.strip())
-    unknown = [k for k in kinds if k not in kind_names()]
-    if unknown:
-        raise ValueError(f"--structures: unknown kind(s) {unknown}; choose from {', '.join(kind_names())}")
-    return kinds
+from sss.cli import flags
+from sss.cli.flags import flag_values, parse_kinds
 
 
 def _report(cfg, result) -> None:
@@ -58,9 +27,7 @@ def _report(cfg, result) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     from sss.train import Trainer, load_config
 
-    keys = ("model", "dataset", "data_dir", "epochs", "gamma", "sparsity", "out_dir", *TARGETS, "latency_batch",
-            *START_KEYS, *RUNTIME_KEYS)  # fmt: skip
-    cfg = load_config(args.config, args.set, values=flag_values(args, keys))
+    cfg = load_config(args.config, args.set, values=flag_values(args, *flags.TRAIN))
     _report(cfg, Trainer(cfg).fit(resume=args.resume, overwrite=args.overwrite))
 
 
@@ -68,11 +35,9 @@ def cmd_compress(args: argparse.Namespace) -> None:
     from sss.recipes.compress import DEFAULTS, CompressConfig, run_compress
     from sss.train import load_config
 
-    keys = ("model", "dataset", "data_dir", "epochs", "lr", "out_dir", *TARGETS, "latency_batch", *START_KEYS,
-            *RUNTIME_KEYS)  # fmt: skip
     given = {k.partition("=")[0] for k in args.set}
     defaults = {k: v for k, v in DEFAULTS.items() if k not in given and not (args.config and k != "out_dir")}
-    cfg = load_config(args.config, args.set, CompressConfig, values={**defaults, **flag_values(args, keys)})
+    cfg = load_config(args.config, args.set, CompressConfig, values={**defaults, **flag_values(args, *flags.COMPRESS)})
     run_compress(cfg, resume=args.resume, overwrite=args.overwrite)
 
 
@@ -82,9 +47,7 @@ def cmd_gal(args: argparse.Namespace) -> None:
     from sss.serialization.model_io import is_saved_model
     from sss.train import load_config
 
-    keys = ("teacher", "model", "dataset", "data_dir", "epochs", "gamma", "mu", "out_dir", *TARGETS, "latency_batch",
-            *RUNTIME_KEYS)  # fmt: skip
-    cfg = load_config(args.config, args.set, cls=GALConfig, values=flag_values(args, keys))
+    cfg = load_config(args.config, args.set, cls=GALConfig, values=flag_values(args, *flags.GAL))
     if is_saved_model(cfg.teacher):  # else a state dict: --model (default resnet20) says what it fits
         cfg.model = _zoo_name(load(cfg.teacher, trust_code=cfg.trusted_code), cfg.teacher)
     _report(cfg, GALTrainer(cfg).fit(resume=args.resume, overwrite=args.overwrite))
@@ -94,15 +57,16 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     from sss.serialization import load
     from sss.train import Trainer, load_config
 
-    keys = ("dataset", "data_dir", "epochs", "lr", "out_dir", *START_KEYS, *RUNTIME_KEYS)
+    values = flag_values(args, *flags.FINETUNE)
     if args.saved is None:  # a plain model: --model (zoo or pkg.module:factory) and --init weights
         if not args.init:
             raise ValueError("finetune needs a model saved by sss (sss finetune PATH) or --model and --init")
-        cfg = load_config(args.config, args.set, values={"sparsity": "none", **flag_values(args, ("model", *keys))})
+        cfg = load_config(args.config, args.set, values={"sparsity": "none", **values})
         _report(cfg, Trainer(cfg).fit(resume=args.resume, overwrite=args.overwrite))
         return
     model = load(args.saved, trust_code=trusted_code(args))
-    values = {"model": _zoo_name(model, args.saved), "sparsity": "none", **flag_values(args, keys)}
+    values.pop("model", None)  # the saved model is the model; --model only lets its file name that factory
+    values = {"model": _zoo_name(model, args.saved), "sparsity": "none", **values}
     cfg = load_config(args.config, args.set, values=values)
     _report(cfg, Trainer(cfg, model=model.train()).fit(resume=args.resume, overwrite=args.overwrite))
 

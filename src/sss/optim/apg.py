@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch.optim import Optimizer
 
+from sss.optim.penalty import own_penalty
+
 
 def evaluate_closure(closure) -> torch.Tensor | None:
     """The loss of a ``step(closure)`` call, with gradients on (``None`` without a closure)."""
@@ -54,6 +56,7 @@ class APG(Optimizer):
         if lr < 0 or gamma < 0 or not 0 <= momentum < 1:
             raise ValueError(f"need lr >= 0, gamma >= 0, 0 <= momentum < 1; got {lr}, {gamma}, {momentum}")
         super().__init__(params, {"lr": lr, "gamma": gamma, "momentum": momentum, "nonneg": nonneg})
+        own_penalty(self)
 
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch.optim import Optimizer
 
 from sss.optim.apg import evaluate_closure
+from sss.optim.penalty import own_penalty
 
 
 class FISTA(Optimizer):
@@ -49,6 +50,7 @@ class FISTA(Optimizer):
             raise ValueError(f"need lr > 0, gamma >= 0, interval >= 1; got {lr}, {gamma}, {interval}")
         defaults = {"lr": lr, "gamma": gamma, "nonneg": nonneg, "restart": restart, "interval": interval}
         super().__init__(params, defaults)
+        own_penalty(self)
         self._calls = 0
 
     @torch.no_grad()

@@ -7,6 +7,8 @@ from collections.abc import Iterable
 import torch
 from torch.optim import SGD
 
+from sss.optim.penalty import own_penalty
+
 
 class L1SGD(SGD):
     """Momentum SGD on ``G(λ) + γ‖λ‖₁`` using the subgradient ``γ·sign(λ)``.
@@ -19,6 +21,7 @@ class L1SGD(SGD):
         super().__init__(params, lr=lr, momentum=momentum)
         for group in self.param_groups:
             group.setdefault("gamma", gamma)
+        own_penalty(self)
 
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]

@@ -63,6 +63,7 @@ def build_optimizers(
     method: SparsityMethod = "apg",
     gamma: float | Mapping[str, float] = 0.01,
     gamma_weights: Mapping[str, float] | None = None,
+    steered_by_distance: bool = False,
 ) -> tuple[Optimizer, Optimizer | None]:
     """Returns ``(weights optimizer, factors optimizer)`` for a gated model.
 
@@ -70,17 +71,21 @@ def build_optimizers(
     (the paper's), ISTA, or SGD with an L1 subgradient. Both share ``lr`` so that one
     schedule drives both, as in the official code. A model without gates gets ``None``.
     ``gamma`` is one L1 strength, or one per structure kind (``{"block": 0.1, "channel": 0.01}``);
-    ``gamma_weights`` scales it per gate (see :func:`factor_param_groups`).
+    ``gamma_weights`` scales it per gate (see :func:`factor_param_groups`). Each group keeps that
+    γ as its base; a budget scales it through :func:`~sss.optim.penalty.set_penalty_scale` only.
+    ``steered_by_distance``: a budget steers the factors along a path (``steer: distance``), so
+    the factors get no momentum, which would carry them past it.
     """
     weights = SGD(weight_param_groups(model, weight_decay), lr=lr, momentum=momentum, nesterov=True)
     factors = factor_param_groups(model, gamma, gamma_weights)
     if not factors:
         return weights, None
     # Each group carries its γ; the constructor's value only fills groups that have none.
+    factor_momentum = 0.0 if steered_by_distance else momentum
     if method == "apg":
-        return weights, APG(factors, lr=lr, gamma=0.0, momentum=momentum)
+        return weights, APG(factors, lr=lr, gamma=0.0, momentum=factor_momentum)
     if method == "ista":
         return weights, ISTA(factors, lr=lr, gamma=0.0)
     if method == "sgd":
-        return weights, L1SGD(factors, lr=lr, gamma=0.0, momentum=momentum)
+        return weights, L1SGD(factors, lr=lr, gamma=0.0, momentum=factor_momentum)
     raise ValueError(f"unknown sparsity method {method!r}; use apg, ista or sgd")

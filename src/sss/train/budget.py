@@ -83,6 +83,11 @@ def steering(cfg) -> str:
     return cfg.steer if cfg.steer != "auto" else ("distance" if cfg.from_trained else "doubling")
 
 
+def steers_by_distance(cfg) -> bool:
+    """Whether a budget will steer the factors by distance (their optimizer then has no momentum)."""
+    return chosen_target(cfg) is not None and steering(cfg) == "distance"
+
+
 def create_budget(cfg, model: nn.Module, example: torch.Tensor, optimizer: torch.optim.Optimizer | None,
                   runtime, log: Callable[[str], None], selection_steps: int) -> BudgetCallback | None:  # fmt: skip
     """The run's budget callback (``None`` without a target or factors). A latency target first

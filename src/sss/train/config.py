@@ -80,6 +80,8 @@ class TrainConfig:
     A config is code: ``model: pkg.module:factory`` imports and calls that factory, as
     ``--model`` does. A model file the run reads (``distill_teacher``, GAL's ``teacher``) may name
     only zoo models or ``model`` itself, unless ``trust_model_code`` allows any factory.
+    The command-line flags that set fields (``--data-dir`` sets ``data_dir``, ``--out`` sets
+    ``out_dir``) are declared once, each with the field it sets, in :mod:`sss.cli.flags`.
     """
 
     model: str = "resnet20"

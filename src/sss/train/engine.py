@@ -23,7 +23,7 @@ from sss.serialization import save, save_state
 from sss.serialization.weights import load_weights
 from sss.structures import attach, gates
 from sss.structures.prune import prune, zero_small_factors
-from sss.train.budget import create_budget
+from sss.train.budget import create_budget, steers_by_distance
 from sss.train.callbacks import Callback
 from sss.train.checks import check_collapse, diverged, epoch_line, nonfinite_tensors, suspect_loss
 from sss.train.config import TrainConfig
@@ -183,12 +183,12 @@ class Trainer(FreezeMixin, ResumeMixin):
         return not self.frozen and self.epoch >= self.cfg.selection_start
 
     def build_optimizers(self) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer | None]:
-        """Hook: the weights' optimizer and the factors' (``None`` without factors). Called
-        again after a freeze, for the compact model."""
+        """Hook: the weights' optimizer and the factors' (``None`` without factors); rebuilt at a freeze."""
         cfg = self.cfg
         method = cfg.sparsity if cfg.sparsity != "none" else "apg"
         return build_optimizers(self.model, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                                method=method, gamma=cfg.gamma, gamma_weights=self.gamma_weights())  # fmt: skip
+                                method=method, gamma=cfg.gamma, gamma_weights=self.gamma_weights(),
+                                steered_by_distance=steers_by_distance(cfg))  # fmt: skip
 
     def gamma_weights(self) -> dict[str, float] | None:
         """Per-gate γ multipliers when ``gamma_macs_power`` > 0 (see :func:`sss.measure.mac_weights`)."""
