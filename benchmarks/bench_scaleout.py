@@ -38,6 +38,7 @@ def _train_throughput(sparsity: str) -> float:
     cfg = TrainConfig(model="resnet20", sparsity=sparsity, gamma=0.01, val_size=500, batch_size=BATCH, epochs=2,
                       device="cpu", out_dir=tempfile.mkdtemp())  # fmt: skip
     trainer = Trainer(cfg, train_data=data, log=lambda m: None, progress=False)
+    trainer.setup()  # the training forward (DDP-wrapped), as fit() builds it
     trainer.steps_per_epoch = len(trainer.train_data) // BATCH
     trainer._train_epoch()  # warm-up: allocator, oneDNN primitives, gloo buffers
     trainer.epoch = 1

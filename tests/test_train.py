@@ -181,6 +181,7 @@ def test_rewind_restarts_the_compact_model_from_initial_weights(tmp_path):
     data = synthetic_dataset(256)
     cfg = _cfg(tmp_path, epochs=2, freeze_epoch=1, after_freeze="rewind", gamma=0.5)
     trainer = Trainer(cfg, train_data=data, log=_quiet, progress=False)
+    trainer.setup()  # what fit() does first: the training forward, the budget
     init = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     trainer.steps_per_epoch = len(trainer.train_data) // cfg.batch_size
     trainer._train_epoch()
