@@ -205,8 +205,7 @@ def exact_subset(
 
     A half-precision model is checked as an fp32 copy (its removal is exact or not at any
     precision; fp16 rounding alone exceeds the tolerance), on fp32 inputs."""
-    widen = any(t.dtype in _LOW_PRECISION for t in [*model.parameters(), *model.buffers()])
-    inputs = _probe_inputs(example_inputs, torch.float32 if widen else None)
+    inputs = _probe_inputs(example_inputs, torch.float32 if _is_low_precision(model) else None)
     if _removes_exactly(model, kind, candidates, inputs):
         return candidates, []
     exact, failed = [], []
@@ -227,11 +226,16 @@ def _probe_inputs(example_inputs: torch.Tensor, dtype: torch.dtype | None = None
     return [example, noise]
 
 
+def _is_low_precision(model: nn.Module) -> bool:
+    """Whether ``model`` holds fp16/bf16 parameters or buffers (checked as an fp32 copy)."""
+    return any(t.dtype in _LOW_PRECISION for t in [*model.parameters(), *model.buffers()])
+
+
 def _check_copy(model: nn.Module) -> nn.Module:
     """A copy of ``model`` in eval mode to gate and prune: fp32 if it is half precision, and with
     contiguous parameters (``channels_last`` weights cannot be flattened with ``view``)."""
     trial = copy.deepcopy(model).eval()
-    if any(t.dtype in _LOW_PRECISION for t in [*trial.parameters(), *trial.buffers()]):
+    if _is_low_precision(trial):
         trial.float()  # float parameters and buffers only; integer buffers (BN's count, indices) stay
     return trial.to(memory_format=torch.contiguous_format)
 
