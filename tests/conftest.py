@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from sss.data import ArrayDataset
@@ -49,3 +53,18 @@ def randomise(model: nn.Module, zero_prob: float = 0.5, seed: int = 0) -> nn.Mod
                 keep = torch.rand(m.weight.shape, generator=gen) >= zero_prob
                 m.weight.copy_(keep * torch.empty(m.weight.shape).uniform_(0.2, 2.0, generator=gen))
     return model.eval()
+
+
+def forge_spec(path: Path, spec_changes: dict) -> None:
+    """Edits a saved model's JSON as an attacker (or an old version) would, and recomputes its
+    digest so that the integrity check passes (an unkeyed digest proves nothing about who wrote
+    the file)."""
+    from sss.serialization.model_io import _spec_digest
+
+    spec = json.loads(path.with_suffix(".json").read_text())
+    spec.update(spec_changes)
+    path.with_suffix(".json").write_text(json.dumps(spec))
+    weights = path.with_suffix(".safetensors")
+    tensors = load_file(str(weights))
+    save_file(tensors, str(weights), metadata={"format": spec["format"], "sha256": spec["weights_sha256"],
+                                                "spec_sha256": _spec_digest(spec)})  # fmt: skip

@@ -84,11 +84,11 @@ def test_the_exact_fallback_lands_fine_structures_and_keeps_the_blocks(start):
             for ref in sss.gates(model):
                 if ref.kind == "channel":
                     ref.weight.view(-1)[1:] = 0.0
-    lo, hi = budget.target * 0.98, budget.target * 1.02
-    cost = budget.exact(model)
+    lo, hi = budget.target.value * 0.98, budget.target.value * 1.02
+    cost = budget.target.exact(model)
     assert (cost > hi) if start == "too_expensive" else (cost < lo)
-    landed = land_fine(budget, model, lo, hi, cost)
-    assert lo <= landed <= hi and landed == budget.exact(model)
+    landed = land_fine(budget.target, budget.ranking, model, lo, hi, cost)
+    assert lo <= landed <= hi and landed == budget.target.exact(model)
     assert [int(r.num_zero) for r in sss.gates(model) if r.kind == "block"] == [0, 1] + [0] * (len(blocks) - 2)
 
 
@@ -104,8 +104,8 @@ def test_a_band_the_blocks_cannot_hit_lands_under_the_target_not_over():
     opt = sss.optim.APG([r.weight for r in sss.gates(model)], lr=0.1, gamma=0.01)
     budget = BudgetController(model, x, "macs", 0.35, opt)
     cost, lines = budget.land(model)
-    assert cost <= budget.target * 1.02 and cost == budget.exact(model)
-    assert cost >= budget.target * 0.98 or "under the target rather than over" in lines[0]
+    assert cost <= budget.target.value * 1.02 and cost == budget.target.exact(model)
+    assert cost >= budget.target.value * 0.98 or "under the target rather than over" in lines[0]
 
 
 def test_distance_steering_ranks_by_time_to_zero():
@@ -125,7 +125,7 @@ def test_distance_steering_ranks_by_time_to_zero():
     for steps, first in ((100, dear), (None, refs[1].name)):
         budget = BudgetController(model, x, "macs", 0.5, sss.optim.APG(groups, lr=0.1, gamma=0.01),
                                   selection_steps=steps)  # fmt: skip
-        order = budget.removal_order(model, fine_only=False)
+        order = budget.ranking.removal_order(model, fine_only=False)
         assert order[0][0] == first
         if steps is not None:  # every factor of the dear gate (but the one it keeps) before any other
             n = refs[0].weight.numel() - 1

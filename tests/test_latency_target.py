@@ -69,14 +69,14 @@ def test_the_landing_is_at_or_under_the_predicted_target(fraction):
     model = _gated(trained=True)
     budget = _controller(model, fraction)
     cost, lines = budget.land(model)
-    assert 0.9 * budget.target <= cost <= budget.target  # at or under, and not far under
+    assert 0.9 * budget.target.value <= cost <= budget.target.value  # at or under, and not far under
     assert "NOT" not in lines[0]
 
 
 def test_a_timing_over_the_target_makes_the_landing_aim_lower():
     model = _gated(trained=True)
     budget = _controller(model, 0.6)
-    goal = budget.target
+    goal = budget.target.value
     clock = []
 
     def slow_clock(compact):  # this machine is 15% slower than the prediction says
@@ -85,7 +85,7 @@ def test_a_timing_over_the_target_makes_the_landing_aim_lower():
 
     lines = budget.land_measured(model, slow_clock)
     assert len(clock) >= 2 and clock[-1] <= goal * (1 + LATENCY_NOISE)
-    assert budget.target == goal  # the aim is lowered for the landing only
+    assert budget.target.value == goal  # the aim is lowered for the landing only
     assert not any("NOT" in line for line in lines)
 
 
@@ -113,7 +113,7 @@ def test_a_latency_target_is_milliseconds_or_a_fraction_of_dense():
     model = _gated()
     fixed = LatencyModel([0.05, 5e-8, 0.01, 2e-7], batch=1, device="cpu")
     budget = BudgetController(model, X, "latency", "0.6x", _optimizer(model), latency=fixed)
-    assert budget.target == pytest.approx(0.6 * fixed.predict(model, X))
+    assert budget.target.value == pytest.approx(0.6 * fixed.predict(model, X))
 
 
 @pytest.mark.parametrize("relative", [False, True])
@@ -135,12 +135,12 @@ def test_a_latency_target_run_times_its_compact_model(tmp_path, relative, monkey
     probe = Trainer(dataclasses.replace(cfg, target_latency="0.85x"), train_data=synthetic_dataset(96),
                     progress=False, log=lambda _: None)  # fmt: skip
     probe.setup()  # the budget (and its latency model) is built at setup
-    dense_ms = next(c for c in probe.callbacks if c.name == "budget").controller.dense
+    dense_ms = next(c for c in probe.callbacks if c.name == "budget").controller.target.dense
     # A load on the machine may shift any timing: the plumbing is what is tested here.
     run_cfg = dataclasses.replace(cfg, target_latency="0.85x" if relative else 0.85 * dense_ms, allow_collapse=True)
     trainer = Trainer(run_cfg, train_data=synthetic_dataset(384), log=lines.append, progress=False)
     trainer.setup()
-    target = next(c for c in trainer.callbacks if c.name == "budget").controller.target
+    target = next(c for c in trainer.callbacks if c.name == "budget").controller.target.value
     result = trainer.fit()
     assert any(line.startswith("latency model at batch 1") for line in lines)
     measured = [float(line.split("measured ")[1].split()[0]) for line in lines if "budget: measured" in line]

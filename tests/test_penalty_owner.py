@@ -51,7 +51,7 @@ def test_the_budget_writes_gamma_only_through_set_penalty_scale(monkeypatch, ste
         finally:
             _Guarded.writer_active = False
 
-    monkeypatch.setattr("sss.budget.controller.set_penalty_scale", spy)
+    monkeypatch.setattr("sss.budget.steering.set_penalty_scale", spy)
     with torch.no_grad():
         for ref in sss.gates(model):
             ref.weight.uniform_(0.2, 1.0)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import sss
-from conftest import randomise
+from conftest import forge_spec, randomise
 from sss.serialization import load_state, save_state
 
 
@@ -187,3 +187,28 @@ def test_a_vit_pruned_by_torch_pruning_saves_and_loads(tmp_path):
     loaded = sss.load(tmp_path / "vit")
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
+
+
+def test_loading_a_gated_model_replays_its_structures_without_rediscovering(tmp_path, monkeypatch):
+    """The attach edit records the structures it found (kind → labels); loading gates those again,
+    without the exactness trials they passed. A history written before the edit recorded them is
+    found and checked again; a recorded structure the model lacks is named."""
+    x = torch.randn(2, 3, 16, 16)
+    gated = randomise(sss.attach(sss.models.create("resnet20", width=4), x, structures=("block", "channel")))
+    sss.save(gated, tmp_path / "g")
+    spec = json.loads((tmp_path / "g.json").read_text())
+    (edit,) = [e for e in spec["history"] if e["op"] == "attach"]
+    assert set(edit["structures"]) == {"block", "channel"} and "layer1.0" in edit["structures"]["block"]
+    trials = []
+    monkeypatch.setattr("sss.structures.discovery._removes_exactly", lambda *a: trials.append(a) or True)
+    loaded = sss.load(tmp_path / "g")
+    assert not trials and [r.name for r in sss.gates(loaded)] == [r.name for r in sss.gates(gated)]
+    with torch.no_grad():
+        assert torch.equal(loaded(x), gated(x))
+    forge_spec(tmp_path / "g", {"history": [{k: v for k, v in e.items() if k != "structures"}
+                                            for e in spec["history"]]})  # fmt: skip
+    assert len(sss.gates(sss.load(tmp_path / "g"))) == len(sss.gates(gated)) and trials  # checked again
+    edit["structures"]["block"].append("layer9.0")
+    forge_spec(tmp_path / "g", {"history": spec["history"]})
+    with pytest.raises(sss.CheckpointError, match=r"block structures at layer9\.0 were gated when it was saved"):
+        sss.load(tmp_path / "g")

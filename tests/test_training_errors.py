@@ -109,10 +109,10 @@ def _collapse(trainer: Trainer, only: str | None = None) -> SelectionCollapsedEr
 
 def test_a_collapse_at_a_target_says_the_target_is_too_small_with_the_smallest_figure(tmp_path):
     probe = _collapsible(tmp_path, target=0.9).callbacks[0].controller
-    fraction = 1.5 * probe.floor / probe.dense  # above the floor (so accepted), near it
+    fraction = 1.5 * probe.target.floor / probe.target.dense  # above the floor (so accepted), near it
     trainer = _collapsible(tmp_path, target=fraction)
     message = str(_collapse(trainer))
-    floor = format_count(trainer.callbacks[0].controller.floor)
+    floor = format_count(trainer.callbacks[0].controller.target.floor)
     assert "is too small for this model" in message and f"the smallest it shrinks to is {floor} macs" in message
     assert "gamma" not in message and "allow_collapse=true" in message
 
@@ -144,8 +144,9 @@ def test_a_resume_with_another_model_says_which_model_the_checkpoint_is_for(tmp_
     cfg = TrainConfig(model="resnet20", model_kwargs={"width": 4}, epochs=1, batch_size=50, val_size=64,
                       channels_last=False, out_dir=str(tmp_path / "run"))  # fmt: skip
     Trainer(cfg, train_data=synthetic_dataset(128), log=_quiet, progress=False).fit()
-    args = ["train", "--model", "resnet32", "--set", "model_kwargs.width=4", "--set", "batch_size=50", "--set",
-            "val_size=64", "--set", "channels_last=false", "--epochs", "2", "--out", str(tmp_path / "run"), "--resume"]
+    sets = ["model_kwargs.width=4", "batch_size=50", "val_size=64", "channels_last=false"]
+    args = ["train", "--model", "resnet32", *[a for s in sets for a in ("--set", s)], "--epochs", "2",
+            "--out", str(tmp_path / "run"), "--resume"]  # fmt: skip
     assert main(args) == 2
     err = _error(capsys)
     assert "the checkpoint was written for model resnet20, not resnet32; resume with --model resnet20 (or --set " \

@@ -11,27 +11,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 
 import sss
+from conftest import forge_spec
 from sss.cli.main import main
 from sss.errors import UntrustedCodeError
 from sss.serialization import load_state, save_state
-from sss.serialization.model_io import _spec_digest
 
 TINY = ["--set", "train_subset=256", "--set", "val_size=128", "--set", "batch_size=64", "--epochs", "1"]
-
-
-def _forge(path: Path, spec_changes: dict) -> None:
-    """Edits a saved model's JSON as an attacker would, and recomputes its digest so that the
-    integrity check passes (an unkeyed digest proves nothing about who wrote the file)."""
-    spec = json.loads(path.with_suffix(".json").read_text())
-    spec.update(spec_changes)
-    path.with_suffix(".json").write_text(json.dumps(spec))
-    weights = path.with_suffix(".safetensors")
-    tensors = load_file(str(weights))
-    save_file(tensors, str(weights), metadata={"format": spec["format"], "sha256": spec["weights_sha256"],
-                                                "spec_sha256": _spec_digest(spec)})  # fmt: skip
 
 
 @pytest.fixture(params=["system", "rmtree"])
@@ -50,7 +37,7 @@ def hostile(request, tmp_path):
                        structures=("channel",))  # fmt: skip
     path = tmp_path / "evil"
     sss.save(gated, path)
-    _forge(path, {"model": factory})
+    forge_spec(path, {"model": factory})
 
     def nothing_ran() -> None:
         assert not marker.exists()
@@ -161,14 +148,14 @@ def _saved(tmp_path: Path) -> Path:
 )
 def test_recorded_keywords_are_checked_before_anything_is_allocated(tmp_path, kwargs, message):
     path = _saved(tmp_path)
-    _forge(path, {"model": {"name": "resnet20", "kwargs": kwargs}})
+    forge_spec(path, {"model": {"name": "resnet20", "kwargs": kwargs}})
     with pytest.raises(sss.CheckpointError, match=message):
         sss.load(path)
 
 
 def test_an_unknown_zoo_name_in_a_file_is_named(tmp_path):
     path = _saved(tmp_path)
-    _forge(path, {"model": {"name": "resnet9000", "kwargs": {}}})
+    forge_spec(path, {"model": {"name": "resnet9000", "kwargs": {}}})
     with pytest.raises(sss.CheckpointError, match="'resnet9000', which is not in the zoo"):
         sss.load(path)
 
@@ -186,7 +173,7 @@ def test_an_unknown_zoo_name_in_a_file_is_named(tmp_path):
 def test_saved_sizes_only_set_sizes(tmp_path, entry, message):
     path = _saved(tmp_path)
     spec = json.loads(path.with_suffix(".json").read_text())
-    _forge(path, {"sizes": {**spec["sizes"], **entry}})
+    forge_spec(path, {"sizes": {**spec["sizes"], **entry}})
     with pytest.raises(sss.CheckpointError, match=message):
         sss.load(path)
 

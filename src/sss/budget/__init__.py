@@ -1,3 +1,4 @@
-"""Budgets: a MAC, parameter or latency target instead of a γ. ``targets`` parses and checks
-them, ``controller`` steers γ toward one and lands the selection inside its band, ``landing``
-holds the landing strategies, ``magnitude`` the factors' start from trained weights."""
+"""Budgets: a MAC, parameter or latency target instead of a γ. ``targets`` reads them and builds
+the :class:`~sss.budget.targets.Target` aimed at; ``ranking`` orders the structures; ``steering``
+sets γ after each factor step; ``landing`` lands the selection inside the target's band;
+``controller`` puts them together; ``magnitude`` starts the factors from trained weights."""

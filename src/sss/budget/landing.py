@@ -1,5 +1,6 @@
-"""Landing a selection inside its budget's band: the strategies :class:`BudgetController`'s
-:meth:`~BudgetController.land` uses (docs/design.md, "budgets").
+"""Landing a selection inside its budget's band: pure functions of the :class:`Target`, the
+:class:`Ranking` and the gated model, whose factors they set (docs/design.md, "budgets"). :func:`land`
+picks the strategy:
 
 - :func:`land_by_estimate` (MACs, parameters): structure by structure, smallest |λ| first, by
   the per-structure estimate corrected by the exact count; then, where the estimate misjudged
@@ -11,86 +12,71 @@
 
 from __future__ import annotations
 
-from typing import Protocol
-
 import torch
 from torch import nn
 
+from sss.budget.ranking import Ranking
+from sss.budget.targets import Target
 from sss.structures import gates
 from sss.structures.registry import get_kind
 
 
-class Budget(Protocol):
-    """What a landing reads of the budget controller (:class:`sss.train.budget.BudgetController`)."""
-
-    target: float
-    band: tuple[float, float]
-    costs: dict[str, float]
-    last_nonzero: dict[str, torch.Tensor]
-
-    def exact(self, model: nn.Module) -> float: ...
-    def key(self, name: str, value: torch.Tensor | float) -> float: ...
-    def estimate(self, model: nn.Module) -> float: ...
-    def removal_order(self, model: nn.Module, fine_only: bool) -> list[tuple[str, int]]: ...
-    def return_order(self, model: nn.Module, fine_only: bool) -> list[tuple[str, int]]: ...
-    def landed(self, cost: float, lo: float, hi: float) -> list[str]: ...
-
-
 @torch.no_grad()
-def land_by_estimate(ctl: Budget, model: nn.Module, rounds: int = 8) -> tuple[float, list[str]]:
+def land_by_estimate(target: Target, ranking: Ranking, model: nn.Module, rounds: int = 8) -> tuple[float, list[str]]:
     """Moves the fewest structures across so that the exact cost is within the band; returns
     the exact cost and a log line. The estimate's bias is corrected by the exact count."""
-    lo, hi = ctl.target * ctl.band[0], ctl.target * ctl.band[1]
-    cost = ctl.exact(model)
+    lo, hi = target.bounds
+    cost = target.exact(model)
     for _ in range(rounds):
         if lo <= cost <= hi:
             break
-        est = ctl.estimate(model)
+        est = ranking.estimate(model)
         ratio = est / cost
-        refs = {r.name: r for r in gates(model) if r.name in ctl.costs}
+        refs = {r.name: r for r in gates(model) if r.name in ranking.costs}
         slots = [(name, i) for name, r in refs.items() for i in range(r.weight.numel())]
         if cost > hi:  # zero the smallest factors first
-            order = sorted((ctl.key(n, refs[n].weight.view(-1)[i]), n, i) for n, i in slots
+            order = sorted((ranking.key(n, refs[n].weight.view(-1)[i]), n, i) for n, i in slots
                            if refs[n].weight.view(-1)[i] != 0)  # fmt: skip
             for _, name, i in order:
-                if est <= ctl.target * ratio:
+                if est <= target.value * ratio:
                     break
-                if est - ctl.costs[name] >= lo * ratio:  # never past the band's other edge
+                if est - ranking.costs[name] >= lo * ratio:  # never past the band's other edge
                     refs[name].weight.view(-1)[i] = 0.0
-                    est -= ctl.costs[name]
+                    est -= ranking.costs[name]
         else:  # bring back the structures zeroed last; if none fits in the band, the latest anyway
-            order = sorted((-int(ctl.last_nonzero[n][i]), n, i) for n, i in slots
+            order = sorted((-int(ranking.last_nonzero[n][i]), n, i) for n, i in slots
                            if refs[n].weight.view(-1)[i] == 0)  # fmt: skip
-            fits = [(n, i) for _, n, i in order if est + ctl.costs[n] <= hi * ratio]
+            fits = [(n, i) for _, n, i in order if est + ranking.costs[n] <= hi * ratio]
             for name, i in fits or [(n, i) for _, n, i in order[:1]]:  # a coarse one: the next round descends
-                if est >= ctl.target * ratio:
+                if est >= target.value * ratio:
                     break
                 w = refs[name].weight.view(-1)
                 w[i] = brought_back(w)
-                est += ctl.costs[name]
-        cost = ctl.exact(model)
+                est += ranking.costs[name]
+        cost = target.exact(model)
     if not lo <= cost <= hi:  # the estimate misjudged the coarse pattern: exact counts, fine structures
-        cost = land_fine(ctl, model, lo, hi, cost)
+        cost = land_fine(target, ranking, model, lo, hi, cost)
     if not lo <= cost <= hi:  # nothing fine left to move: the nearest coarse pattern, never over
-        cost = land_coarse(ctl, model, lo, hi, cost)
-    return cost, ctl.landed(cost, lo, hi)
+        cost = land_coarse(target, ranking, model, lo, hi, cost)
+    return cost, target.landed(cost)
 
 
 @torch.no_grad()
-def land_coarse(ctl: Budget, model: nn.Module, lo: float, hi: float, cost: float, tries: int = 64) -> float:
+def land_coarse(target: Target, ranking: Ranking, model: nn.Module, lo: float, hi: float, cost: float,
+                tries: int = 64) -> float:  # fmt: skip
     """A budget is a ceiling: over it, the live structures with the smallest |λ| are zeroed one
     at a time (each gate keeping its minimum) until the cost is at most ``hi``; then, under the
     band, the zeroed ones come back, the most recently zeroed first, each only if the cost
     stays at most ``hi`` (at most ``tries`` exact counts each way)."""
-    refs = {r.name: r.weight.view(-1) for r in gates(model) if r.name in ctl.costs}
-    for n, i in ctl.removal_order(model, fine_only=False)[:tries]:
+    refs = {r.name: r.weight.view(-1) for r in gates(model) if r.name in ranking.costs}
+    for n, i in ranking.removal_order(model, fine_only=False)[:tries]:
         if cost <= hi:
             break
         refs[n][i] = 0.0
-        cost = ctl.exact(model)
-    for n, i in ctl.return_order(model, fine_only=False)[:tries] if cost < lo else []:
+        cost = target.exact(model)
+    for n, i in ranking.return_order(model, fine_only=False)[:tries] if cost < lo else []:
         refs[n][i] = brought_back(refs[n])
-        trial = ctl.exact(model)
+        trial = target.exact(model)
         if trial > hi:
             refs[n][i] = 0.0
         else:
@@ -101,26 +87,26 @@ def land_coarse(ctl: Budget, model: nn.Module, lo: float, hi: float, cost: float
 
 
 @torch.no_grad()
-def land_fine(ctl: Budget, model: nn.Module, lo: float, hi: float, cost: float) -> float:
+def land_fine(target: Target, ranking: Ranking, model: nn.Module, lo: float, hi: float, cost: float) -> float:
     """The estimate's fallback: the coarse structures (blocks, branches) stay as they are, and
     a binary search by exact counts finds the fewest fine ones (channels, groups) to move:
     too expensive, the smallest non-zero |λ| are zeroed (each gate keeping its minimum);
     too cheap, the most recently zeroed come back. Either way the cost is monotone in the
     number moved, so the search ends in the band, or where one structure jumps over it, on
     the cheaper side."""
-    weights = {r.name: r.weight.view(-1) for r in gates(model) if r.name in ctl.costs}
+    weights = {r.name: r.weight.view(-1) for r in gates(model) if r.name in ranking.costs}
     saved = {n: w.clone() for n, w in weights.items()}
     if cost > hi:
-        order = [(n, i, 0.0) for n, i in ctl.removal_order(model, fine_only=True)]
+        order = [(n, i, 0.0) for n, i in ranking.removal_order(model, fine_only=True)]
     else:
-        order = [(n, i, brought_back(saved[n])) for n, i in ctl.return_order(model, fine_only=True)]
+        order = [(n, i, brought_back(saved[n])) for n, i in ranking.return_order(model, fine_only=True)]
 
     def apply(k: int) -> float:
         for n, w in weights.items():
             w.copy_(saved[n])
         for n, i, value in order[:k]:
             weights[n][i] = value
-        return ctl.exact(model)
+        return target.exact(model)
 
     a, b = 0, len(order)
     while a < b:  # the cost is monotone in k: it falls (zeroing) or rises (bringing back)
@@ -136,7 +122,7 @@ def _miss(cost: float, lo: float, hi: float) -> float:
 
 
 @torch.no_grad()
-def land_two_level(ctl: Budget, model: nn.Module, rounds: int = 8) -> tuple[float, list[str]]:
+def land_two_level(target: Target, ranking: Ranking, model: nn.Module, rounds: int = 8) -> tuple[float, list[str]]:
     """Moves the fewest structures across so that the exact cost is within the band; returns
     the exact cost and a log line.
 
@@ -151,15 +137,15 @@ def land_two_level(ctl: Budget, model: nn.Module, rounds: int = 8) -> tuple[floa
     the nearest to the prefix's first (at most ``rounds`` numbers), the same search runs
     over the fine ranking, and the first landing inside the band wins; else the nearest.
     """
-    lo, hi = ctl.target * ctl.band[0], ctl.target * ctl.band[1]
-    cost = ctl.exact(model)
+    lo, hi = target.bounds
+    cost = target.exact(model)
     if lo <= cost <= hi:
-        return cost, ctl.landed(cost, lo, hi)
-    all_refs = [r for r in gates(model) if r.name in ctl.costs]
+        return cost, target.landed(cost)
+    all_refs = [r for r in gates(model) if r.name in ranking.costs]
     refs = {r.name: r.weight.view(-1) for r in all_refs}
     coarse_gate = {r.name: get_kind(r.kind).coarse for r in all_refs}
     values = {n: w.clone() for n, w in refs.items()}
-    zero = sorted((int(ctl.last_nonzero[n][i]), n, i) for n, w in values.items() for i in range(w.numel())
+    zero = sorted((int(ranking.last_nonzero[n][i]), n, i) for n, w in values.items() for i in range(w.numel())
                   if w[i] == 0)  # fmt: skip
     live = sorted((float(w[i].abs()), n, i) for n, w in values.items() for i in range(w.numel()) if w[i] != 0)
     order = [(n, i) for _, n, i in zero] + [(n, i) for _, n, i in live]
@@ -171,7 +157,7 @@ def land_two_level(ctl: Budget, model: nn.Module, rounds: int = 8) -> tuple[floa
             w.copy_(torch.where(values[n] == 0, torch.full_like(w, back[n]), values[n]))
         for n, i in removed:
             refs[n][i] = 0.0
-        return ctl.exact(model)
+        return target.exact(model)
 
     def shortest(head: list, tail: list) -> list:  # head + the shortest prefix of tail with cost <= hi
         a, b = 0, len(tail)
@@ -192,9 +178,17 @@ def land_two_level(ctl: Budget, model: nn.Module, rounds: int = 8) -> tuple[floa
         removed = shortest(coarse[:m], fine)
         best = min(best, (miss(removed), removed), key=lambda t: t[0])
     cost = apply(best[1])
-    return cost, ctl.landed(cost, lo, hi)
+    return cost, target.landed(cost)
 
 
 def brought_back(w: torch.Tensor) -> float:
     """The value a structure comes back with: its gate's smallest live factor."""
     return float(w[w > 0].min()) if bool((w > 0).any()) else 1e-3
+
+
+def land(target: Target, ranking: Ranking, model: nn.Module) -> tuple[float, list[str]]:
+    """Moves the fewest structures across so that the exact cost is within the band; returns the
+    exact cost and a log line. MACs and parameters: :func:`land_by_estimate`. Latency, where one
+    block is worth more than the band: :func:`land_two_level`."""
+    strategy = land_two_level if target.metric == "latency" else land_by_estimate
+    return strategy(target, ranking, model)

@@ -42,6 +42,8 @@ def layer_sizes(model: nn.Module) -> dict[str, dict]:
             entry: dict = {"tensors": own} if own else {}
             if is_attention(m):
                 entry["num_heads"] = m.num_heads
+                if isinstance(getattr(m, "attn_dim", None), int):  # timm's Attention reshapes by it
+                    entry["attn_dim"] = m.attn_dim
             if entry:
                 sizes[path] = entry
     return sizes

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from sss.errors import CheckpointError, UntrustedCodeError
 from sss.models.recorded import TrustCode, create_recorded
 from sss.serialization.layer_sizes import layer_sizes, resize_layers
 from sss.serialization.state import atomic_write, check_digest, tensor_digest
+from sss.structures.boundary import model_errors
 from sss.structures.gate import gates
 from sss.structures.history import history
 from sss.structures.replay import replay
@@ -54,15 +56,16 @@ def save(model: nn.Module, path: str | Path) -> None:
     loads with its own widths.
     """
     weights_path, spec_path = _paths(path)
-    spec = {
-        "format": FORMAT,
-        "model": getattr(model, "sss_spec", None),
-        "history": history(model),
-        "gated": sorted({g.kind for g in gates(model)}),  # informational: replay re-creates the gates
-        # What the history cannot know: layers resized outside sss (Torch-Pruning, by hand).
-        "sizes": layer_sizes(model),
-    }
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    with model_errors(model, "saving"):
+        spec = {
+            "format": FORMAT,
+            "model": getattr(model, "sss_spec", None),
+            "history": history(model),
+            "gated": sorted({g.kind for g in gates(model)}),  # informational: replay re-creates the gates
+            # What the history cannot know: layers resized outside sss (Torch-Pruning, by hand).
+            "sizes": layer_sizes(model),
+        }
+        tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     spec["weights_sha256"] = tensor_digest(tensors)
     meta = {"format": FORMAT, "sha256": spec["weights_sha256"], "spec_sha256": _spec_digest(spec)}
     atomic_write(weights_path, lambda tmp: save_file(tensors, tmp, metadata=meta))
@@ -135,7 +138,11 @@ def load(
                 "changed byte, or files of two saves mixed); restore both from one sss.save"
             )
         check_digest(tensors, meta.get("sha256"), weights_path)
-    model.load_state_dict(tensors, strict=True)
+    # safetensors keeps no state-dict metadata: each module's version is the rebuilt model's own
+    # (torchvision's MNASNet refuses a state dict without one).
+    state = OrderedDict(tensors)
+    state._metadata = getattr(model.state_dict(), "_metadata", None)  # type: ignore[attr-defined]
+    model.load_state_dict(state, strict=True)
     if isinstance(zoo, dict):
         model.sss_spec = zoo
     return model.to(map_location).eval()

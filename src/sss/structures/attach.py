@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from sss.errors import UnsupportedModelError
-from sss.structures.discovery import check_not_wrapped, find_structures
+from sss.structures.boundary import model_errors
+from sss.structures.discovery import check_not_wrapped, find_known, find_structures
 from sss.structures.history import record, register_op
 from sss.structures.registry import get_kind, kind_names, parse_kinds
 from sss.structures.torch_transformer import convert_torch_transformers
@@ -70,36 +71,53 @@ def attach(
             raise ValueError(f"{kind.name} factors need example_inputs (one input batch) to trace the model")
     if not inplace:
         model = copy.deepcopy(model)
+    with model_errors(model, "gating"):
+        return _gate_model(model, example_inputs, structures, ignore)
+
+
+def _gate_model(model: nn.Module, example_inputs: torch.Tensor | None, structures: list[str], ignore: Sequence[str],
+                known: dict[str, list[str]] | None = None) -> nn.Module:  # fmt: skip
+    """:func:`attach` on ``model`` itself: its structures found (or the ``known`` ones, by kind
+    and label, unchecked), gated, and recorded in the history with what was found."""
+    kinds = [get_kind(name) for name in structures]
     # torch's encoder layers cannot be traced nor lose a head: rewritten first, as the same function
     if converted := convert_torch_transformers(model, example_inputs, ignore):
         record(model, [{"op": "convert_transformers", "paths": converted, "ignore": list(ignore)}])
-    report = find_structures(model, example_inputs, structures, ignore)
+    if known is None:
+        report = find_structures(model, example_inputs, structures, ignore)
+    else:
+        report = find_known(model, example_inputs, known, ignore)
     if not report.found:
         reasons = f" ({'; '.join(report.skipped)})" if report.skipped else ""
         raise UnsupportedModelError(f"{type(model).__name__} has nothing to gate: " + "; ".join(
             f"no {kind.not_found}" for kind in kinds) + reasons + " (sss.find_structures lists every candidate "
             "and why it was skipped)")  # fmt: skip
-    if report.missing:
+    if report.missing and known is None:
         logger.warning("%s has no %s structures; gating the other kinds", type(model).__name__,
                        "/".join(report.missing))  # fmt: skip
     logger.info("%s: %s", type(model).__name__, report.summary())
     for kind in sorted(kinds, key=lambda k: kind_names().index(k.name)):  # layers are wrapped before modules trace
-        if report.structures[kind.name]:
+        if report.structures.get(kind.name):
             kind.gate(model, report.structures[kind.name])
     shape = list(example_inputs.shape[1:]) if example_inputs is not None else None
-    record(model, [{"op": "attach", "kinds": report.found, "ignore": list(ignore), "input_shape": shape}])
+    found = {name: report.names(name) for name in report.found}
+    record(model, [{"op": "attach", "kinds": report.found, "ignore": list(ignore), "input_shape": shape,
+                    "structures": found}])  # fmt: skip
     return model
 
 
 @register_op("attach")
 def _replay_attach(model: nn.Module, edit: dict, *, pruned_later: bool) -> nn.Module:
-    """Gates the kinds the edit names again, unless a ``prune`` follows: gating and then folding
-    the gates away leaves the plain model's modules and keys (a contract of every kind)."""
+    """Gates the structures the edit recorded again (found by label, not re-checked), unless a
+    ``prune`` follows: gating and then folding the gates away leaves the plain model's modules
+    and keys (a contract of every kind)."""
     if pruned_later:
         return model
     shape = edit.get("input_shape")
     example = torch.zeros(1, *shape) if shape else None
-    return attach(model, example, edit["kinds"], ignore=edit.get("ignore", []), inplace=True)
+    if "structures" not in edit:  # written before the edit recorded them: found and checked again
+        return attach(model, example, edit["kinds"], ignore=edit.get("ignore", []), inplace=True)
+    return _gate_model(model, example, edit["kinds"], edit.get("ignore", []), known=edit["structures"])
 
 
 @register_op("convert_transformers")

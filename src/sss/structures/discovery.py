@@ -13,16 +13,17 @@ import torch
 from torch import fx, nn
 
 from sss.errors import UnsupportedModelError
+from sss.structures.boundary import model_errors
 from sss.structures.gate import Gate
 from sss.structures.paths import under
 from sss.structures.prune import prune
 from sss.structures.registry import Discovery, StructureKind, get_kind, parse_kinds
 from sss.structures.torch_transformer import convert_torch_transformers, has_torch_transformers
-from sss.structures.tracing import NORMS, Tracer, trace_graph
+from sss.structures.tracing import NORMS, Tracer, output_tensors, trace_graph
 
 logger = logging.getLogger("sss")
 
-#: What the forward of a compact model whose removal is not exact raises: a layer or reshape whose
+#: What cutting a copy whose removal is not exact may raise: a layer or reshape whose
 #: width no longer fits (RuntimeError), or an index past a cut dimension (IndexError).
 _INEXACT_ERRORS = (RuntimeError, IndexError)
 #: Float types too coarse for the exactness check's 1e-4 tolerance: it runs on an fp32 copy.
@@ -84,16 +85,44 @@ def find_structures(
     """
     check_not_wrapped(model)
     kinds = parse_kinds(kinds)
-    if has_torch_transformers(model):  # what attach would gate: on the rewritten encoder layers
-        model = copy.deepcopy(model)
-        convert_torch_transformers(model, example_inputs, ignore)
-    check_single_path(model, ignore)
+    with model_errors(model, "finding the structures of"):
+        if has_torch_transformers(model):  # what attach would gate: on the rewritten encoder layers
+            model = copy.deepcopy(model)
+            convert_torch_transformers(model, example_inputs, ignore)
+        check_single_path(model, ignore, example_inputs)
+        return _find(model, example_inputs, kinds, ignore)
+
+
+def find_known(
+    model: nn.Module, example_inputs: torch.Tensor | None, known: dict[str, list[str]], ignore: Sequence[str] = ()
+) -> StructureReport:
+    """The structures an ``attach`` recorded (kind → labels), found again on a rebuilt ``model``
+    without the checks they passed when they were found (one path, exact removal): loading a
+    saved model replays its selection instead of rediscovering it.
+
+    Raises:
+        ValueError: A recorded structure is not in ``model`` (it is not the model that was saved).
+    """
+    report = _find(model, example_inputs, list(known), ignore, known)
+    for name, labels in known.items():
+        if missing := sorted(set(labels) - set(report.names(name))):
+            raise ValueError(f"the {name} structures at {', '.join(missing[:3])} were gated when it was saved and "
+                             "are not in this model")  # fmt: skip
+    return report
+
+
+def _find(model: nn.Module, example_inputs: torch.Tensor | None, kinds: list[str], ignore: Sequence[str],
+          known: dict[str, list[str]] | None = None) -> StructureReport:  # fmt: skip
+    """Each kind's structures: all that pass the exactness check, or only the ``known`` labels (unchecked)."""
     discovery = Discovery(model, example_inputs)
     report = StructureReport()
     for name in kinds:
         kind = get_kind(name)
         found, skipped = kind.find(model, example_inputs, ignore, discovery)
-        if found and kind.check_exactness and example_inputs is not None:
+        if known is not None:
+            wanted = set(known[name])
+            found = [c for c in found if kind.label(c) in wanted]
+        elif found and kind.check_exactness and example_inputs is not None:
             found, failed = exact_subset(model, kind, found, example_inputs)
             skipped += [f"{kind.label(c)}: removing its {kind.name} structures changes the output on the example "
                         "and a random input (an op on the way does not keep zeros or moves channels: sigmoid, a "
@@ -143,24 +172,57 @@ def _graph_shape(module: nn.Module, training: bool, ignore: Sequence[str]) -> li
 
 def _culprit(model: nn.Module, fails, ignore: Sequence[str]) -> str | None:
     """The deepest module (not under ``ignore``) for which ``fails(module, ignore inside it)``
-    holds, or None."""
+    holds, or None. A module the test itself cannot handle (it does not trace) is not it."""
     failing = []
     for name, m in model.named_modules():
         if under(name, ignore) or not any(m.children()):
             continue
         inner = [p[len(name) + 1 :] if name else p for p in ignore if not name or p.startswith(name + ".")]
-        if fails(m, inner):
+        try:
+            failed = fails(m, inner)
+        except Exception:
+            failed = False
+        if failed:
             failing.append(name)
     return max(failing, key=lambda n: n.count(".") + bool(n), default=None)
 
 
-def check_single_path(model: nn.Module, ignore: Sequence[str] = ()) -> None:
+def _branches_on_values(model: nn.Module, path: str, example_inputs: torch.Tensor | None) -> bool:
+    """Whether the module at ``path`` branches on its input's values, not only on its shapes:
+    ``torch.fx`` flags both, so the module is exported (``torch.export``, non-strict, on the
+    inputs it gets from ``example_inputs``), which specialises shapes and refuses a branch on a
+    value. Without an example, or if it cannot be exported for another reason, the answer is
+    ``torch.fx``'s (yes)."""
+    if example_inputs is None:
+        return True
+    module = model.get_submodule(path)
+    captured: list[tuple[tuple, dict]] = []
+    hook = module.register_forward_pre_hook(lambda m, a, k: captured.append((a, k)), with_kwargs=True)
+    try:
+        with torch.no_grad():
+            model.eval()(example_inputs)
+    except Exception:
+        return True
+    finally:
+        hook.remove()
+    if not captured:
+        return True
+    args, kwargs = captured[0]
+    try:
+        torch.export.export(module, tuple(args), dict(kwargs), strict=False)
+    except Exception:  # a branch on a value, or another failure: torch.fx's verdict stands
+        return True
+    return False
+
+
+def check_single_path(model: nn.Module, ignore: Sequence[str] = (), example_inputs: torch.Tensor | None = None) -> None:
     """Refuses a model whose forward takes another path on other data or in the other mode.
 
     Structures are found along the path that one example input takes in one mode, so a
     forward that branches on its input's values (``if x.mean() > 0``) or on ``self.training``
     would be gated and cut along that path only, and the compact model would be wrong (or
-    crash) on the other. ``torch.fx`` refuses the first and shows the second as two different
+    crash) on the other. ``torch.fx`` refuses the first (and a branch on a shape, which
+    ``torch.export`` then clears on ``example_inputs``) and shows the second as two different
     graphs; the module to blame is named, so it can be fixed or excluded with ``ignore``.
     A model that ``torch.fx`` cannot trace for another reason is not checked (logged).
     """
@@ -172,21 +234,23 @@ def check_single_path(model: nn.Module, ignore: Sequence[str] = ()) -> None:
             return "control flow" in str(e)
         return False
 
+    was_training = model.training
     try:
         same = _graph_shape(model, True, ignore) == _graph_shape(model, False, ignore)
     except Exception as e:
         culprit = _culprit(model, branches_on_data, ignore) if "control flow" in str(e) else None
-        if culprit is not None:
+        if culprit is not None and _branches_on_values(model, culprit, example_inputs):
             where = culprit or type(model).__name__
             raise UnsupportedModelError(
                 f"{where} branches on the values of its input (torch.fx: {str(e).splitlines()[0]}); gating follows "
                 f"the path of one example input only, so the compact model would be wrong on inputs that take "
                 f"another. Make its forward branch-free, or exclude it with ignore=[{where!r}]"
             ) from None
-        if "control flow" not in str(e):
-            logger.info("%s: torch.fx cannot trace it (%s), so it is not checked for data-dependent paths",
-                        type(model).__name__, type(e).__name__)  # fmt: skip
+        logger.info("%s: torch.fx cannot trace it (%s), so it is not checked for data-dependent paths",
+                    type(model).__name__, type(e).__name__)  # fmt: skip
         return
+    finally:
+        model.train(was_training)
     if not same:
         culprit = _culprit(model, lambda m, ig: _graph_shape(m, True, ig) != _graph_shape(m, False, ig), ignore)
         if culprit is not None:
@@ -205,7 +269,7 @@ def exact_subset(
 
     A half-precision model is checked as an fp32 copy (its removal is exact or not at any
     precision; fp16 rounding alone exceeds the tolerance), on fp32 inputs."""
-    inputs = _probe_inputs(example_inputs, torch.float32 if _is_low_precision(model) else None)
+    inputs = _probe_inputs(example_inputs, torch.float32 if _is_low_precision(model) else None, model)
     if _removes_exactly(model, kind, candidates, inputs):
         return candidates, []
     exact, failed = [], []
@@ -214,14 +278,21 @@ def exact_subset(
     return exact, failed
 
 
-def _probe_inputs(example_inputs: torch.Tensor, dtype: torch.dtype | None = None) -> list[torch.Tensor]:
-    """The example and, for float inputs, a signed random batch of its shape: an example of
-    zeros (what the trainer traces with) would not exercise ops such as ``relu_(x)``. Float
-    inputs are cast to ``dtype`` if given (the dtype of the checked copy)."""
-    if not example_inputs.is_floating_point():
-        return [example_inputs]
-    example = example_inputs.to(dtype or example_inputs.dtype)
+def _probe_inputs(example_inputs: torch.Tensor, dtype: torch.dtype | None = None,
+                  model: nn.Module | None = None) -> list[torch.Tensor]:  # fmt: skip
+    """The example and a random batch of its shape: an example of zeros (what the trainer traces
+    with) would not exercise ops such as ``relu_(x)``. Float inputs get a signed normal batch,
+    cast to ``dtype`` if given (the dtype of the checked copy); integer inputs (token ids) get
+    random ids inside the smallest embedding table of ``model`` (the vocabulary, or the positions)."""
     gen = torch.Generator().manual_seed(0)
+    if not example_inputs.is_floating_point():
+        modules = model.modules() if model is not None else []
+        tables = [m.num_embeddings for m in modules if isinstance(m, nn.Embedding)]
+        if not tables or example_inputs.dtype == torch.bool:
+            return [example_inputs]
+        ids = torch.randint(0, min(tables), example_inputs.shape, generator=gen)
+        return [example_inputs, ids.to(device=example_inputs.device, dtype=example_inputs.dtype)]
+    example = example_inputs.to(dtype or example_inputs.dtype)
     noise = torch.randn(example.shape, generator=gen).to(device=example.device, dtype=example.dtype)
     return [example, noise]
 
@@ -261,8 +332,9 @@ def _removes_exactly(model: nn.Module, kind: StructureKind, candidates: list[Any
     """Gates ``candidates`` in a copy with random state (see :func:`_check_copy`) and checks, for
     two factor patterns (every other factor zero, the rest 0.75; then the other half zero), that
     pruning keeps the outputs (to 1e-4 relative) on every probe input: removal and folding both
-    checked. A compact model that cannot run (:data:`_INEXACT_ERRORS`) fails the check; any other
-    error, and any error before the cut, is a bug and propagates."""
+    checked. A compact model that cannot run (any error of its forward, or
+    :data:`_INEXACT_ERRORS` of the cut) fails the check; any other error, and any error before
+    the cut, is a bug and propagates."""
     for zero_first in (True, False):
         trial = _check_copy(model)
         kind.gate(trial, candidates)
@@ -278,11 +350,31 @@ def _removes_exactly(model: nn.Module, kind: StructureKind, candidates: list[Any
             expected = [trial(x.clone()) for x in inputs]  # clones: the model may write into x
             try:
                 compact = prune(trial)
-                actual = [compact(x.clone()) for x in inputs]
             except _INEXACT_ERRORS:
                 return False
-        for a, e in zip(actual, expected, strict=True):
-            scale = float(e.abs().max()) or 1.0
-            if a.shape != e.shape or float((a - e).abs().max()) > 1e-4 * scale:
+            try:
+                actual = [compact(x.clone()) for x in inputs]
+            except Exception:  # the model's code refuses the narrower widths (a reshape, an assert)
                 return False
+        for a, e in zip(actual, expected, strict=True):
+            if not _same_output(a, e):
+                return False
+    return True
+
+
+def _same_output(actual: Any, expected: Any) -> bool:
+    """Whether two outputs hold the same tensors (a tensor, or a tuple, dict or ``ModelOutput``
+    of them), each to 1e-4 of its largest value."""
+    pairs = list(zip(output_tensors(actual), output_tensors(expected), strict=False))
+    if len(pairs) != len(output_tensors(expected)):
+        return False
+    for a, e in pairs:
+        if a.shape != e.shape:
+            return False
+        if e.is_floating_point():
+            scale = float(e.abs().max()) if e.numel() else 0.0
+            if e.numel() and float((a - e).abs().max()) > 1e-4 * (scale or 1.0):
+                return False
+        elif not torch.equal(a, e):
+            return False
     return True

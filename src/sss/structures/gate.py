@@ -76,7 +76,24 @@ class ChannelGated(nn.Module):
         return y * self.scale().view((1, -1) + (1,) * (y.dim() - 2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.norm_act:  # the factor scales the norm's affine, before the layer's own activation
+            scale = self.scale()
+            affine = {"weight": self.inner.weight * scale, "bias": self.inner.bias * scale}
+            return torch.func.functional_call(self.inner, affine, (x,), strict=False)
         return self.scaled(self.inner(x))
+
+    @property
+    def norm_act(self) -> bool:
+        """Whether ``inner`` is a norm with an activation of its own (timm's ``BatchNormAct2d``):
+        ``act(λ·norm(x))`` is what folding λ into the norm's affine gives, and for a
+        non-homogeneous activation (SiLU, GELU) it is not ``λ·act(norm(x))``."""
+        return is_norm_act(self.inner)
+
+
+def is_norm_act(m: nn.Module) -> bool:
+    """A BatchNorm subclass with an ``act`` submodule applied in its own forward (timm's norm-act layers)."""
+    return (isinstance(m, nn.modules.batchnorm._BatchNorm) and isinstance(getattr(m, "act", None), nn.Module)
+            and not isinstance(m.act, nn.Identity) and m.affine)  # fmt: skip
 
 
 @dataclass(frozen=True)

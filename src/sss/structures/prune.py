@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from sss.structures.boundary import model_errors
 from sss.structures.gate import gates, unwrap_gated_layers
 from sss.structures.history import record, register_op
 from sss.structures.kinds.channels import cut_slices
@@ -51,17 +52,18 @@ def prune(
     round_to = _checked_round_to(round_to)
     kinds = kind_names() if structures is None else parse_kinds(structures)
     was_training = model.training
-    compact = copy.deepcopy(model).eval()
-    if threshold > 0:
-        zero_small_factors(compact, threshold, kinds)
-    removal = Removal()
-    for name in kind_names():
-        get_kind(name).plan(compact, name in kinds, round_to, removal)
-    unwrap_gated_layers(compact)
-    edits: list[Edit] = [{"op": "prune", "structures": list(kinds), "round_to": round_to}]
-    edits += _apply_cuts(compact, removal.cuts)
-    for step in removal.steps:
-        edits += step(compact)
+    with model_errors(model, "pruning"):
+        compact = copy.deepcopy(model).eval()
+        if threshold > 0:
+            zero_small_factors(compact, threshold, kinds)
+        removal = Removal()
+        for name in kind_names():
+            get_kind(name).plan(compact, name in kinds, round_to, removal)
+        unwrap_gated_layers(compact)
+        edits: list[Edit] = [{"op": "prune", "structures": list(kinds), "round_to": round_to}]
+        edits += _apply_cuts(compact, removal.cuts)
+        for step in removal.steps:
+            edits += step(compact)
     leftover = gates(compact)
     if leftover:
         raise NotImplementedError(f"no registered kind folds gate(s) {[g.name for g in leftover]}")

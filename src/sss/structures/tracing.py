@@ -58,15 +58,39 @@ def is_attention(m: nn.Module) -> bool:
     return all(linear) and isinstance(getattr(m, "num_heads", None), int)
 
 
+#: Norm layers, and every subclass of theirs (timm's ``BatchNormAct2d``), stay leaves of a trace:
+#: a subclass's forward branches on ``self.training`` to update its running statistics, as
+#: ``nn.BatchNorm2d``'s does, and that is no other path through the model.
+LEAF_NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+
+
+#: Attribute names of the separate query/key/value projections of Hugging Face-style attention.
+QKV_NAMES = (("q_proj", "k_proj", "v_proj"), ("query", "key", "value"))
+
+
+def qkv_projections(model: nn.Module) -> list[nn.Module]:
+    """The query, key and value projections of every attention module with separate ones (Hugging
+    Face's ``q_proj``/``k_proj``/``v_proj`` or ``query``/``key``/``value`` linear layers)."""
+    found = []
+    for m in model.modules():
+        for names in QKV_NAMES:
+            layers = [getattr(m, n, None) for n in names]
+            if all(isinstance(layer, nn.Linear | ChannelGated) for layer in layers):
+                found += layers
+    return found
+
+
 class Tracer(fx.Tracer):
-    """Keeps sss wrappers, torch.nn layers and attention modules as leaves, and proxies buffers
-    (no baked constants). An attention module stays a leaf because tracing through it would
-    bake its ``num_heads`` into the graph's reshapes, and removing heads changes it."""
+    """Keeps sss wrappers, torch.nn layers, norm layers (and their subclasses) and attention
+    modules as leaves, and proxies buffers (no baked constants). An attention module stays a leaf
+    because tracing through it would bake its ``num_heads`` into the graph's reshapes, and
+    removing heads changes it."""
 
     proxy_buffer_attributes = True
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, ChannelGated | Gate) or is_attention(m) or super().is_leaf_module(m, qualname)
+        return (isinstance(m, (ChannelGated, Gate, *LEAF_NORMS)) or is_attention(m)
+                or super().is_leaf_module(m, qualname))  # fmt: skip
 
 
 @contextmanager
@@ -185,7 +209,8 @@ def build_graph(model: nn.Module, example_inputs: torch.Tensor) -> tp.Dependency
         with warnings.catch_warnings():  # a parameter outside any layer (a ViT's cls_token): its
             # channels join the embedding's group, which a LayerNorm keeps out of reach anyway
             warnings.filterwarnings("ignore", message="Unwrapped parameters")
-            return tp.DependencyGraph().build_dependency(model.eval(), example_inputs=example_inputs)
+            return tp.DependencyGraph().build_dependency(model.eval(), example_inputs=example_inputs,
+                                                         output_transform=output_tensors)  # fmt: skip
     except Exception as e:
         raise UnsupportedModelError(
             f"cannot trace {type(model).__name__} on the example input ({type(e).__name__}: {e}); channel "
@@ -194,6 +219,18 @@ def build_graph(model: nn.Module, example_inputs: torch.Tensor) -> tp.Dependency
         ) from e
     finally:
         model.train(was_training)
+
+
+def output_tensors(out: Any) -> list[torch.Tensor]:
+    """Every tensor of a model's output, in order: a tensor, or tuples, lists and dicts of them
+    (Hugging Face's ``ModelOutput`` is a dict); anything else (a key/value cache) is left out."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, list | tuple):
+        return [t for item in out for t in output_tensors(item)]
+    return []
 
 
 def call_counts(model: nn.Module, example_inputs: torch.Tensor) -> dict[nn.Module, int]:

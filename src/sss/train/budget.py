@@ -10,12 +10,15 @@ from torch import nn
 
 from sss.budget.controller import BudgetController, dense_architecture
 from sss.budget.magnitude import hold_largest_at_one
-from sss.budget.targets import chosen_target, is_relative
+from sss.budget.targets import is_relative
 from sss.measure import compare_latency
 from sss.measure.latency import device_name
 from sss.measure.latency_model import calibrate_latency
 from sss.train.batchnorm import recalibrate_batchnorm
 from sss.train.callbacks import Callback, TrainerState
+from sss.train.config import TrainConfig
+from sss.train.plan import SelectionPlan
+from sss.train.runtime import Runtime
 
 
 class BudgetCallback(Callback):
@@ -30,22 +33,22 @@ class BudgetCallback(Callback):
         self.controller, self.relative_latency = controller, relative_latency
 
     def on_factor_step(self, trainer: TrainerState) -> None:
-        if self.controller.selection_steps is not None:  # steered by distance: relative factors
+        if self.controller.steering.relative_factors:  # steered by distance
             hold_largest_at_one(trainer.model)
         self.controller.after_step(trainer.model, trainer.factors_opt)
 
     def on_epoch_end(self, trainer: TrainerState) -> None:
-        if self.controller.selection_steps is not None and trainer.selecting:
+        if self.controller.steering.relative_factors and trainer.selecting:
             recalibrate_batchnorm(trainer.model, trainer.train_data, trainer.cfg.batch_size, trainer.runtime)
 
     def on_selection_end(self, trainer: TrainerState) -> None:
         budget = self.controller
-        if budget.metric != "latency":
+        if budget.target.metric != "latency":
             lines = budget.land(trainer.model)[1]
         else:
             lines = budget.land_measured(trainer.model, self._timer(trainer, passes := []))
             lines += passes
-        if budget.selection_steps is not None:  # the landing's zeros shift the statistics too
+        if budget.steering.relative_factors:  # the landing's zeros shift the statistics too
             recalibrate_batchnorm(trainer.model, trainer.train_data, trainer.cfg.batch_size, trainer.runtime)
         for line in lines:
             trainer.log(line)
@@ -65,7 +68,7 @@ class BudgetCallback(Callback):
                     f"budget: check {len(passes) + 1}: {ms['m']:.2f} ms, the dense model "
                     f"{ms['dense']:.2f} ms in the same pass: {ms['m'] / ms['dense']:.1%} of dense"
                 )
-            value = ms["m"] * (self.controller.dense / ms["dense"] if dense is not None else 1.0)
+            value = ms["m"] * (self.controller.ranking.dense / ms["dense"] if dense is not None else 1.0)
             return trainer.runtime.agree(value if trainer.runtime.main else None)
 
         return measure
@@ -77,26 +80,14 @@ class BudgetCallback(Callback):
         self.controller.load_state(state)
 
 
-def steering(cfg) -> str:
-    """``cfg.steer`` with ``auto`` resolved: by distance from trained weights (``init`` or a dense
-    warm-up, :attr:`TrainConfig.from_trained`), else doubling."""
-    return cfg.steer if cfg.steer != "auto" else ("distance" if cfg.from_trained else "doubling")
-
-
-def steers_by_distance(cfg) -> bool:
-    """Whether a budget will steer the factors by distance (their optimizer then has no momentum)."""
-    return chosen_target(cfg) is not None and steering(cfg) == "distance"
-
-
-def create_budget(cfg, model: nn.Module, example: torch.Tensor, optimizer: torch.optim.Optimizer | None,
-                  runtime, log: Callable[[str], None], selection_steps: int) -> BudgetCallback | None:  # fmt: skip
+def create_budget(plan: SelectionPlan, cfg: TrainConfig, model: nn.Module, example: torch.Tensor,
+                  optimizer: torch.optim.Optimizer | None, runtime: Runtime,
+                  log: Callable[[str], None]) -> BudgetCallback | None:  # fmt: skip
     """The run's budget callback (``None`` without a target or factors). A latency target first
-    fits a :class:`~sss.measure.latency_model.LatencyModel` on rank 0 (every rank uses its fit).
-    ``selection_steps``: factor steps until the selection ends (steered by distance)."""
-    target = chosen_target(cfg)
-    if target is None or optimizer is None:
+    fits a :class:`~sss.measure.latency_model.LatencyModel` on rank 0 (every rank uses its fit)."""
+    if plan.target is None or optimizer is None:
         return None
-    metric, value = target
+    metric, value = plan.target
     latency = None
     if metric == "latency":
         fitted = calibrate_latency(model, example, batch=cfg.latency_batch, device=runtime.device, seed=cfg.seed)
@@ -112,6 +103,6 @@ def create_budget(cfg, model: nn.Module, example: torch.Tensor, optimizer: torch
         optimizer,
         round_to=cfg.round_to,
         latency=latency,
-        selection_steps=selection_steps if steering(cfg) == "distance" else None,
+        selection_steps=plan.selection_steps if plan.steered_by_distance else None,
     )
     return BudgetCallback(controller, relative_latency=metric == "latency" and is_relative(value))

@@ -23,12 +23,13 @@ from sss.serialization import save, save_state
 from sss.serialization.weights import load_weights
 from sss.structures import attach, gates
 from sss.structures.prune import prune, zero_small_factors
-from sss.train.budget import create_budget, steers_by_distance
+from sss.train.budget import create_budget
 from sss.train.callbacks import Callback
 from sss.train.checks import check_collapse, diverged, epoch_line, nonfinite_tensors, suspect_loss
 from sss.train.config import TrainConfig
 from sss.train.distill import create_distillation
 from sss.train.freeze import FreezeMixin
+from sss.train.plan import resolve_plan
 from sss.train.results import BatchResult, EpochRecord, TrainResult
 from sss.train.resume import ResumeMixin
 from sss.train.run_folder import CHECKPOINT, RunFolder
@@ -102,6 +103,7 @@ class Trainer(FreezeMixin, ResumeMixin):
             full = full.subset(torch.randperm(len(full), generator=torch.Generator().manual_seed(cfg.seed))
                                [: cfg.train_subset].sort().values.numpy())  # fmt: skip
         self.train_data, self.val_data = split_validation(full, cfg.val_size, seed=cfg.seed)
+        self.plan = resolve_plan(cfg, len(self.train_data))
         torch.manual_seed(cfg.seed)
         self.example = torch.zeros(1, *full.shape)
         if model is None:
@@ -132,10 +134,7 @@ class Trainer(FreezeMixin, ResumeMixin):
         if self.is_set_up:
             return
         cfg = self.cfg
-        selection_steps = ((cfg.freeze_epoch or cfg.epochs) - cfg.selection_start) * (
-            len(self.train_data) // cfg.batch_size
-        )
-        budget = create_budget(cfg, self.model, self.example, self.factors_opt, self.runtime, self.log, selection_steps)
+        budget = create_budget(self.plan, cfg, self.model, self.example, self.factors_opt, self.runtime, self.log)
         self.callbacks = [*([budget] if budget else []), *self.callbacks]
         if len({c.name for c in self.callbacks}) < len(self.callbacks):
             raise ValueError(f"callback names must be unique, got {[c.name for c in self.callbacks]}")
@@ -165,17 +164,9 @@ class Trainer(FreezeMixin, ResumeMixin):
             self.log(f"initialised {cfg.model} from {cfg.init}")
         if cfg.sparsity != "none":
             model = attach(model, self.example, structures=cfg.structures, inplace=True)
-            if self.magnitude_init and not cfg.selection_start:
+            if self.plan.from_magnitudes and not cfg.selection_start:
                 init_from_magnitudes(model)  # the same function; the factors rank the trained structures
         return model
-
-    @property
-    def magnitude_init(self) -> bool:
-        """Whether the factors start from their structures' weight magnitudes (``factor_init``)."""
-        cfg = self.cfg
-        return (
-            cfg.factor_init if cfg.factor_init != "auto" else "magnitude" if cfg.from_trained else "one"
-        ) == "magnitude"
 
     @property
     def selecting(self) -> bool:
@@ -188,7 +179,7 @@ class Trainer(FreezeMixin, ResumeMixin):
         method = cfg.sparsity if cfg.sparsity != "none" else "apg"
         return build_optimizers(self.model, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                                 method=method, gamma=cfg.gamma, gamma_weights=self.gamma_weights(),
-                                steered_by_distance=steers_by_distance(cfg))  # fmt: skip
+                                steered_by_distance=self.plan.steered_by_distance)  # fmt: skip
 
     def gamma_weights(self) -> dict[str, float] | None:
         """Per-gate γ multipliers when ``gamma_macs_power`` > 0 (see :func:`sss.measure.mac_weights`)."""
@@ -328,7 +319,7 @@ class Trainer(FreezeMixin, ResumeMixin):
         while self.epoch < cfg.total_epochs:
             if self.epoch == cfg.freeze_epoch and not self.frozen:
                 self._freeze_and_log()
-            if self.epoch == cfg.selection_start > 0 and self.factors_opt is not None and self.magnitude_init:
+            if self.epoch == cfg.selection_start > 0 and self.factors_opt is not None and self.plan.from_magnitudes:
                 init_from_magnitudes(self.model)  # from the warmed-up weights, as from a trained model
                 self.log(f"selection starts at epoch {self.epoch + 1}: factors from the structures' magnitudes")
             start = time.perf_counter()

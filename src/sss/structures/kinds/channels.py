@@ -28,10 +28,10 @@ import torch_pruning as tp
 from torch import nn
 
 from sss.errors import UnsupportedModelError
-from sss.structures.gate import ChannelGated, Gate
+from sss.structures.gate import ChannelGated, Gate, is_norm_act
 from sss.structures.paths import under
 from sss.structures.registry import Discovery, Removal, StructureKind, register_kind
-from sss.structures.tracing import LAYERS, NORMS, in_width, out_width
+from sss.structures.tracing import LAYERS, NORMS, in_width, out_width, qkv_projections
 
 
 @dataclass(frozen=True)
@@ -100,6 +100,9 @@ def describe(
             return f"the traced channel mapping does not fit {path} (channels padded or reshaped on the way)"
         if role == "out" and isinstance(module, LAYERS):
             users = graph.module2node[module].outputs
+            if len(users) == 1 and users[0].module not in names and [is_norm_act(u.module) for u in users[0].outputs] \
+                    == [True]:  # fmt: skip
+                users = users[0].outputs  # a norm with its own activation: its batch_norm op is a node of its own
             if len(users) == 1 and isinstance(users[0].module, NORMS) and users[0].module in names:
                 norms_after[path] = names[users[0].module]
     all_slices = [LayerSlice(p, r, tuple(tuple(ix) for ix in index)) for (p, r), index in slices.items()]
@@ -221,7 +224,10 @@ class ChannelKind(LayerGateKind):
     not_found = "removable channel structures"
 
     def describe_all(self, discovery: Discovery) -> Iterator[tuple[str, ChannelGroup | str]]:
-        for tp_group in discovery.graph.get_all_groups(root_module_types=LAYERS):
+        # An attention's query/key/value rows are its heads' (the head kind's), and Torch-Pruning's
+        # search from them never ends on rotary embeddings and grouped-query reshapes (HF Llama).
+        heads = qkv_projections(discovery.model)
+        for tp_group in discovery.graph.get_all_groups(root_module_types=LAYERS, ignored_layers=heads):
             root = discovery.names.get(tp_group[0].dep.target.module, "?")
             yield root, describe(discovery.graph, tp_group, discovery.names, discovery.calls)
 

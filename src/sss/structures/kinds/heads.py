@@ -8,10 +8,11 @@ nothing else: the attention weights come from ``q`` and ``k``. So ``λ_h = 0`` z
 columns of ``proj``'s input, and the head's ``q``, ``k``, ``v`` rows and those columns can be
 cut with ``num_heads`` lowered by one: the same function. The head dim stays.
 
-Found by attributes (a module with ``qkv`` and ``proj`` linear layers and an int ``num_heads``),
-then checked for exact removal on the example input as every kind is: a forward that reshapes
-by the original width (``reshape(B, N, C)`` instead of ``-1``) fails the check and is skipped
-with the reason.
+Found by attributes (a module with ``qkv`` and ``proj`` linear layers and an int ``num_heads``:
+the zoo's ViT, torch's rewritten encoder layers, timm's ``Attention``, whose ``attn_dim`` follows
+``num_heads`` and whose gated form's ``gate`` rows go with their heads), then checked for exact
+removal on the example input as every kind is: a forward that reshapes by the original width
+(``reshape(B, N, C)`` instead of ``-1``) fails the check and is skipped with the reason.
 """
 
 from __future__ import annotations
@@ -37,12 +38,18 @@ def describe_heads(m: nn.Module, path: str, calls: dict[nn.Module, int]) -> Chan
     for layer in (qkv, proj):
         if calls.get(layer, 0) > 1:
             return f"its {'qkv' if layer is qkv else 'proj'} is used {calls[layer]} times in forward"
+    norm = getattr(m, "norm", None)
+    if isinstance(norm, nn.Module) and not isinstance(norm, nn.Identity):
+        return f"it normalises the heads' concatenated outputs ({type(norm).__name__}), over a width a cut changes"
     dim = width // heads
     own = [tuple(range(h * dim, (h + 1) * dim)) for h in range(heads)]
     rows = tuple(tuple(i + part * width for part in range(3) for i in own[h]) for h in range(heads))
     values = tuple(tuple(i + 2 * width for i in own[h]) for h in range(heads))
     prefix = f"{path}." if path else ""
     slices = (LayerSlice(f"{prefix}qkv", "out", rows), LayerSlice(f"{prefix}proj", "in", tuple(own)))
+    gate = getattr(m, "gate", None)  # timm's gated attention: a sigmoid gate per output feature
+    if isinstance(gate, nn.Linear) and gate.out_features == width:
+        slices += (LayerSlice(f"{prefix}gate", "out", tuple(own)),)
     return ChannelGroup(name=path, channels=heads, gated=(LayerSlice(f"{prefix}qkv", "out", values),),
                         slices=slices, kind="head")  # fmt: skip
 
@@ -71,7 +78,15 @@ class HeadKind(LayerGateKind):
             removal.steps.append(set_heads)
 
     def replay(self, model: nn.Module, edit: Edit) -> None:
-        model.get_submodule(edit["path"]).num_heads = int(edit["num_heads"])
+        set_num_heads(model.get_submodule(edit["path"]), int(edit["num_heads"]))
+
+
+def set_num_heads(attention: nn.Module, heads: int) -> None:
+    """Lowers an attention module's head count, and its attention width where it keeps one
+    (timm's ``attn_dim = num_heads · head_dim``, which its forward reshapes by)."""
+    if isinstance(getattr(attention, "attn_dim", None), int) and isinstance(getattr(attention, "head_dim", None), int):
+        attention.attn_dim = heads * attention.head_dim
+    attention.num_heads = heads
 
 
 register_kind(HeadKind())

@@ -1,0 +1,139 @@
+"""The layers the model zoos are built of, one scenario each: timm's norm+activation layers and
+``Attention`` (fused qkv, q/k norms, ``attn_dim``, gated form), Hugging Face outputs and token
+inputs, a shape check in a forward, and model code that raises: each gated and pruned exactly,
+or refused as an sss error naming the module."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import sss
+from sss.structures.kinds.heads import describe_heads
+
+from .helpers import assert_exact_and_smaller, random_gated
+
+timm_layers = pytest.importorskip("timm.layers")
+
+
+class NormActNet(nn.Module):
+    """conv → BatchNormAct2d(SiLU) twice, then a classifier: timm's EfficientNet/MobileNet stem."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn1 = timm_layers.BatchNormAct2d(8, act_layer=nn.SiLU)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.bn2 = timm_layers.BatchNormAct2d(8, act_layer=nn.GELU)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.head(self.bn2(self.conv2(self.bn1(self.conv1(x)))).mean((2, 3)))
+
+
+def test_channels_behind_a_norm_with_its_own_activation_prune_exactly():
+    """The factor scales the norm's affine, before its SiLU/GELU: folding λ into the norm then
+    computes the same function (a factor after a non-homogeneous activation would not)."""
+    x = torch.randn(2, 3, 8, 8)
+    gated = random_gated(NormActNet(), x, ("channel",))
+    assert {r.name for r in sss.gates(gated)} == {"bn1.gate", "bn2.gate"}  # not refused as a training branch
+    compact = assert_exact_and_smaller(gated, x)
+    assert isinstance(compact.bn1, timm_layers.BatchNormAct2d) and compact.bn1.num_features < 8
+    gated.train()
+    compact = sss.prune(gated).train()
+    torch.testing.assert_close(compact(x), gated(x), rtol=1e-5, atol=1e-5)  # batch statistics too
+
+
+class AttentionBlock(nn.Module):
+    def __init__(self, **kw) -> None:
+        super().__init__()
+        self.attn = timm_layers.Attention(32, num_heads=4, qkv_bias=True, **kw)
+        self.head = nn.Linear(32, 3)
+
+    def forward(self, x):
+        return self.head((x + self.attn(x)).mean(1))
+
+
+@pytest.mark.parametrize("kw", [{}, {"qk_norm": True, "norm_layer": nn.LayerNorm}, {"gated": True}],
+                         ids=["plain", "qk_norm", "gated"])  # fmt: skip
+def test_timm_attention_loses_whole_heads(kw):
+    """timm's ``Attention`` reshapes by ``attn_dim``; removing heads lowers it with ``num_heads``
+    (and cuts a gated form's ``gate`` rows): the same function, saved and loaded."""
+    x = torch.randn(2, 5, 32)
+    gated = random_gated(AttentionBlock(**kw), x, ("head",))
+    (ref,) = sss.gates(gated)
+    assert ref.name == "attn.qkv.gate" and ref.weight.numel() == 4
+    compact = assert_exact_and_smaller(gated, x)
+    kept = int((ref.weight != 0).sum())
+    assert compact.attn.num_heads == kept and compact.attn.attn_dim == 8 * kept
+    assert compact.attn.qkv.out_features == 3 * 8 * kept and compact.attn.proj.in_features == 8 * kept
+
+
+def test_attention_normalising_its_heads_output_is_refused_with_the_reason():
+    attn = timm_layers.Attention(32, num_heads=4, scale_norm=True, norm_layer=nn.LayerNorm)
+    assert "normalises the heads' concatenated outputs" in describe_heads(attn, "attn", {})
+
+
+class ShapeChecked(nn.Module):
+    """Python control flow on a shape: torch.fx sees a branch, but every input of this shape takes it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x):
+        if x.shape[1] != 3:
+            raise ValueError("three channels expected")
+        return self.head(torch.relu(self.bn(self.conv(x))).mean((2, 3)))
+
+
+class ValueBranch(ShapeChecked):
+    def forward(self, x):
+        y = torch.relu(self.bn(self.conv(x)))
+        if y.mean() > 0.5:  # another path for other data
+            y = y * 2
+        return self.head(y.mean((2, 3)))
+
+
+def test_a_branch_on_a_shape_is_not_a_branch_on_values():
+    x = torch.randn(2, 3, 8, 8)
+    assert_exact_and_smaller(random_gated(ShapeChecked(), x, ("channel",)), x)
+    with pytest.raises(sss.UnsupportedModelError, match="branches on the values of its input"):
+        sss.attach(ValueBranch(), x, ("channel",))
+
+
+class Residual(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)
+
+    def forward(self, x):
+        return x + self.bn(self.conv(x))
+
+
+def test_an_error_raised_by_the_models_code_names_the_module():
+    """The example does not fit the model: torch's error reaches the user as an sss error that
+    names the layer and the original error, not as a raw RuntimeError from deep inside."""
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), Residual(), nn.Flatten(), nn.Linear(8 * 4 * 4, 2))
+    with pytest.raises(sss.UnsupportedModelError) as err:
+        sss.attach(model, torch.randn(1, 3, 6, 6), ("block",))
+    message = str(err.value)
+    assert "3 (Linear)" in message and "RuntimeError" in message and "\n" not in message
+
+
+def test_hugging_face_outputs_and_token_inputs():
+    """A ``ModelOutput`` is compared tensor by tensor, token ids are probed inside the vocabulary,
+    and the compact model loads from its unpruned form."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                      intermediate_size=64, max_position_embeddings=16, num_labels=3)  # fmt: skip
+    torch.manual_seed(0)
+    model = transformers.BertForSequenceClassification(config).eval()
+    ids = torch.randint(0, 50, (2, 8))
+    gated = random_gated(model, ids[:1], ("channel",))
+    compact = sss.prune(gated)
+    with torch.no_grad():
+        torch.testing.assert_close(compact(ids).logits, gated(ids).logits, rtol=1e-5, atol=1e-5)
+    assert compact.bert.encoder.layer[0].intermediate.dense.out_features < 64
