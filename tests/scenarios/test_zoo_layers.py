@@ -137,3 +137,25 @@ def test_hugging_face_outputs_and_token_inputs():
     with torch.no_grad():
         torch.testing.assert_close(compact(ids).logits, gated(ids).logits, rtol=1e-5, atol=1e-5)
     assert compact.bert.encoder.layer[0].intermediate.dense.out_features < 64
+
+
+def test_grouped_query_attention_loses_whole_key_value_groups():
+    """Llama's heads share key/value heads (4 query heads, 2 key/value heads): a structure is one
+    key/value head with the query heads that read it, so the query-per-kv ratio stays."""
+    transformers = pytest.importorskip("transformers")
+    sizes = {"vocab_size": 50, "hidden_size": 32, "intermediate_size": 64, "max_position_embeddings": 16}
+    config = transformers.LlamaConfig(**sizes, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2)
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config).eval()
+    ids = torch.randint(0, 50, (2, 8))
+    gated = sss.attach(model, ids[:1], ("head",))
+    (ref,) = sss.gates(gated)
+    assert ref.weight.numel() == 2  # key/value heads, not query heads
+    with torch.no_grad():
+        ref.weight[0] = 0.0
+        ref.weight[1] = 0.6
+    compact = sss.prune(gated)
+    attn = compact.model.layers[0].self_attn
+    assert (attn.q_proj.out_features, attn.k_proj.out_features, attn.o_proj.in_features) == (16, 8, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(compact(ids).logits, gated(ids).logits, rtol=1e-5, atol=1e-5)

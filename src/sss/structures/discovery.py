@@ -118,7 +118,12 @@ def _find(model: nn.Module, example_inputs: torch.Tensor | None, kinds: list[str
     report = StructureReport()
     for name in kinds:
         kind = get_kind(name)
-        found, skipped = kind.find(model, example_inputs, ignore, discovery)
+        try:
+            found, skipped = kind.find(model, example_inputs, ignore, discovery)
+        except UnsupportedModelError as e:  # this kind cannot read the model; the others may
+            if len(kinds) == 1:
+                raise
+            found, skipped = [], [f"{name}: {e}"]
         if known is not None:
             wanted = set(known[name])
             found = [c for c in found if kind.label(c) in wanted]

@@ -22,9 +22,10 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from sss.structures.gate import ChannelGated
 from sss.structures.kinds.channels import ChannelGroup, LayerGateKind, LayerSlice
 from sss.structures.registry import Discovery, Edit, Removal, register_kind
-from sss.structures.tracing import is_attention
+from sss.structures.tracing import QKV_NAMES, is_attention
 
 
 def describe_heads(m: nn.Module, path: str, calls: dict[nn.Module, int]) -> ChannelGroup | str:
@@ -54,6 +55,72 @@ def describe_heads(m: nn.Module, path: str, calls: dict[nn.Module, int]) -> Chan
                         slices=slices, kind="head")  # fmt: skip
 
 
+#: Where a Hugging Face-style attention keeps its output projection: its own attribute, or its
+#: parent's ``output.dense`` (BERT's and HF ViT's ``SelfAttention`` / ``SelfOutput`` pair).
+_OUTPUT_NAMES = ("o_proj", "out_proj", "dense")
+
+
+def separate_projections(m: nn.Module) -> tuple[str, str, str] | None:
+    """The attribute names of ``m``'s separate query, key and value linear layers, if it has them."""
+    for names in QKV_NAMES:
+        if all(isinstance(_plain(getattr(m, n, None)), nn.Linear) for n in names):
+            return names
+    return None
+
+
+def _plain(layer: nn.Module | None) -> nn.Module | None:
+    return layer.inner if isinstance(layer, ChannelGated) else layer
+
+
+def _output_projection(model: nn.Module, m: nn.Module, path: str) -> str | None:
+    prefix = f"{path}." if path else ""
+    for name in _OUTPUT_NAMES:
+        if isinstance(_plain(getattr(m, name, None)), nn.Linear):
+            return prefix + name
+    parent = path.rsplit(".", 1)[0] if "." in path else ""
+    if parent != path and isinstance(_plain(getattr(getattr(model.get_submodule(parent), "output", None), "dense",
+                                                        None)), nn.Linear):  # fmt: skip
+        return f"{parent}.output.dense" if parent else "output.dense"
+    return None
+
+
+def describe_separate_heads(
+    model: nn.Module, m: nn.Module, path: str, calls: dict[nn.Module, int]
+) -> ChannelGroup | str:
+    """The heads of a Hugging Face-style attention (separate q/k/v projections, an output
+    projection, a per-head width ``head_dim`` or ``attention_head_size``), one structure per
+    key/value head: its key and value rows, the rows of the query heads that read it, and those
+    heads' columns of the output projection (grouped-query attention keeps its query-per-kv
+    ratio). The factor scales the key/value head's value rows."""
+    names = separate_projections(m)
+    out_path = _output_projection(model, m, path)
+    if names is None or out_path is None:
+        return "it has no output projection next to its query/key/value layers"
+    q, k, v = (_plain(getattr(m, n)) for n in names)
+    out = _plain(model.get_submodule(out_path))
+    dim = getattr(m, "head_dim", None) or getattr(m, "attention_head_size", None)
+    if not isinstance(dim, int) or q.out_features % dim or k.out_features % dim or k.out_features != v.out_features:
+        return f"its head width ({dim!r}) does not divide its query/key/value layers"
+    heads, kv_heads = q.out_features // dim, k.out_features // dim
+    if heads % kv_heads or out.in_features != q.out_features:
+        return (f"its {heads} query heads do not share {kv_heads} key/value heads evenly, or its output reads "
+                "another width")  # fmt: skip
+    if kv_heads < 2:
+        return "it has one key/value head"
+    for layer in (q, k, v, out):
+        if calls.get(layer, 0) > 1:
+            return f"a projection of it is used {calls[layer]} times in forward"
+    per = heads // kv_heads
+    kv_rows = tuple(tuple(range(g * dim, (g + 1) * dim)) for g in range(kv_heads))
+    q_rows = tuple(tuple(range(g * per * dim, (g + 1) * per * dim)) for g in range(kv_heads))
+    prefix = f"{path}." if path else ""
+    qp, kp, vp = (prefix + n for n in names)
+    slices = (LayerSlice(qp, "out", q_rows), LayerSlice(kp, "out", kv_rows), LayerSlice(vp, "out", kv_rows),
+              LayerSlice(out_path, "in", q_rows))  # fmt: skip
+    return ChannelGroup(name=path, channels=kv_heads, gated=(LayerSlice(vp, "out", kv_rows),), slices=slices,
+                        kind="head")  # fmt: skip
+
+
 class HeadKind(LayerGateKind):
     """One factor per attention head (timm-style ``qkv`` / ``proj`` attention)."""
 
@@ -66,12 +133,15 @@ class HeadKind(LayerGateKind):
         for m, path in discovery.names.items():
             if is_attention(m):
                 yield path, describe_heads(m, path, discovery.calls)
+            elif separate_projections(m) is not None:
+                yield path, describe_separate_heads(discovery.model, m, path, discovery.calls)
 
     def after_cut(self, group: ChannelGroup, keep: torch.Tensor, removal: Removal) -> None:
         if not bool(keep.all()):  # after the cuts: the attention runs with the heads it kept
-            edit: Edit = {"op": "set_heads", "path": group.name, "num_heads": int(keep.sum())}
 
             def set_heads(model: nn.Module) -> list[Edit]:
+                heads = int(keep.sum()) * _queries_per_structure(model.get_submodule(group.name), group)
+                edit: Edit = {"op": "set_heads", "path": group.name, "num_heads": heads}
                 self.replay(model, edit)
                 return [edit]
 
@@ -81,12 +151,27 @@ class HeadKind(LayerGateKind):
         set_num_heads(model.get_submodule(edit["path"]), int(edit["num_heads"]))
 
 
+def _queries_per_structure(attention: nn.Module, group: ChannelGroup) -> int:
+    """Query heads per structure: 1 for timm-style heads, the query-per-key/value ratio otherwise
+    (read from the slices: a structure's query rows over its key rows)."""
+    if is_attention(attention):
+        return 1
+    q_rows, k_rows = (len(s.index[0]) for s in group.slices[:2])
+    return q_rows // k_rows
+
+
 def set_num_heads(attention: nn.Module, heads: int) -> None:
     """Lowers an attention module's head count, and its attention width where it keeps one
-    (timm's ``attn_dim = num_heads · head_dim``, which its forward reshapes by)."""
-    if isinstance(getattr(attention, "attn_dim", None), int) and isinstance(getattr(attention, "head_dim", None), int):
-        attention.attn_dim = heads * attention.head_dim
-    attention.num_heads = heads
+    (timm's ``attn_dim = num_heads · head_dim``, which its forward reshapes by; Hugging Face's
+    ``num_attention_heads`` and ``all_head_size``, which its forward infers with ``-1``)."""
+    dim = getattr(attention, "head_dim", None) or getattr(attention, "attention_head_size", None)
+    if isinstance(getattr(attention, "attn_dim", None), int) and isinstance(dim, int):
+        attention.attn_dim = heads * dim
+    if isinstance(getattr(attention, "all_head_size", None), int) and isinstance(dim, int):
+        attention.all_head_size = heads * dim
+    for name in ("num_heads", "num_attention_heads"):
+        if isinstance(getattr(attention, name, None), int) or (name == "num_heads" and is_attention(attention)):
+            setattr(attention, name, heads)
 
 
 register_kind(HeadKind())
