@@ -35,6 +35,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
 import sss
+from sss.structures.tracing import output_tensors
 from zoo_models import NUM_CLASSES, VOCAB, ZooModel, zoo_models
 
 RESULTS = Path(__file__).parent / "results" / "prunability.jsonl"
@@ -42,20 +43,9 @@ KINDS = ("block", "group", "channel", "head")
 TOLERANCE = 1e-4
 
 
-def tensors(out) -> list[torch.Tensor]:
-    """Every tensor of a model's output (a tensor, tuple, list, dict or ``ModelOutput``), in order."""
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, dict):
-        out = list(out.values())
-    if isinstance(out, list | tuple):
-        return [t for o in out for t in tensors(o)]
-    return []
-
-
 def same_outputs(a, b) -> float:
     """The largest difference between two outputs relative to the largest value (inf: they differ in shape)."""
-    ta, tb = tensors(a), tensors(b)
+    ta, tb = output_tensors(a), output_tensors(b)
     if len(ta) != len(tb) or any(x.shape != y.shape for x, y in zip(ta, tb, strict=True)) or not ta:
         return float("inf")
     return max(float((x - y).abs().max()) / (float(y.abs().max()) or 1.0) for x, y in zip(ta, tb, strict=True))

@@ -145,7 +145,7 @@ def _hf_configs() -> dict[str, tuple[str, Callable[[], nn.Module], str]]:
     stages = {"hidden_sizes": [16, 32], "depths": [1, 1], "num_labels": NUM_CLASSES}
     convnext = {**stages, "num_stages": 2}
     gpt2 = {"vocab_size": VOCAB, "n_embd": 64, "n_layer": 2, "n_head": 4, "n_positions": 64, "bos_token_id": 0,
-            "eos_token_id": 0}
+            "eos_token_id": 0}  # fmt: skip
     vits, decoders = "ViT / DeiT / EVA / BEiT", "Llama / Qwen / Mistral / Phi"
     return {
         "vit": (vits, lambda: tf.ViTForImageClassification(tf.ViTConfig(**vit)), "image"),
