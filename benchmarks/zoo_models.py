@@ -84,8 +84,11 @@ def _timm(name: str) -> tuple[nn.Module, torch.Tensor]:
     import timm
 
     try:  # transformers take the image size as an argument; a 64-pixel model is ~12x cheaper
-        model = timm.create_model(name, num_classes=NUM_CLASSES, img_size=SMALL_IMAGE)
-    except Exception:
+        small = timm.create_model(name, num_classes=NUM_CLASSES, img_size=SMALL_IMAGE).eval()
+        with torch.no_grad():
+            small(torch.randn(1, 3, SMALL_IMAGE, SMALL_IMAGE))
+        return small, torch.randn(1, 3, SMALL_IMAGE, SMALL_IMAGE)
+    except Exception:  # no img_size argument, or a model that does not run that small
         model = timm.create_model(name, num_classes=NUM_CLASSES)
     return _at_a_size_it_takes(model.eval(), model.pretrained_cfg.get("input_size", (3, 224, 224))[1:])
 

@@ -159,3 +159,27 @@ def test_grouped_query_attention_loses_whole_key_value_groups():
     assert (attn.q_proj.out_features, attn.k_proj.out_features, attn.o_proj.in_features) == (16, 8, 16)
     with torch.no_grad():
         torch.testing.assert_close(compact(ids).logits, gated(ids).logits, rtol=1e-5, atol=1e-5)
+
+
+class CachedInEval(nn.Module):
+    """LeViT's attention biases: computed in training, the same values taken another way in eval
+    (a cache): two graphs, one function."""
+
+    def __init__(self, same: bool = True) -> None:
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.scale = nn.Parameter(torch.tensor(1.5))
+        self.same = same
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x):
+        scale = self.scale * 2 if self.training else self.scale + self.scale * (1.0 if self.same else 0.5)
+        y = torch.relu(self.bn(self.conv(x))) * scale
+        return self.head(y.mean((2, 3)))
+
+
+def test_two_graphs_that_compute_the_same_in_both_modes_are_one_path():
+    x = torch.randn(2, 3, 8, 8)
+    assert_exact_and_smaller(random_gated(CachedInEval(), x, ("channel",)), x)
+    with pytest.raises(sss.UnsupportedModelError, match="different graph in training and in eval mode"):
+        sss.attach(CachedInEval(same=False), x, ("channel",))
