@@ -113,6 +113,8 @@ def find_known(
 def _find(model: nn.Module, example_inputs: torch.Tensor | None, kinds: list[str], ignore: Sequence[str],
           known: dict[str, list[str]] | None = None) -> StructureReport:  # fmt: skip
     """Each kind's structures: all that pass the exactness check, or only the ``known`` labels (unchecked)."""
+    if example_inputs is not None:  # a model that does not run on the example fails here, named by the boundary
+        _run_once(model, example_inputs)
     discovery = Discovery(model, example_inputs)
     report = StructureReport()
     for name in kinds:
@@ -135,6 +137,16 @@ def _find(model: nn.Module, example_inputs: torch.Tensor | None, kinds: list[str
         report.structures[name] = found
         report.skipped += skipped
     return report
+
+
+def _run_once(model: nn.Module, example_inputs: torch.Tensor) -> None:
+    """One forward of ``model`` on ``example_inputs`` in eval mode (the mode it was in comes back)."""
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(example_inputs)
+    finally:
+        model.train(was_training)
 
 
 def check_not_wrapped(model: nn.Module) -> None:
@@ -218,9 +230,10 @@ def _removes_exactly(model: nn.Module, kind: StructureKind, candidates: list[Any
     """Gates ``candidates`` in a copy with random state (see :func:`_check_copy`) and checks, for
     two factor patterns (every other factor zero, the rest 0.75; then the other half zero), that
     pruning keeps the outputs (to 1e-4 relative) on every probe input: removal and folding both
-    checked. A compact model that cannot run (any error of its forward, or
-    :data:`_INEXACT_ERRORS` of the cut) fails the check; any other error, and any error before
-    the cut, is a bug and propagates."""
+    checked. A gated copy or a compact model that cannot run (any error of its forward: the
+    model's code reads a wrapped layer's weights, or refuses the narrower widths), or a cut that
+    raises :data:`_INEXACT_ERRORS`, fails the check; any other error of the cut is a bug and
+    propagates."""
     for zero_first in (True, False):
         trial = _check_copy(model)
         kind.gate(trial, candidates)
@@ -233,7 +246,10 @@ def _removes_exactly(model: nn.Module, kind: StructureKind, candidates: list[Any
                     start = (position + (0 if zero_first else 1)) % 2
                     flat[start::2] = 0.0
                     position += flat.numel()
-            expected = [trial(x.clone()) for x in inputs]  # clones: the model may write into x
+            try:  # clones: the model may write into x
+                expected = [trial(x.clone()) for x in inputs]
+            except Exception:  # the model's code reads the wrapped layer (EVA: F.linear(x, self.qkv.weight))
+                return False
             try:
                 compact = prune(trial)
             except _INEXACT_ERRORS:
