@@ -113,9 +113,9 @@ def find_known(
 def _find(model: nn.Module, example_inputs: torch.Tensor | None, kinds: list[str], ignore: Sequence[str],
           known: dict[str, list[str]] | None = None) -> StructureReport:  # fmt: skip
     """Each kind's structures: all that pass the exactness check, or only the ``known`` labels (unchecked)."""
-    if example_inputs is not None:  # a model that does not run on the example fails here, named by the boundary
-        _run_once(model, example_inputs)
     discovery = Discovery(model, example_inputs)
+    if example_inputs is not None:  # one forward (the kinds reuse its call counts): a model that does not run
+        _ = discovery.calls  # on the example fails here, before any kind reads it, named by the boundary
     report = StructureReport()
     for name in kinds:
         kind = get_kind(name)
@@ -137,16 +137,6 @@ def _find(model: nn.Module, example_inputs: torch.Tensor | None, kinds: list[str
         report.structures[name] = found
         report.skipped += skipped
     return report
-
-
-def _run_once(model: nn.Module, example_inputs: torch.Tensor) -> None:
-    """One forward of ``model`` on ``example_inputs`` in eval mode (the mode it was in comes back)."""
-    was_training = model.training
-    try:
-        with torch.no_grad():
-            model.eval()(example_inputs)
-    finally:
-        model.train(was_training)
 
 
 def check_not_wrapped(model: nn.Module) -> None:

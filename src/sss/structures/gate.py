@@ -52,6 +52,10 @@ class ChannelGated(nn.Module):
         self.group: Any = None
         self.slice_gates: list[Gate] = []
         self.register_buffer("pick", torch.zeros(width, dtype=torch.long), persistent=False)
+        #: ``inner`` is a norm with an activation of its own (timm's ``BatchNormAct2d``):
+        #: ``act(λ·norm(x))`` is what folding λ into the norm's affine gives, and for a
+        #: non-homogeneous activation (SiLU, GELU) it is not ``λ·act(norm(x))``.
+        self.norm_act = is_norm_act(inner)
 
     def add_slice(self, gate: Gate, index: Sequence[Sequence[int]], group: Any = None) -> None:
         """Scales output channels ``index[c]`` by ``gate.weight[c]``; ``group`` makes this the owner."""
@@ -81,13 +85,6 @@ class ChannelGated(nn.Module):
             affine = {"weight": self.inner.weight * scale, "bias": self.inner.bias * scale}
             return torch.func.functional_call(self.inner, affine, (x,), strict=False)
         return self.scaled(self.inner(x))
-
-    @property
-    def norm_act(self) -> bool:
-        """Whether ``inner`` is a norm with an activation of its own (timm's ``BatchNormAct2d``):
-        ``act(λ·norm(x))`` is what folding λ into the norm's affine gives, and for a
-        non-homogeneous activation (SiLU, GELU) it is not ``λ·act(norm(x))``."""
-        return is_norm_act(self.inner)
 
 
 def is_norm_act(m: nn.Module) -> bool:
