@@ -16,7 +16,16 @@ from sss.train import TrainConfig
 _COMMON = {"--config", "--set", "--dataset", "--data-dir", "--epochs", "--out"}
 _TARGETS = {"--target-macs", "--target-params", "--target-latency", "--latency-batch"}
 _START = {"--init", "--distill"}
-_RUNTIME = {"--resume", "--overwrite", "--device", "--amp", "--compile", "--workers", "--trust-model-code"}
+_RUNTIME = {
+    "--resume",
+    "--overwrite",
+    "--device",
+    "--amp",
+    "--compile",
+    "--workers",
+    "--tensorboard",
+    "--trust-model-code",
+}
 EXPECTED = {
     "train": {*_COMMON, *_TARGETS, *_START, *_RUNTIME, "--model", "--gamma", "--sparsity", "--structures"},
     "compress": {*_COMMON, *_TARGETS, *_START, *_RUNTIME, "--model", "--lr", "--structures"},

@@ -183,3 +183,49 @@ def test_two_graphs_that_compute_the_same_in_both_modes_are_one_path():
     assert_exact_and_smaller(random_gated(CachedInEval(), x, ("channel",)), x)
     with pytest.raises(sss.UnsupportedModelError, match="different graph in training and in eval mode"):
         sss.attach(CachedInEval(same=False), x, ("channel",))
+
+
+class GhostModule(nn.Module):
+    """GhostNet's module: a primary conv, a depthwise "cheap" conv of its output, both
+    concatenated and cut to a fixed width: ``cat([x1, dw(x1)])[:, :out]``. A channel of x1 reaches
+    the output twice (itself and through the depthwise conv), and the fixed cut shifts which
+    channels are kept once any is removed: Torch-Pruning's channel map is wrong on both counts."""
+
+    def __init__(self, in_chs: int, out: int) -> None:
+        super().__init__()
+        init = -(-out // 2)
+        self.out = out
+        self.primary = nn.Sequential(nn.Conv2d(in_chs, init, 1, bias=False), nn.BatchNorm2d(init), nn.ReLU())
+        self.cheap = nn.Sequential(nn.Conv2d(init, init, 3, padding=1, groups=init, bias=False), nn.BatchNorm2d(init))
+
+    def forward(self, x):
+        x1 = self.primary(x)
+        return torch.cat([x1, self.cheap(x1)], dim=1)[:, : self.out]
+
+
+class GhostNetLike(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.ghost1, self.ghost2 = GhostModule(8, 7), GhostModule(7, 8)
+        self.expand = nn.Sequential(nn.Conv2d(8, 16, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x):
+        x = self.stem(x)
+        return self.head(self.expand(self.ghost2(self.ghost1(x)) + x).mean((2, 3)))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_ghost_modules_cut_to_a_fixed_width_are_never_pruned_wrongly(seed):
+    """Any pattern of zeros (not only the alternating ones the exactness check used to try) gives
+    the same function, or the structure was refused; a random third zero per gate, four seeds."""
+    x = torch.randn(2, 3, 8, 8)
+    gated = sss.attach(GhostNetLike().eval(), x, structures=("channel",)).eval()
+    assert "expand.1.gate" in {r.name for r in sss.gates(gated)}  # what the ghosts do not touch stays prunable
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for ref in sss.gates(gated):
+            ref.weight[torch.rand(ref.weight.numel(), generator=gen) < 0.3] = 0.0
+    compact = sss.prune(gated).eval()
+    torch.testing.assert_close(compact(x), gated(x), rtol=1e-5, atol=1e-5)

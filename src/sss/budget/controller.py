@@ -115,12 +115,15 @@ class BudgetController:
         return lines
 
     def state(self) -> dict:
-        return {"scale": self.steering.scale, "step": self.step_count, "last_nonzero": self.ranking.last_nonzero,
+        return {"scale": self.steering.scale, "bias": getattr(self.steering, "bias", 1.0), "step": self.step_count,
+                "last_nonzero": self.ranking.last_nonzero,
                 "costs": self.ranking.costs, "dense": self.ranking.dense,
                 "coefficients": self.latency.coefficients if self.latency is not None else None}  # fmt: skip
 
     def load_state(self, state: dict) -> None:
         self.steering.scale, self.step_count = state["scale"], state["step"]
+        if hasattr(self.steering, "bias"):  # the estimate's correction, renewed every 20 steps: kept between
+            self.steering.bias = state.get("bias", 1.0)
         self.ranking.last_nonzero = dict(state["last_nonzero"])
         if "costs" in state:  # the costs this run started with (a latency model's differ per calibration)
             self.ranking.costs, self.ranking.dense = dict(state["costs"]), state["dense"]

@@ -146,7 +146,10 @@ def create_target(model: nn.Module, example: torch.Tensor, metric: str, value: f
     else:
         which = {"macs": 0, "params": 1}[metric]
         cost = lambda compact: count(compact, example)[which]  # noqa: E731
-    dense = cost(prune(model, round_to=round_to))
+    with factors_restored(model) as refs:  # dense: every structure kept, also for a selection resumed with zeros
+        for ref in refs:
+            ref.weight.masked_fill_(ref.weight == 0, 1.0)
+        dense = cost(prune(model, round_to=round_to))
     absolute = parse_latency_target(value, dense) if metric == "latency" else parse_budget(value, dense, metric)
     target = Target(metric, absolute, dense, 0.0, tolerance, cost, round_to)
     if absolute >= dense * (1 - tolerance):

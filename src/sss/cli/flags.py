@@ -124,6 +124,13 @@ RUNTIME = (
     Flag("--amp", "amp", "autocast precision (factors stay fp32)", choices=("none", "bf16", "fp16")),
     Flag("--compile", "compile", "torch.compile the training forward", action="store_const"),
     Flag("--workers", "workers", "DataLoader processes decoding an image folder (default 0)", type=int),
+    Flag(
+        "--tensorboard",
+        "tensorboard",
+        "also write TensorBoard event files to OUT/tensorboard (loss, accuracy, lr, "
+        "compact MACs, zero factors and γ per kind, factor histograms)",
+        action="store_const",
+    ),
     *TRUST,
 )
 #: The model and how it is selected: each command picks those it takes, with :func:`pick`.

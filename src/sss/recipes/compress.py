@@ -52,15 +52,22 @@ def run_compress(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = Fa
     load_weights(trained, cfg.init, cfg.init_prefix)
     models = {"trained": trained.eval(), "compact": result.compact}
     rows = compare_models(models, test, latency_of=tuple(models))
-    out = Path(cfg.out_dir)
-    first = result.history[0]
+    return write_report(rows, result.history, Path(cfg.out_dir), title=f"{cfg.model} from {cfg.init}: selection, "
+                        "landing, fine-tune", log=log)  # fmt: skip
+
+
+def write_report(rows: dict[str, dict], history: list[dict], out: Path, *, title: str, log=print) -> dict:
+    """Writes ``report.json`` (the rows of :func:`~sss.recipes.report.compare_models` and the
+    accuracy at the selection's end and after the landing), ``report.md`` (the table) and
+    ``curves.png`` (the training curves) to ``out``; returns the report."""
+    first = history[0]
     report = {"models": rows, "selection": {"val_acc_selection_end": first["val_acc"],
                                             "val_acc_after_landing": first.get("val_acc_landed")}}  # fmt: skip
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    table = format_table(rows)
-    (out / "report.md").write_text(table + "\n")
-    plot_metrics(result.history, [("train_loss", "val_loss"), ("train_acc", "val_acc")], out / "curves.png",
-                 title=f"{cfg.model} from {cfg.init}: selection, landing, fine-tune")  # fmt: skip
-    log(table)
-    log(f"saved {out / 'compact.safetensors'} (+ .json), {out / 'report.md'}, {out / 'curves.png'}")
+    if rows:
+        table = format_table(rows)
+        (out / "report.md").write_text(table + "\n")
+        log(table)
+    plot_metrics(history, [("train_loss", "val_loss"), ("train_acc", "val_acc")], out / "curves.png", title=title)
+    log(f"saved {out / 'compact.safetensors'} (+ .json), {out / 'report.json'}, {out / 'curves.png'}")
     return report

@@ -26,7 +26,7 @@ NonNegativeFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 #: Keys a resume may change: they change how the model trains from here, not its shape.
 RESUMABLE_KEYS = frozenset({"epochs", "out_dir", "lr", "momentum", "weight_decay", "schedule", "milestones",
                             "lr_decay", "gamma", "eval_batch_size", "allow_collapse", "device", "amp", "compile",
-                            "workers", "trust_model_code", "channels_last"})  # fmt: skip
+                            "workers", "trust_model_code", "channels_last", "tensorboard"})  # fmt: skip
 
 
 @dataclass
@@ -80,6 +80,7 @@ class TrainConfig:
     A config is code: ``model: pkg.module:factory`` imports and calls that factory, as
     ``--model`` does. A model file the run reads (``distill_teacher``, GAL's ``teacher``) may name
     only zoo models or ``model`` itself, unless ``trust_model_code`` allows any factory.
+    ``tensorboard`` also writes TensorBoard event files to ``out_dir/tensorboard`` each epoch.
     The command-line flags that set fields (``--data-dir`` sets ``data_dir``, ``--out`` sets
     ``out_dir``) are declared once, each with the field it sets, in :mod:`sss.cli.flags`.
     """
@@ -131,6 +132,7 @@ class TrainConfig:
     steer: Literal["auto", "doubling", "distance"] = "auto"
     selection_start: NonNegativeInt = 0
     trust_model_code: bool = False
+    tensorboard: bool = False
 
     @property
     def trusted_code(self) -> bool | tuple[str, ...]:
@@ -178,23 +180,28 @@ class TrainConfig:
         """The keywords of :func:`sss.data.load_dataset` this config sets."""
         return {"image_size": self.image_size, "on_bad_image": self.on_bad_image}
 
-    def cross_field_problems(self) -> list[str]:
-        """The rules that involve more than one field, or the registries."""
-        from sss.data import DATASETS
+    def model_problems(self) -> list[str]:
+        """What is wrong with ``model`` and ``model_kwargs`` (a name the registries do not know, a
+        keyword its builder does not take)."""
         from sss.models import model_parameters
-        from sss.structures import kind_names
 
-        problems = []
         try:
             accepted = model_parameters(self.model)
         except ValueError as e:
-            problems.append(str(e))
-        else:
-            allowed = None if accepted is None else accepted - {"num_classes", "in_channels"}
-            unknown = [] if allowed is None else sorted(set(self.model_kwargs) - allowed)
-            if unknown:
-                problems.append(f"model_kwargs {unknown} are not keywords of {self.model} (it takes {sorted(allowed)}; "
-                                "num_classes and in_channels come from the dataset)")  # fmt: skip
+            return [str(e)]
+        allowed = None if accepted is None else accepted - {"num_classes", "in_channels"}
+        unknown = [] if allowed is None else sorted(set(self.model_kwargs) - allowed)
+        if unknown:
+            return [f"model_kwargs {unknown} are not keywords of {self.model} (it takes {sorted(allowed)}; "
+                    "num_classes and in_channels come from the dataset)"]  # fmt: skip
+        return []
+
+    def cross_field_problems(self) -> list[str]:
+        """The rules that involve more than one field, or the registries."""
+        from sss.data import DATASETS
+        from sss.structures import kind_names
+
+        problems = self.model_problems()
         if self.dataset not in DATASETS:
             problems.append(f"dataset {self.dataset!r} is not one of {list(DATASETS)}")
         unknown_kinds = sorted(set(self.structures) - set(kind_names()))

@@ -23,6 +23,7 @@ from sss.serialization import save, save_state
 from sss.serialization.weights import load_weights
 from sss.structures import attach, gates
 from sss.structures.prune import prune, zero_small_factors
+from sss.train.board import write_epoch
 from sss.train.budget import create_budget
 from sss.train.callbacks import Callback
 from sss.train.checks import check_collapse, diverged, epoch_line, nonfinite_tensors, suspect_loss
@@ -34,6 +35,7 @@ from sss.train.results import BatchResult, EpochRecord, TrainResult
 from sss.train.resume import ResumeMixin
 from sss.train.run_folder import CHECKPOINT, RunFolder
 from sss.train.runtime import create_runtime
+from sss.viz.tensorboard import TensorBoardLog
 
 #: Factor snapshots per epoch kept for the plot of λ over training.
 SNAPSHOTS_PER_EPOCH = 10
@@ -125,6 +127,7 @@ class Trainer(FreezeMixin, ResumeMixin):
         self.epoch = 0
         self.history: list[EpochRecord] = []
         self.factor_trace: list[dict] = []
+        self.board = TensorBoardLog(self.out / "tensorboard") if cfg.tensorboard and main else None
 
     def setup(self) -> None:
         """The heavy part of getting ready, run once at the start of :meth:`fit` (as Lightning's
@@ -155,13 +158,20 @@ class Trainer(FreezeMixin, ResumeMixin):
         if self.cfg.compile:
             self.net = torch.compile(self.net)
 
-    def build_model(self, data: ArrayDataset) -> nn.Module:
-        """Hook: the model to train (default: ``cfg.model`` from the zoo, with factors attached)."""
+    def create_model(self, data: ArrayDataset) -> nn.Module:
+        """Hook: the network before its factors (default: ``cfg.model`` from the zoo, with the
+        ``init`` weights)."""
         cfg = self.cfg
         model = create(cfg.model, num_classes=data.num_classes, in_channels=data.shape[0], **cfg.model_kwargs)
         if cfg.init:
             load_weights(model, cfg.init, cfg.init_prefix)
             self.log(f"initialised {cfg.model} from {cfg.init}")
+        return model
+
+    def build_model(self, data: ArrayDataset) -> nn.Module:
+        """Hook: the model to train: :meth:`create_model`'s, with factors attached."""
+        cfg = self.cfg
+        model = self.create_model(data)
         if cfg.sparsity != "none":
             model = attach(model, self.example, structures=cfg.structures, inplace=True)
             if self.plan.from_magnitudes and not cfg.selection_start:
@@ -345,6 +355,8 @@ class Trainer(FreezeMixin, ResumeMixin):
                 self.log(f"warning: {suspect}; the checkpoint of epoch {self.saved_epoch} is kept, not replaced")
             if self.runtime.main:
                 folder.append_metrics(record)
+                if self.board is not None:
+                    write_epoch(self.board, record, self.model, self.factors_opt)
                 if not suspect:
                     save_state(self.state(), folder.checkpoint)
             if not suspect:
@@ -374,6 +386,8 @@ class Trainer(FreezeMixin, ResumeMixin):
             n = zero_small_factors(model, self.cfg.prune_threshold)
             self.log(f"zeroed {n} factor(s) with |λ| <= {self.cfg.prune_threshold} (L1-SGD pruning threshold)")
         compact = prune(model, round_to=self.cfg.round_to)
+        if self.board is not None:
+            self.board.close()
         result = TrainResult(model, compact, self.selected, self.history, self.factor_trace)
         if self.runtime.main:
             save(model, self.out / "model")

@@ -25,7 +25,7 @@ def plot_metrics(history: Sequence[dict], panels: Sequence[Sequence[str]], path:
     epochs = [r["epoch"] for r in history]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), dpi=120, squeeze=False)
     for ax, keys in zip(axes[0], panels, strict=True):
-        for key in keys:
+        for key in (k for k in keys if all(k in r for r in history)):  # a run without labels has no accuracy
             ax.plot(epochs, [r[key] for r in history], marker="o", lw=1.4, label=key)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)

@@ -105,6 +105,10 @@ def describe(
                 users = users[0].outputs  # a norm with its own activation: its batch_norm op is a node of its own
             if len(users) == 1 and isinstance(users[0].module, NORMS) and users[0].module in names:
                 norms_after[path] = names[users[0].module]
+    for layer, norm in norms_after.items():  # a layer and its BN are cut together: one channel map for both
+        if (norm, "out") in slices and slices[(layer, "out")] != slices[(norm, "out")]:
+            return (f"the traced channel map of {layer} differs from its BatchNorm {norm}'s (a channel reached by two "
+                    "paths, as GhostNet's cheap operation reads its primary conv)")  # fmt: skip
     all_slices = [LayerSlice(p, r, tuple(tuple(ix) for ix in index)) for (p, r), index in slices.items()]
     gated = [s for s in all_slices if s.role == "out" and s.path not in norms_after]
     if norms_after.get(names[root]) not in (None, *[s.path for s in gated]):
