@@ -114,3 +114,48 @@ def test_macs_of_torch_encoder_layers_are_counted_through_the_fast_path():
     model, x = TorchViT().eval(), torch.randn(1, 1, 12, 12)
     rewritten = sss.attach(model, x, ("head",))
     assert sss.count(model, x)[0] == sss.count(rewritten, x)[0] > 100_000
+
+
+def test_torchvisions_vit_attention_loses_whole_heads_and_replays(tmp_path):
+    """torchvision's ViT calls a free-standing ``nn.MultiheadAttention`` as ``attn(x, x, x)``: it is
+    rewritten like an encoder layer's, its heads gated and removed exactly, and the compact model
+    loads back by replaying the rewrite."""
+    vision_transformer = pytest.importorskip("torchvision.models.vision_transformer")
+
+    def build():
+        torch.manual_seed(0)
+        vit = vision_transformer.VisionTransformer(image_size=16, patch_size=8, num_layers=2, num_heads=4,
+                                                   hidden_dim=32, mlp_dim=64, num_classes=5)  # fmt: skip
+        nn.init.normal_(vit.heads.head.weight)  # torchvision starts it at zero: every output would be 0
+        return vit
+
+    x = torch.randn(2, 3, 16, 16)
+    gated = random_gated(build(), x, ("head", "channel"))
+    heads = [r for r in sss.gates(gated) if r.kind == "head"]
+    assert [r.weight.numel() for r in heads] == [4, 4]
+    compact = assert_exact_and_smaller(gated, x)
+    sss.save(compact, tmp_path / "vit")
+    torch.testing.assert_close(sss.load(tmp_path / "vit", base=build).eval()(x), compact(x))
+
+
+class CrossAttention(nn.Module):
+    """A free-standing ``nn.MultiheadAttention`` called with another tensor as key and value."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.memory = nn.Parameter(torch.randn(1, 3, 16))
+        self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
+        self.fc = nn.Linear(16, 32)
+        self.head = nn.Linear(32, 4)
+
+    def forward(self, x):
+        out, _ = self.attn(x, self.memory.expand(len(x), -1, -1), self.memory.expand(len(x), -1, -1))
+        return self.head(torch.relu(self.fc(out + x)).mean(1))
+
+
+def test_a_cross_attention_is_left_as_it_is_and_the_rest_still_gated():
+    x = torch.randn(2, 5, 16)
+    gated = sss.attach(CrossAttention(), x, structures=("channel", "head"))
+    assert isinstance(gated.attn, nn.MultiheadAttention)  # not rewritten: its key is not its query
+    assert [r.name for r in sss.gates(gated)] == ["fc.gate"]
+    assert_exact_and_smaller(random_gated(CrossAttention(), x, ("channel",)), x)

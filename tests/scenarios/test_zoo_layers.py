@@ -229,3 +229,47 @@ def test_ghost_modules_cut_to_a_fixed_width_are_never_pruned_wrongly(seed):
             ref.weight[torch.rand(ref.weight.numel(), generator=gen) < 0.3] = 0.0
     compact = sss.prune(gated).eval()
     torch.testing.assert_close(compact(x), gated(x), rtol=1e-5, atol=1e-5)
+
+
+def test_swin_window_attention_loses_heads_with_their_position_bias_columns(tmp_path):
+    """timm's Swin: each head has a column of the window attention's relative position bias table,
+    cut with the head; stochastic depth (``DropPath``, which rescales a branch in training) is
+    not a second path."""
+    swin = pytest.importorskip("timm.models.swin_transformer")
+
+    def build():
+        torch.manual_seed(0)
+        return swin.SwinTransformer(img_size=32, patch_size=4, window_size=4, embed_dim=16, depths=(2,),
+                                    num_heads=(4,), num_classes=4, drop_path_rate=0.1).eval()  # fmt: skip
+
+    x = torch.randn(2, 3, 32, 32)
+    gated = random_gated(build(), x, ("head",))
+    assert [r.weight.numel() for r in sss.gates(gated)] == [4, 4]
+    compact = assert_exact_and_smaller(gated, x)
+    attention = compact.layers[0].blocks[0].attn
+    assert attention.relative_position_bias_table.shape[1] == attention.num_heads < 4
+    sss.save(compact, tmp_path / "swin")
+    torch.testing.assert_close(sss.load(tmp_path / "swin", base=build).eval()(x), compact(x))
+
+
+def test_hugging_face_swin_heads_take_their_bias_table_columns(tmp_path):
+    """Hugging Face's Swin keeps the per-head bias table in a helper module of the attention
+    (``relative_position_bias``): its columns go with the heads."""
+    tf = pytest.importorskip("transformers")
+
+    def build():
+        torch.manual_seed(0)
+        config = tf.SwinConfig(image_size=32, patch_size=4, embed_dim=16, depths=[2], num_heads=[4], window_size=4,
+                               num_labels=3)  # fmt: skip
+        return tf.SwinForImageClassification(config).eval()
+
+    x = torch.randn(2, 3, 32, 32)
+    gated = sss.attach(build(), x, structures=("head",))
+    assert [r.weight.numel() for r in sss.gates(gated)] == [4, 4]
+    with torch.no_grad():
+        for ref in sss.gates(gated):
+            ref.weight[1::2] = 0
+    compact = sss.prune(gated.eval()).eval()
+    torch.testing.assert_close(compact(x).logits, gated(x).logits, rtol=1e-5, atol=1e-5)
+    sss.save(compact, tmp_path / "swin")
+    torch.testing.assert_close(sss.load(tmp_path / "swin", base=build).eval()(x).logits, compact(x).logits)

@@ -122,7 +122,17 @@ def _replay_attach(model: nn.Module, edit: dict, *, pruned_later: bool) -> nn.Mo
 
 @register_op("convert_transformers")
 def _replay_convert_transformers(model: nn.Module, edit: dict, *, pruned_later: bool) -> nn.Module:
-    """Rewrites torch's encoder layers again, checking that the same paths are rewritten."""
-    if (paths := convert_torch_transformers(model, ignore=edit.get("ignore", []))) != edit["paths"]:
+    """Rewrites torch's encoder layers (and the free-standing attentions the attach rewrote) again,
+    checking that the same paths are rewritten."""
+    standalone = any(isinstance(_module_at(model, path), nn.MultiheadAttention) for path in edit["paths"])
+    paths = convert_torch_transformers(model, ignore=edit.get("ignore", []), standalone=standalone)
+    if paths != edit["paths"]:
         raise ValueError(f"it rewrites torch transformer modules at {paths}, the edit at {edit['paths']}")
     return model
+
+
+def _module_at(model: nn.Module, path: str) -> nn.Module | None:
+    try:
+        return model.get_submodule(path)
+    except AttributeError:
+        return None

@@ -144,10 +144,19 @@ def _inputs_of(model: nn.Module, path: str, example_inputs: torch.Tensor | None)
     return captured[0] if captured else None
 
 
+#: Stochastic depth as timm (``DropPath``, ``DropBlock2d``) and torchvision (``StochasticDepth``) name
+#: it: a regulariser like dropout (it rescales the branch in training), not another path.
+_DROP_PATHS = ("DropPath", "DropBlock2d", "StochasticDepth")
+
+
+def _is_drop_path(m: nn.Module) -> bool:
+    return type(m).__name__ in _DROP_PATHS
+
+
 def _same_in_both_modes(model: nn.Module, path: str, example_inputs: torch.Tensor | None) -> bool:
     """Whether the module at ``path`` computes the same in training and eval mode on the inputs it
-    gets from ``example_inputs``, its norms and dropouts kept in eval mode (their training
-    behaviour is no other path): then its graphs differ by a cache or a check, not a path."""
+    gets from ``example_inputs``, its norms, dropouts and stochastic depth kept in eval mode (their
+    training behaviour is no other path): then its graphs differ by a cache or a check, not a path."""
     module, inputs = model.get_submodule(path), _inputs_of(model, path, example_inputs)
     if inputs is None:
         return False
@@ -157,7 +166,7 @@ def _same_in_both_modes(model: nn.Module, path: str, example_inputs: torch.Tenso
         with torch.no_grad():
             module.train()
             for m in module.modules():
-                if isinstance(m, (*LEAF_NORMS, nn.Dropout)):
+                if isinstance(m, (*LEAF_NORMS, nn.modules.dropout._DropoutNd)) or _is_drop_path(m):
                     m.eval()
             trained = output_tensors(module(*args, **kwargs))
             evaluated = output_tensors(module.eval()(*args, **kwargs))

@@ -11,8 +11,12 @@ example input at attach), the same module paths and attribute names (``self_attn
 knows how to cut. The conversion is an edit in the model's history (``convert_transformers``),
 replayed on load before any cut.
 
-Only self-attention is converted (an encoder layer's ``self_attn``); ``nn.TransformerDecoderLayer``
-and a free-standing ``nn.MultiheadAttention`` are left as they are.
+Only self-attention is converted: an encoder layer's ``self_attn``, and a free-standing
+``nn.MultiheadAttention`` that the model calls with one tensor as query, key and value
+(torchvision's ViT: ``self.self_attention(x, x, x)``). Whether it is called that way shows only
+on a forward, so the free-standing ones are converted first and checked on the example with the
+rest; if that changes the output (a cross-attention), they are left as they were and only the
+encoder layers are converted. ``nn.TransformerDecoderLayer`` is left as it is.
 """
 
 from __future__ import annotations
@@ -157,11 +161,12 @@ class EncoderStack(nn.Module):
 
 
 def has_torch_transformers(model: nn.Module) -> bool:
-    """Whether ``model`` holds an ``nn.TransformerEncoder`` or ``nn.TransformerEncoderLayer``."""
-    return any(isinstance(m, TORCH_TRANSFORMERS) for m in model.modules())
+    """Whether ``model`` holds an ``nn.TransformerEncoder``, ``nn.TransformerEncoderLayer`` or
+    ``nn.MultiheadAttention``."""
+    return any(isinstance(m, (*TORCH_TRANSFORMERS, nn.MultiheadAttention)) for m in model.modules())
 
 
-def _replace(module: nn.Module, ignore: tuple[str, ...], prefix: str = "") -> list[str]:
+def _replace(module: nn.Module, ignore: tuple[str, ...], prefix: str = "", standalone: bool = False) -> list[str]:
     done = []
     for name, child in module.named_children():
         path = f"{prefix}{name}"
@@ -172,8 +177,13 @@ def _replace(module: nn.Module, ignore: tuple[str, ...], prefix: str = "") -> li
             setattr(module, name, EncoderStack(child, keep))
         elif isinstance(child, nn.TransformerEncoderLayer):
             setattr(module, name, EncoderLayer(child))
+        elif standalone and isinstance(child, nn.MultiheadAttention):
+            try:
+                setattr(module, name, SelfAttention.from_torch(child))
+            except UnsupportedModelError:
+                continue  # kdim/vdim, bias_kv: left as it is (no heads), not a refusal of the model
         else:
-            done += _replace(child, ignore, f"{path}.")
+            done += _replace(child, ignore, f"{path}.", standalone)
             continue
         done.append(path)
     return done
@@ -183,31 +193,44 @@ def _outputs(model: nn.Module, example: torch.Tensor) -> list[torch.Tensor]:
     return [t for t in tree_flatten(model(example))[0] if isinstance(t, torch.Tensor)]
 
 
-@torch.no_grad()
-def convert_torch_transformers(model: nn.Module, example: torch.Tensor | None = None,
-                               ignore: Sequence[str] = ()) -> list[str]:  # fmt: skip
-    """Replaces ``model``'s torch encoder stacks and layers in place (see the module's doc),
-    except those at or under a path in ``ignore``, and returns their paths. With ``example``,
-    checks that the model computes the same outputs on it (in eval mode) and raises
-    ``UnsupportedModelError`` if not, leaving ``model`` as it was."""
-    if not has_torch_transformers(model):
-        return []
-    before = copy.deepcopy(model) if example is not None else None
-    paths = _replace(model, tuple(ignore))
-    if not paths:
-        return []
-    if before is not None:
-        modes = {m: m.training for m in model.modules()}
+def _same_function(before: nn.Module, model: nn.Module, example: torch.Tensor) -> bool:
+    """Whether ``model`` computes ``before``'s outputs on ``example`` in eval mode (a forward that
+    raises, such as a converted attention called as cross-attention, does not)."""
+    modes = {m: m.training for m in model.modules()}
+    try:
         expected, got = _outputs(before.eval(), example), _outputs(model.eval(), example)
+    except (ValueError, RuntimeError):
+        return False
+    finally:
         for m, training in modes.items():
             m.train(training)
-        same = len(expected) == len(got) and all(
-            a.shape == b.shape and torch.allclose(a, b, rtol=1e-4, atol=1e-5 * max(1.0, float(a.abs().max())))
-            for a, b in zip(expected, got, strict=True)
-        )
-        if not same:
-            for name, child in before.named_children():  # undo: the model is left as it was
-                setattr(model, name, child)
+    return len(expected) == len(got) and all(
+        a.shape == b.shape and torch.allclose(a, b, rtol=1e-4, atol=1e-5 * max(1.0, float(a.abs().max())))
+        for a, b in zip(expected, got, strict=True)
+    )
+
+
+@torch.no_grad()
+def convert_torch_transformers(model: nn.Module, example: torch.Tensor | None = None, ignore: Sequence[str] = (),
+                               standalone: bool | None = None) -> list[str]:  # fmt: skip
+    """Replaces ``model``'s torch encoder stacks and layers in place (see the module's doc),
+    except those at or under a path in ``ignore``, and returns their paths. With ``example``,
+    checks that the model computes the same outputs on it (in eval mode): free-standing
+    attentions that break it are left as they were (``standalone=None``: tried, then dropped),
+    and a conversion of encoder layers that breaks it raises ``UnsupportedModelError``, leaving
+    ``model`` as it was. A replay passes ``standalone`` as the attach decided it."""
+    if not has_torch_transformers(model):
+        return []
+    if example is None:
+        return _replace(model, tuple(ignore), standalone=bool(standalone))
+    for attempt in (True, False) if standalone is None else (standalone,):
+        before = copy.deepcopy(model)
+        paths = _replace(model, tuple(ignore), standalone=attempt)
+        if not paths or _same_function(before, model, example):
+            return paths
+        for name, child in before.named_children():  # undo: the model is left as it was
+            setattr(model, name, child)
+        if not attempt:
             raise UnsupportedModelError(f"rewriting {', '.join(paths)} for tracing changes the model's output on "
                                         "the example; pass those paths in ignore= and report the model")  # fmt: skip
-    return paths
+    return []

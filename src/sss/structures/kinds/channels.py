@@ -56,6 +56,9 @@ class ChannelGroup:
     gated: tuple[LayerSlice, ...]  # the first is the root layer's output (its BN, or itself)
     slices: tuple[LayerSlice, ...]
     kind: str = "channel"
+    #: Parameters indexed by structure along one axis, ``(path, axis)``: an attention's per-head
+    #: relative position bias table (Swin), scales or biases (LeViT, TinyViT). Cut by the kind.
+    per_structure: tuple[tuple[str, int], ...] = ()
 
 
 def _is_depthwise(m: nn.Module) -> bool:

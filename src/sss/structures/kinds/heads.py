@@ -25,7 +25,7 @@ from torch import nn
 from sss.structures.gate import ChannelGated
 from sss.structures.kinds.channels import ChannelGroup, LayerGateKind, LayerSlice
 from sss.structures.registry import Discovery, Edit, Removal, register_kind
-from sss.structures.tracing import QKV_NAMES, is_attention
+from sss.structures.tracing import LEAF_NORMS, QKV_NAMES, is_attention
 
 
 def describe_heads(m: nn.Module, path: str, calls: dict[nn.Module, int]) -> ChannelGroup | str:
@@ -51,8 +51,34 @@ def describe_heads(m: nn.Module, path: str, calls: dict[nn.Module, int]) -> Chan
     gate = getattr(m, "gate", None)  # timm's gated attention: a sigmoid gate per output feature
     if isinstance(gate, nn.Linear) and gate.out_features == width:
         slices += (LayerSlice(f"{prefix}gate", "out", tuple(own)),)
+    per_head = _per_head(m, prefix, heads, skip=(qkv, proj, gate))
+    if isinstance(per_head, str):
+        return per_head
+    params, layers = per_head
     return ChannelGroup(name=path, channels=heads, gated=(LayerSlice(f"{prefix}qkv", "out", values),),
-                        slices=slices, kind="head")  # fmt: skip
+                        slices=slices + layers, kind="head", per_structure=params)  # fmt: skip
+
+
+def _per_head(m: nn.Module, prefix: str, heads: int,
+              skip: tuple) -> tuple[tuple[tuple[str, int], ...], tuple[LayerSlice, ...]] | str:  # fmt: skip
+    """What else an attention keeps per head: float parameters of it (or of a helper module in it,
+    not a layer) with one axis of ``heads`` (Swin's relative position bias table, Swin V2's
+    ``logit_scale``), and linear layers inside it with ``heads`` outputs (Swin V2's position MLP)."""
+    params = []
+    for owner, sub in m.named_modules():
+        if sub in skip or isinstance(_plain(sub), (nn.Linear, nn.Conv1d, nn.Conv2d, *LEAF_NORMS)):
+            continue
+        for name, p in [*sub.named_parameters(recurse=False), *sub.named_buffers(recurse=False)]:
+            axes = [a for a, n in enumerate(p.shape) if n == heads]
+            if not p.is_floating_point() or not axes:
+                continue
+            if len(axes) > 1:
+                return f"its {name} has {len(axes)} axes of {heads} (the heads): which one is per head is unclear"
+            params.append((prefix + (f"{owner}." if owner else "") + name, axes[0]))
+    layers = tuple(LayerSlice(prefix + name, "out", tuple((h,) for h in range(heads)))
+                   for name, sub in m.named_modules() if name and sub not in skip
+                   and isinstance(_plain(sub), nn.Linear) and _plain(sub).out_features == heads)  # fmt: skip
+    return tuple(params), layers
 
 
 #: Where a Hugging Face-style attention keeps its output projection: its own attribute, or its
@@ -117,8 +143,15 @@ def describe_separate_heads(
     qp, kp, vp = (prefix + n for n in names)
     slices = (LayerSlice(qp, "out", q_rows), LayerSlice(kp, "out", kv_rows), LayerSlice(vp, "out", kv_rows),
               LayerSlice(out_path, "in", q_rows))  # fmt: skip
+    params: tuple[tuple[str, int], ...] = ()
+    if per == 1:  # one query head per structure: per-head parameters (HF Swin's bias table) go with it
+        per_head = _per_head(m, prefix, heads, skip=(q, k, v, out))
+        if isinstance(per_head, str):
+            return per_head
+        params, layers = per_head
+        slices += layers
     return ChannelGroup(name=path, channels=kv_heads, gated=(LayerSlice(vp, "out", kv_rows),), slices=slices,
-                        kind="head")  # fmt: skip
+                        kind="head", per_structure=params)  # fmt: skip
 
 
 class HeadKind(LayerGateKind):
@@ -142,6 +175,9 @@ class HeadKind(LayerGateKind):
             def set_heads(model: nn.Module) -> list[Edit]:
                 heads = int(keep.sum()) * _queries_per_structure(model.get_submodule(group.name), group)
                 edit: Edit = {"op": "set_heads", "path": group.name, "num_heads": heads}
+                if group.per_structure:
+                    edit["per_head"] = [list(p) for p in group.per_structure]
+                    edit["kept"] = torch.nonzero(keep).flatten().tolist()
                 self.replay(model, edit)
                 return [edit]
 
@@ -149,6 +185,15 @@ class HeadKind(LayerGateKind):
 
     def replay(self, model: nn.Module, edit: Edit) -> None:
         set_num_heads(model.get_submodule(edit["path"]), int(edit["num_heads"]))
+        for path, axis in edit.get("per_head", []):
+            owner_path, _, name = path.rpartition(".")
+            owner = model.get_submodule(owner_path)
+            tensor = getattr(owner, name)
+            kept = tensor.detach().index_select(int(axis), torch.tensor(edit["kept"], device=tensor.device)).clone()
+            if isinstance(tensor, nn.Parameter):
+                setattr(owner, name, nn.Parameter(kept, requires_grad=tensor.requires_grad))
+            else:
+                owner.register_buffer(name, kept, persistent=name not in owner._non_persistent_buffers_set)
 
 
 def _queries_per_structure(attention: nn.Module, group: ChannelGroup) -> int:
