@@ -130,7 +130,7 @@ def compress_batches(model: nn.Module, example, train_data, val_data, settings: 
     network = copy.deepcopy(model).train()
     train, val = (
         _loader(train_data, batch_size, True, seed),
-        _loader(val_data, batch_size, False, seed) if val_data else None,
+        _loader(val_data, batch_size, False, seed) if val_data is not None else None,
     )
     if distill:
         loss = _distilled(loss, trained, distill)
