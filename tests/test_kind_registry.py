@@ -100,4 +100,4 @@ def test_all_kinds_on_a_model_that_has_some(caplog):
     assert {g.kind for g in sss.gates(gated)} == {"channel"}
     assert "no block/group/branch structures" in caplog.text and "gated 14 channel" in caplog.text
     report = sss.find_structures(vgg, x, sss.structures.kind_names())
-    assert report.found == ["channel"] and set(report.missing) == {"block", "group", "branch", "head"}
+    assert report.found == ["channel"] and set(report.missing) == {"block", "group", "branch", "head", "embedding"}

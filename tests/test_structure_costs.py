@@ -32,3 +32,27 @@ def test_power_zero_is_uniform_gamma():
     x = torch.zeros(1, 1, 28, 28)
     gated = sss.attach(sss.models.create("lenet5"), x, ("channel",))
     assert set(mac_weights(gated, x, power=0.0).values()) == {1.0}
+
+
+def test_one_price_compares_kinds_by_the_macs_each_structure_frees():
+    """``per_kind=False`` (``gamma_price: macs``): every factor's γ is its structure's MACs over the
+    mean of all factors, so a head costs what it frees next to a neuron and an embedding channel
+    (normalised per kind, each kind would average 1 whatever its structures cost)."""
+    x = torch.zeros(1, 1, 28, 28)
+    gated = sss.attach(sss.models.create("vit_fmnist", embed_dim=32, depth=2), x, ("embedding", "head", "channel"))
+    costs = structure_macs(gated, x)
+    one = mac_weights(gated, x, per_kind=False)
+    sizes = {g.name: g.weight.numel() for g in sss.gates(gated)}
+    assert sum(one[n] * sizes[n] for n in sizes) / sum(sizes.values()) == pytest.approx(1.0)
+    head, neuron = "blocks.0.attn.qkv.gate", "blocks.0.mlp.fc1.gate"
+    assert one[head] / one[neuron] == pytest.approx(costs[head] / costs[neuron])
+    per_kind = mac_weights(gated, x)
+    assert per_kind[head] == pytest.approx(1.0) != one[head]  # alone in its kind's average, per block
+
+
+def test_one_price_needs_one_gamma():
+    from sss.train import TrainConfig
+
+    with pytest.raises(ValueError, match="gamma as one number"):
+        TrainConfig(structures=["head", "channel"], gamma={"head": 0.1, "channel": 0.01}, gamma_price="macs").validate()
+    TrainConfig(structures=["head", "channel"], gamma=0.01, gamma_price="macs").validate()

@@ -51,13 +51,16 @@ def structure_costs(
     return costs
 
 
-def mac_weights(model: nn.Module, example_inputs: torch.Tensor, power: float = 1.0) -> dict[str, float]:
+def mac_weights(
+    model: nn.Module, example_inputs: torch.Tensor, power: float = 1.0, *, per_kind: bool = True
+) -> dict[str, float]:
     """Per-gate multipliers of γ proportional to :func:`structure_macs` to the ``power``,
     normalised so that the average over all factors of a kind is 1 (the kind's γ keeps its
-    meaning on average)."""
+    meaning on average), or with ``per_kind=False`` over all factors at once: one price per MAC
+    across kinds, so the penalty compares a head with a neuron by what each costs."""
     costs = {name: macs**power for name, macs in structure_macs(model, example_inputs).items()}
     sizes = {r.name: r.weight.numel() for r in gates(model)}
-    kinds = {r.name: r.kind for r in gates(model)}
+    kinds = {r.name: r.kind if per_kind else "all" for r in gates(model)}
     weights = {}
     for kind in set(kinds.values()):
         names = [n for n in costs if kinds[n] == kind]

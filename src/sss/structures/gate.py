@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 
 class Gate(nn.Module):
@@ -74,8 +75,8 @@ class ChannelGated(nn.Module):
     def scaled(self, y: torch.Tensor) -> torch.Tensor:
         """``y`` (this layer's output) times the channel factors: along dim 1 for convs and
         BatchNorms, along the last dim for a linear layer (whose input may be ``(B, N, C)``
-        tokens, as in a transformer's MLP)."""
-        if isinstance(self.inner, nn.Linear):
+        tokens, as in a transformer's MLP), an embedding table and a LayerNorm."""
+        if isinstance(self.inner, LAST_DIM):
             return y * self.scale()
         return y * self.scale().view((1, -1) + (1,) * (y.dim() - 2))
 
@@ -85,6 +86,27 @@ class ChannelGated(nn.Module):
             affine = {"weight": self.inner.weight * scale, "bias": self.inner.bias * scale}
             return torch.func.functional_call(self.inner, affine, (x,), strict=False)
         return self.scaled(self.inner(x))
+
+
+#: Layers whose channels are their output's last dim (a LayerNorm over the last dim only: see
+#: :func:`sss.structures.tracing.is_last_dim_norm`, which the kinds check before gating one).
+LAST_DIM = (nn.Linear, nn.Embedding, nn.LayerNorm)
+
+
+class ScaledParameter(nn.Module):
+    """A parametrization (``torch.nn.utils.parametrize``) that reads a parameter as ``λ ⊙ p``
+    along ``axis``: a tensor the model adds into a channel stream outside any layer (a ViT's
+    ``cls_token`` and ``pos_embed``). ``gate`` is held by plain reference; it is registered
+    once, on the group's first layer."""
+
+    def __init__(self, gate: Gate, axis: int) -> None:
+        super().__init__()
+        self.gates, self.axis = [gate], axis
+
+    def forward(self, p: torch.Tensor) -> torch.Tensor:
+        shape = [1] * p.dim()
+        shape[self.axis] = -1
+        return p * self.gates[0].weight.view(shape)
 
 
 def is_norm_act(m: nn.Module) -> bool:
@@ -139,24 +161,39 @@ def factor_parameters(model: nn.Module) -> Iterator[nn.Parameter]:
 
 def unwrap_gated_layers(model: nn.Module) -> None:
     """Folds every :class:`ChannelGated` layer's factors into the layer and puts the plain layer
-    back in its place, in place: the same function, with no gate left on any layer."""
+    back in its place, and every :class:`ScaledParameter` into its parameter, in place: the same
+    function, with no gate left on any layer or parameter."""
+    for owner in list(model.modules()):
+        scaled = [n for n, chain in getattr(owner, "parametrizations", {}).items()
+                  if any(isinstance(p, ScaledParameter) for p in chain)]  # fmt: skip
+        if scaled:
+            # A deep copy shares the parametrized class that torch made for the original, and removing
+            # a parametrization deletes its property from that class: the copy gets a class of its own.
+            cls = type(owner)
+            owner.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
+        for name in scaled:
+            parametrize.remove_parametrizations(owner, name, leave_parametrized=True)
     for name, wrapper in [(n, m) for n, m in model.named_modules() if isinstance(m, ChannelGated)]:
         fold_output_scale(wrapper.inner, wrapper.scale().detach())
         model.set_submodule(name, wrapper.inner)
 
 
 def fold_output_scale(layer: nn.Module, scale: torch.Tensor) -> None:
-    """Scales the output of an affine ``layer`` (BatchNorm, conv or linear) by ``scale`` in place.
+    """Scales the output of an affine ``layer`` (BatchNorm, LayerNorm, conv, linear or embedding)
+    by ``scale`` in place.
 
-    For BatchNorm this scales γ and β (``λ·(γx̂+β) = (λγ)x̂ + λβ``); for conv/linear the
-    weight and bias. The result is the same function up to float rounding.
+    For a norm this scales γ and β (``λ·(γx̂+β) = (λγ)x̂ + λβ``); for conv/linear the weight and
+    bias; for an embedding its table's columns. The result is the same function up to float rounding.
     """
     with torch.no_grad():
-        if isinstance(layer, nn.modules.batchnorm._BatchNorm):
-            if not layer.affine:
+        if isinstance(layer, nn.modules.batchnorm._BatchNorm | nn.LayerNorm):
+            if layer.weight is None:
                 raise ValueError(f"cannot fold a factor into non-affine {layer}; use affine=True")
             layer.weight.mul_(scale)
-            layer.bias.mul_(scale)
+            if layer.bias is not None:
+                layer.bias.mul_(scale)
+        elif isinstance(layer, nn.Embedding):
+            layer.weight.mul_(scale)
         elif isinstance(layer, nn.Conv2d | nn.Linear | nn.Conv1d):
             layer.weight.mul_(scale.view(-1, *[1] * (layer.weight.dim() - 1)))
             if layer.bias is not None:

@@ -47,6 +47,10 @@ class TrainConfig:
     ``gamma_macs_power`` p scales γ per gate by (MACs one of its structures costs)^p,
     normalised to 1 on average per kind: 0 (default) is the paper's uniform γ, 1 aims the
     penalty at compute, 0.5 is in between (docs/design.md, "channel selection").
+    ``gamma_price: macs`` puts every kind on one price: each factor's γ is proportional to the
+    MACs its structure frees (to the power ``gamma_macs_power``, 1 if left at 0), normalised over
+    all factors together, so a head, a neuron, an embedding channel and a branch compete on one
+    scale (``gamma`` is then one number); ``kind`` (default) normalises per kind.
     ``allow_collapse`` lets a run go on when its compact model's output no longer depends on
     the input (every path cut); by default that stops the run with an error.
     ``channels_last`` (``auto``: on CUDA only; see :meth:`sss.train.runtime.Runtime.channels_last`),
@@ -96,6 +100,7 @@ class TrainConfig:
     sparsity: Literal["apg", "ista", "sgd", "none"] = "apg"
     gamma: NonNegativeFloat | dict[str, NonNegativeFloat] = 0.01
     gamma_macs_power: NonNegativeFloat = 0.0
+    gamma_price: Literal["kind", "macs"] = "kind"
     prune_threshold: NonNegativeFloat = 0.0
     round_to: PositiveInt = 1
     freeze_epoch: PositiveInt | None = None
@@ -228,6 +233,8 @@ class TrainConfig:
                 parse_target(name, getattr(self, name))
             except ValueError as e:
                 problems.append(str(e))
+        if isinstance(self.gamma, dict) and self.gamma_price == "macs":
+            problems.append("gamma_price 'macs' prices every kind on one scale: give gamma as one number")
         if isinstance(self.gamma, dict) and set(self.gamma) - set(self.structures):
             problems.append(f"gamma names kinds {sorted(set(self.gamma) - set(self.structures))} not in structures")
         return problems

@@ -192,9 +192,10 @@ class Trainer(FreezeMixin, ResumeMixin):
                                 steered_by_distance=self.plan.steered_by_distance)  # fmt: skip
 
     def gamma_weights(self) -> dict[str, float] | None:
-        """Per-gate γ multipliers when ``gamma_macs_power`` > 0 (see :func:`sss.measure.mac_weights`)."""
-        power = self.cfg.gamma_macs_power
-        return mac_weights(self.model, self.example, power) if power > 0 and gates(self.model) else None
+        """Per-gate γ multipliers by MACs (``gamma_macs_power``, ``gamma_price``; :func:`sss.measure.mac_weights`)."""
+        power = self.cfg.gamma_macs_power or float(self.cfg.gamma_price == "macs")
+        per_kind = self.cfg.gamma_price == "kind"
+        return mac_weights(self.model, self.example, power, per_kind=per_kind) if power and gates(self.model) else None
 
     def _set_lr(self) -> float:
         lr = self.cfg.lr * self.cfg.lr_factor(self.epoch)

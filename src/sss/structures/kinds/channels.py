@@ -86,6 +86,8 @@ def describe(
         if module not in names:
             continue  # Torch-Pruning's own nodes for ReLU, add, concat, flatten: nothing to cut
         path = names[module]
+        if isinstance(module, nn.LayerNorm):
+            return f"it is a stream read through LayerNorms ({path}): the embedding kind's (structures=('embedding',))"
         if not isinstance(module, LAYERS + NORMS):
             return f"it includes {path} ({type(module).__name__}), whose channels cannot be cut exactly"
         if is_grouped(module) and module is not grouped_ok:

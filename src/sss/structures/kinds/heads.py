@@ -24,6 +24,7 @@ from torch import nn
 
 from sss.structures.gate import ChannelGated
 from sss.structures.kinds.channels import ChannelGroup, LayerGateKind, LayerSlice
+from sss.structures.paths import keep_along
 from sss.structures.registry import Discovery, Edit, Removal, register_kind
 from sss.structures.tracing import LEAF_NORMS, QKV_NAMES, is_attention
 
@@ -186,14 +187,7 @@ class HeadKind(LayerGateKind):
     def replay(self, model: nn.Module, edit: Edit) -> None:
         set_num_heads(model.get_submodule(edit["path"]), int(edit["num_heads"]))
         for path, axis in edit.get("per_head", []):
-            owner_path, _, name = path.rpartition(".")
-            owner = model.get_submodule(owner_path)
-            tensor = getattr(owner, name)
-            kept = tensor.detach().index_select(int(axis), torch.tensor(edit["kept"], device=tensor.device)).clone()
-            if isinstance(tensor, nn.Parameter):
-                setattr(owner, name, nn.Parameter(kept, requires_grad=tensor.requires_grad))
-            else:
-                owner.register_buffer(name, kept, persistent=name not in owner._non_persistent_buffers_set)
+            keep_along(model, path, int(axis), edit["kept"])
 
 
 def _queries_per_structure(attention: nn.Module, group: ChannelGroup) -> int:
