@@ -273,3 +273,38 @@ def test_hugging_face_swin_heads_take_their_bias_table_columns(tmp_path):
     torch.testing.assert_close(compact(x).logits, gated(x).logits, rtol=1e-5, atol=1e-5)
     sss.save(compact, tmp_path / "swin")
     torch.testing.assert_close(sss.load(tmp_path / "swin", base=build).eval()(x).logits, compact(x).logits)
+
+
+class ReadsItsQkvWeight(nn.Module):
+    """Attention whose forward reads its ``qkv`` layer's weight itself (EVA's and BEiT's
+    ``F.linear(x, self.qkv.weight, qkv_bias)``) instead of calling the layer."""
+
+    def __init__(self, dim: int = 16, num_heads: int = 4) -> None:
+        super().__init__()
+        self.num_heads, self.qkv, self.proj = num_heads, nn.Linear(dim, 3 * dim, bias=False), nn.Linear(dim, dim)
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        qkv = nn.functional.linear(x, self.qkv.weight).reshape(b, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        out = nn.functional.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
+        return self.proj(out.transpose(1, 2).reshape(b, n, -1))
+
+
+def test_a_forward_that_reads_a_gated_layers_weight_gets_the_factors_folded_in():
+    x = torch.randn(2, 5, 16)
+    gated = random_gated(ReadsItsQkvWeight(), x, ("head",))
+    assert [r.name for r in sss.gates(gated)] == ["qkv.gate"]
+    assert_exact_and_smaller(gated, x)
+
+
+def test_eva_attention_reading_its_qkv_weight_is_not_a_refusal():
+    """EVA adds its own q/v biases to ``F.linear(x, self.qkv.weight)``: a zero head's values are its
+    bias, not zero, so its heads are skipped with the reason; the model's other structures are gated."""
+    eva = pytest.importorskip("timm.models.eva")
+    torch.manual_seed(0)
+    model = eva.Eva(img_size=28, patch_size=7, embed_dim=32, depth=2, num_heads=4, num_classes=3).eval()
+    x = torch.randn(2, 3, 28, 28)
+    report = sss.find_structures(model, x, ("block", "head"))
+    assert report.names("block") == ["blocks.0", "blocks.1"] and not report.names("head")
+    assert any(s.startswith("blocks.0.attn: removing its head structures changes the output") for s in report.skipped)
+    assert_exact_and_smaller(random_gated(model, x, ("block",)), x)

@@ -41,7 +41,10 @@ def attach(
             factor shared by all layers coupled to it (residual sums, concat, depthwise
             convs), found with Torch-Pruning. ``"group"``: every group of a grouped conv.
             ``"branch"``: every branch of a module that concatenates parallel branches (GAL's
-            Inception masks). Kinds added with :func:`sss.structures.register_kind` too.
+            Inception masks). ``"head"``: every attention head. ``"embedding"``: every channel of
+            a residual stream read through LayerNorms (a transformer's width; the compact
+            model's norms keep the full-width statistics). Kinds added with
+            :func:`sss.structures.register_kind` too.
         example_inputs: An input batch; required by every kind but ``"block"``.
         structures: Which kinds get factors: names, or one string naming one kind or a
             comma-separated list (``"channel"``, ``"block,channel"``).

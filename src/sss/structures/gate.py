@@ -80,6 +80,24 @@ class ChannelGated(nn.Module):
             return y * self.scale()
         return y * self.scale().view((1, -1) + (1,) * (y.dim() - 2))
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The wrapped conv/linear/embedding layer's weight with the factors folded in: what a
+        model computes with when its code reads the layer's weight itself instead of calling it
+        (EVA's and BEiT's ``F.linear(x, self.qkv.weight, qkv_bias)``)."""
+        if isinstance(self.inner, nn.Embedding):  # its table's columns are its output channels
+            return self.inner.weight * self.scale().view(1, -1)
+        if not isinstance(self.inner, nn.Linear | nn.Conv1d | nn.Conv2d):
+            raise AttributeError(f"a gated {type(self.inner).__name__} has no folded weight")
+        w = self.inner.weight
+        return w * self.scale().view(-1, *[1] * (w.dim() - 1))
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        """The wrapped conv/linear layer's bias with the factors folded in (see :attr:`weight`)."""
+        b = getattr(self.inner, "bias", None)
+        return None if b is None else b * self.scale()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.norm_act:  # the factor scales the norm's affine, before the layer's own activation
             scale = self.scale()

@@ -61,8 +61,10 @@ def describe_stream(graph: tp.DependencyGraph, group, names: dict[nn.Module, str
         role = "out" if item.dep.handler.__name__.endswith("out_channels") else "in"
         if isinstance(module, nn.Parameter):  # a tensor added or concatenated into the stream
             path, axis = graph._param_to_name.get(module, "?"), node.pruning_dim
-            if list(item.idxs) != list(item.root_idxs) or module.shape[axis] != channels:
-                return f"{path} holds the stream's channels in another order or width"
+            if module.shape[axis] != channels:
+                continue  # Torch-Pruning couples a tensor it cannot place by its last dim (BEiT's bias table)
+            if list(item.idxs) != list(item.root_idxs):
+                return f"{path} holds the stream's channels in another order"
             params.append((path, axis))
             continue
         if module not in names:
