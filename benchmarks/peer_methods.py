@@ -70,9 +70,12 @@ DENSE = {"trained": DEMO_CONFIG, "vit": dataclasses.replace(DEMO_CONFIG, model="
 FROM_TRAINED = tuple(DENSE)
 SSS_STRUCTURES = {"sss": ["block", "channel"], "sss-blocks": ["block"], "sss-channels": ["channel"]}
 #: On a ViT, ``sss`` gates heads, MLP neurons and both residual branches of every block;
-#: ``sss-wide`` the embedding width too, every kind on one price per MAC (``gamma_price: macs``).
-VIT_VARIANTS = {"sss": (["block", "head", "channel"], "kind"),
-                "sss-wide": (["block", "head", "channel", "embedding"], "macs")}  # fmt: skip
+#: ``sss-wide`` the embedding width too, every kind on one price per MAC (``gamma_price: macs``);
+#: ``sss-rank`` all four kinds with factors from their importance per MAC (``factor_init: importance``).
+_ALL_VIT_KINDS = ["block", "head", "channel", "embedding"]
+VIT_VARIANTS = {"sss": {"structures": ["block", "head", "channel"]},
+                "sss-wide": {"structures": _ALL_VIT_KINDS, "gamma_price": "macs"},
+                "sss-rank": {"structures": _ALL_VIT_KINDS, "factor_init": "importance"}}  # fmt: skip
 METHODS = {
     "scratch": [*SSS_STRUCTURES, *CNN_TP_METHODS, *CONTROLS],
     "trained": [
@@ -88,7 +91,7 @@ METHODS = {
         *CONTROLS,
         "gal",
     ],
-    "vit": ["sss", "sss+kd", "sss-wide", "sss-wide+kd", "tp-vit", "tp-vit+kd"],
+    "vit": ["sss", "sss+kd", "sss-wide", "sss-wide+kd", "sss-rank", "sss-rank+kd", "tp-vit", "tp-vit+kd"],
 }
 #: Distillation (``+kd``) from the trained model: temperature 4, half soft and half hard labels.
 KD_TEMPERATURE = 4.0
@@ -196,11 +199,12 @@ def run_method(track: str, cfg: TrainConfig, method: str, folder: Path, train: A
         return sss.load(dense).train() if track in FROM_TRAINED else fresh_model(cfg, cfg.seed, train)
 
     if is_sss(method):
-        kinds, price = VIT_VARIANTS[method.removesuffix("+kd")] if track == "vit" else \
-            (SSS_STRUCTURES[method.removesuffix("+kd")], "kind")  # fmt: skip
+        variant = VIT_VARIANTS[method.removesuffix("+kd")] if track == "vit" else \
+            {"structures": SSS_STRUCTURES[method.removesuffix("+kd")]}  # fmt: skip
+        kinds = variant["structures"]
         gamma = cfg.gamma if track in FROM_TRAINED else {k: v for k, v in DEMO_CONFIG.gamma.items() if k in kinds}
-        run = dataclasses.replace(cfg, structures=kinds, gamma=gamma, gamma_price=price, init=str(dense) if dense
-                                  else None, distill=KD_TEMPERATURE if method.endswith("+kd") else None)  # fmt: skip
+        run = dataclasses.replace(cfg, **variant, gamma=gamma, init=str(dense) if dense else None,
+                                  distill=KD_TEMPERATURE if method.endswith("+kd") else None)  # fmt: skip
         if track == "scratch":
             # The demo's shape in the same epochs: one selection epoch, then the compact model retrained
             # from its initial weights, schedule restarted (Liu et al.'s Scratch-E). Continuing after 2

@@ -101,3 +101,28 @@ def test_all_kinds_on_a_model_that_has_some(caplog):
     assert "no block/group/branch structures" in caplog.text and "gated 14 channel" in caplog.text
     report = sss.find_structures(vgg, x, sss.structures.kind_names())
     assert report.found == ["channel"] and set(report.missing) == {"block", "group", "branch", "head", "embedding"}
+
+
+class ModelCodeFailsKind(FeatureKind):
+    """A kind whose reading of the model fails inside code that is not sss's (a library's bug, as
+    Torch-Pruning's ``ZeroDivisionError`` on timm's Twins)."""
+
+    name = "fails"
+    ops = ()
+
+    def find(self, model, example_inputs, ignore, discovery):
+        return 1 // 0, []
+
+
+def test_a_kind_that_cannot_read_the_model_leaves_the_others(caplog):
+    register_kind(ModelCodeFailsKind())
+    try:
+        x = torch.randn(2, 6)
+        report = sss.find_structures(_mlp(), x, ("channel", "fails"))
+        assert report.found == ["channel"]
+        assert any(s.startswith("fails: finding the fails structures of Sequential failed: ZeroDivisionError")
+                   for s in report.skipped), report.skipped  # fmt: skip
+        with pytest.raises(sss.errors.UnsupportedModelError, match="ZeroDivisionError"):
+            sss.attach(_mlp(), x, ("fails",))
+    finally:
+        unregister_kind("fails")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -119,8 +121,9 @@ def _find(model: nn.Module, example_inputs: torch.Tensor | None, kinds: list[str
     report = StructureReport()
     for name in kinds:
         kind = get_kind(name)
-        try:
-            found, skipped = kind.find(model, example_inputs, ignore, discovery)
+        try:  # torch's or the model's own error while one kind reads the model names that kind
+            with model_errors(model, f"finding the {name} structures of"):
+                found, skipped = kind.find(model, example_inputs, ignore, discovery)
         except UnsupportedModelError as e:  # this kind cannot read the model; the others may
             if len(kinds) == 1:
                 raise
@@ -241,8 +244,9 @@ def _removes_exactly(model: nn.Module, kind: StructureKind, candidates: list[Any
                     else:
                         flat[(position + (pattern == "odd")) % 2 :: 2] = 0.0
                     position += flat.numel()
-            try:  # clones: the model may write into x
-                expected = [trial(x.clone()) for x in inputs]
+            try:  # clones: the model may write into x; torch.fx prints a failing traced module's code: kept quiet
+                with contextlib.redirect_stderr(io.StringIO()):
+                    expected = [trial(x.clone()) for x in inputs]
             except Exception:  # the model's code reads the wrapped layer (EVA: F.linear(x, self.qkv.weight))
                 return False
             try:
@@ -250,7 +254,8 @@ def _removes_exactly(model: nn.Module, kind: StructureKind, candidates: list[Any
             except _INEXACT_ERRORS:
                 return False
             try:
-                actual = [compact(x.clone()) for x in inputs]
+                with contextlib.redirect_stderr(io.StringIO()):
+                    actual = [compact(x.clone()) for x in inputs]
             except Exception:  # the model's code refuses the narrower widths (a reshape, an assert)
                 return False
         for a, e in zip(actual, expected, strict=True):

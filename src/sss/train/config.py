@@ -73,11 +73,13 @@ class TrainConfig:
     file's keys. ``distill`` (a temperature, e.g. 4) adds knowledge distillation from the model
     the run starts from (or ``distill_teacher``, a model saved by sss): the loss is
     ``(1 - distill_weight)·CE + distill_weight·T²·KL(teacher ‖ student)`` on logits softened by T.
-    ``factor_init`` (``one``, or ``magnitude``: each channel factor starts at its structure's
-    weight magnitude, the inverse folded in) and ``steer`` (how a target steers γ: ``doubling``
-    a multiplier, or ``distance``: in units of the learning rate, by the factors' distance to
-    zero) default to ``auto``: the second where ``init`` is set (docs/design.md, "from a
-    trained model") or the selection starts late, the first otherwise.
+    ``factor_init`` (``one``; ``magnitude``: each channel factor starts at its structure's
+    weight magnitude, the inverse folded in; ``importance``: every layer gate's factors start at
+    their structures' first-order importance per MAC, ranked over all kinds together) and
+    ``steer`` (how a target steers γ: ``doubling`` a multiplier, or ``distance``: in units of
+    the learning rate, by the factors' distance to zero) default to ``auto``: the second where
+    ``init`` is set (docs/design.md, "from a trained model") or the selection starts late, the
+    first otherwise.
     ``selection_start`` (epochs) trains densely first: the factors stay at 1, without penalty,
     until that epoch, where the selection starts from the weights trained so far as it would from
     a trained model (its factors from their magnitudes, steered by distance, under ``auto``).
@@ -133,7 +135,7 @@ class TrainConfig:
     distill: PositiveFloat | None = None
     distill_weight: Annotated[float, Field(ge=0, le=1)] = 0.5
     distill_teacher: str | None = None
-    factor_init: Literal["auto", "one", "magnitude"] = "auto"
+    factor_init: Literal["auto", "one", "magnitude", "importance"] = "auto"
     steer: Literal["auto", "doubling", "distance"] = "auto"
     selection_start: NonNegativeInt = 0
     trust_model_code: bool = False

@@ -13,7 +13,6 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from sss.budget.magnitude import init_from_magnitudes
 from sss.data import ArrayDataset, iterate_batches, load_dataset, split_validation
 from sss.errors import RunFolderError
 from sss.measure import count, evaluate, mac_weights
@@ -174,8 +173,8 @@ class Trainer(FreezeMixin, ResumeMixin):
         model = self.create_model(data)
         if cfg.sparsity != "none":
             model = attach(model, self.example, structures=cfg.structures, inplace=True)
-            if self.plan.from_magnitudes and not cfg.selection_start:
-                init_from_magnitudes(model)  # the same function; the factors rank the trained structures
+            if self.plan.ranks_factors and not cfg.selection_start:  # the same function; the factors rank the
+                self.plan.start_factors(model, data, self.example, cfg.batch_size, cfg.seed)  # trained structures
         return model
 
     @property
@@ -330,9 +329,9 @@ class Trainer(FreezeMixin, ResumeMixin):
         while self.epoch < cfg.total_epochs:
             if self.epoch == cfg.freeze_epoch and not self.frozen:
                 self._freeze_and_log()
-            if self.epoch == cfg.selection_start > 0 and self.factors_opt is not None and self.plan.from_magnitudes:
-                init_from_magnitudes(self.model)  # from the warmed-up weights, as from a trained model
-                self.log(f"selection starts at epoch {self.epoch + 1}: factors from the structures' magnitudes")
+            if self.epoch == cfg.selection_start > 0 and self.factors_opt is not None and self.plan.ranks_factors:
+                self.plan.start_factors(self.model, self.train_data, self.example, cfg.batch_size, cfg.seed)
+                self.log(f"selection starts at epoch {self.epoch + 1}: factors by {self.plan.factor_init}")
             start = time.perf_counter()
             lr = self._set_lr()
             self.on_epoch_start()

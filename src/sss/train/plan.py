@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import islice
 from typing import Literal
 
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sss.budget.importance import init_from_importance, taylor_importance
+from sss.budget.magnitude import init_from_magnitudes
 from sss.budget.targets import chosen_target
+from sss.data import ArrayDataset, iterate_batches
 from sss.train.config import TrainConfig
 
 
@@ -15,22 +23,36 @@ class SelectionPlan:
 
     Attributes:
         factor_init: ``"magnitude"``: the factors start from their structures' weight magnitudes
-            (the default from trained weights: ``init`` or a dense warm-up); ``"one"``: λ = 1.
+            (the default from trained weights: ``init`` or a dense warm-up); ``"importance"``:
+            from their first-order importance per MAC, ranked over all kinds together
+            (:mod:`sss.budget.importance`); ``"one"``: λ = 1.
         target: The budget's metric and value (``None``: the run selects by γ alone).
         steering: How a budget steers γ: ``"distance"`` (the default from trained weights) or
             ``"doubling"``; ``None`` without a budget.
         selection_steps: Factor steps from ``selection_start`` to the freeze (or the end).
     """
 
-    factor_init: Literal["one", "magnitude"]
+    factor_init: Literal["one", "magnitude", "importance"]
     target: tuple[str, float | str] | None
     steering: Literal["doubling", "distance"] | None
     selection_steps: int
 
     @property
-    def from_magnitudes(self) -> bool:
-        """Whether the factors start from their structures' weight magnitudes."""
-        return self.factor_init == "magnitude"
+    def ranks_factors(self) -> bool:
+        """Whether the factors start ranked (by magnitude or importance) instead of at 1."""
+        return self.factor_init != "one"
+
+    def start_factors(self, model: nn.Module, data: ArrayDataset, example: torch.Tensor, batch_size: int,
+                      seed: int) -> None:  # fmt: skip
+        """Sets ``model``'s factors where :attr:`factor_init` says, folding the inverse in (the
+        same function): by magnitude, or by importance on 16 batches of ``data``."""
+        if self.factor_init == "magnitude":
+            init_from_magnitudes(model)
+        elif self.factor_init == "importance":
+            device = next(model.parameters()).device
+            batches = iterate_batches(data, batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
+            batches = ((x.to(device), y.to(device)) for x, y in islice(batches, 16))
+            init_from_importance(model, taylor_importance(model, batches, F.cross_entropy), example.to(device))
 
     @property
     def steered_by_distance(self) -> bool:

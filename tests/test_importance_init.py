@@ -1,0 +1,32 @@
+"""Factors from importance per MAC (``factor_init: importance``): the same function, factors
+spread over all kinds on one scale, the least important per MAC lowest."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import sss
+from sss.budget.importance import init_from_importance, taylor_importance
+from sss.measure import structure_costs
+
+
+def test_importance_init_keeps_the_function_and_ranks_every_kind_on_one_scale():
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))
+    model = sss.models.create("vit_fmnist", embed_dim=32, depth=2)
+    gated = sss.attach(model, x[:1], structures=("block", "embedding", "head", "channel")).eval()
+    with torch.no_grad():
+        before = gated(x)
+    importance = taylor_importance(gated, [(x[:8], y[:8]), (x[8:], y[8:])], F.cross_entropy)
+    assert init_from_importance(gated, importance, x[:1]) == 5  # one embedding, two head and two neuron gates
+    with torch.no_grad():
+        torch.testing.assert_close(gated(x), before, rtol=1e-4, atol=1e-5)
+    costs = structure_costs(gated, x[:1])
+    layer_gates = [r for r in sss.gates(gated) if r.kind != "block"]
+    values = torch.cat([r.weight.detach() for r in layer_gates])
+    assert float(values.min()) == pytest.approx(0.01) and float(values.max()) == pytest.approx(1.0)  # over all gates
+    score = torch.cat([importance[r.name] / costs[r.name] for r in layer_gates])
+    assert torch.equal(values.argsort(), score.argsort())  # one order: importance per MAC
+    assert all(bool((r.weight == 1).all()) for r in sss.gates(gated) if r.kind == "block")
