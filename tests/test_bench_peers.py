@@ -93,16 +93,32 @@ def test_the_smoke_methods_cover_every_code_path_of_their_track():
         assert set().union(*map(_code_paths, SMOKE[track])) == set().union(*map(_code_paths, methods)), track
 
 
-@pytest.mark.parametrize(("script", "name", "track"), [("bench_peers.py", "peers", "scratch"),
-                                                       ("bench_pretrained.py", "pretrained", "trained"),
-                                                       ("bench_vit.py", "vit", "vit")])  # fmt: skip
+#: The default suite's share of the smoke runs: sss and one Torch-Pruning peer per track (with
+#: distillation where the track has it); every code path of SMOKE runs with ``-m slow``.
+SMOKE_DEFAULT = {"scratch": ["sss", "tp-slimming"], "trained": ["sss+kd", "tp-group-sl"],
+                 "vit": ["sss+kd", "tp-vit+kd"]}  # fmt: skip
+_TRACKS = [("bench_peers.py", "peers", "scratch"), ("bench_pretrained.py", "pretrained", "trained"),
+           ("bench_vit.py", "vit", "vit")]  # fmt: skip
+
+
+@pytest.mark.parametrize(("script", "name", "track"), _TRACKS)
 def test_the_methods_run_and_the_report_is_written(tmp_path, script, name, track):
+    _smoke(tmp_path, script, name, track, SMOKE_DEFAULT[track])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("script", "name", "track"), _TRACKS)
+def test_every_code_path_of_a_track_runs(tmp_path, script, name, track):
+    _smoke(tmp_path, script, name, track, SMOKE[track])
+
+
+def _smoke(tmp_path, script: str, name: str, track: str, methods: list[str]) -> None:
     out, results = tmp_path / "runs", tmp_path / "results"
     cmd = [sys.executable, str(BENCHMARKS / script), "--quick", "--targets", "0.5", "--seeds", "0", "--out", str(out),
-           "--dense", str(tmp_path / "dense"), "--results", str(results), "--methods", *SMOKE[track]]  # fmt: skip
+           "--dense", str(tmp_path / "dense"), "--results", str(results), "--methods", *methods]  # fmt: skip
     subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=900)
     records = json.loads((results / f"{name}.json").read_text())
-    assert {r["method"] for r in records} == {*SMOKE[track], "dense"}
+    assert {r["method"] for r in records} == {*methods, "dense"}
     for r in records:
         assert {"method", "target", "seed", "accuracy", "macs_fraction", "b1_ms", "b64_ms"} <= r.keys()
         if r["method"] != "dense":
@@ -113,7 +129,7 @@ def test_the_methods_run_and_the_report_is_written(tmp_path, script, name, track
     tp_run = next(r for r in records if r["method"] in ("tp-group-sl", "tp-slimming", "tp-vit+kd"))
     assert tp_run["macs_fraction"] <= 0.5  # Torch-Pruning stepped until the target was met
     table = (results / f"{name}.md").read_text()
-    assert table.count("\n| ") >= len(SMOKE[track]) + 1 and "sss ahead by" in table
+    assert table.count("\n| ") >= len(methods) + 1 and "sss ahead by" in table
     assert (results / f"{name}_accuracy_vs_macs.png").stat().st_size > 0
     assert (results / f"{name}_accuracy_vs_latency.png").stat().st_size > 0
     rerun = subprocess.run([*cmd, "--train-only"], check=True, capture_output=True, text=True, timeout=300)

@@ -53,6 +53,19 @@ def test_timm_vit_loses_embedding_channels_everywhere_they_flow(kw):
     assert_round_trip(compact.eval(), x, base=_timm_vit(**kw))
 
 
+def test_a_narrowed_stream_with_removed_branches_loads(tmp_path):
+    """Blocks removed after the stream narrowed: loading replays the block removal by tracing a
+    block that now holds full-width norms (a leaf of the trace)."""
+    x = torch.randn(2, 1, 28, 28)
+    gated = random_gated(_timm_vit(), x, ("block", "embedding"), zero_prob=0.3)
+    with torch.no_grad():
+        next(r for r in sss.gates(gated) if r.kind == "block").weight[1] = 0.0  # the first block's MLP branch
+    compact = assert_exact_and_smaller(gated, x)
+    assert any(e["op"] == "remove_block" for e in sss.structures.history(compact))
+    assert any(isinstance(m, FullWidthLayerNorm) for m in compact.modules())
+    assert_round_trip(compact, x, base=_timm_vit())
+
+
 def test_the_zoo_vit_stream_narrows_and_exports_to_onnx(tmp_path):
     ort = pytest.importorskip("onnxruntime")
     x = torch.randn(2, 1, 28, 28)

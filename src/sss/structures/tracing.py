@@ -28,6 +28,7 @@ import torch_pruning as tp
 from torch import fx, nn
 
 from sss.errors import UnsupportedModelError
+from sss.structures.full_width_norm import FullWidthLayerNorm
 from sss.structures.gate import ChannelGated, Gate
 
 #: Normalisation layers whose per-channel affine takes a channel factor.
@@ -60,8 +61,9 @@ def is_attention(m: nn.Module) -> bool:
 
 #: Norm layers, and every subclass of theirs (timm's ``BatchNormAct2d``), stay leaves of a trace:
 #: a subclass's forward branches on ``self.training`` to update its running statistics, as
-#: ``nn.BatchNorm2d``'s does, and that is no other path through the model.
-LEAF_NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+#: ``nn.BatchNorm2d``'s does, and that is no other path through the model. A compact model's
+#: ``FullWidthLayerNorm`` too: a norm, whatever its forward.
+LEAF_NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, FullWidthLayerNorm)
 
 
 #: Attribute names of the separate query/key/value projections of Hugging Face-style attention.
