@@ -30,3 +30,16 @@ def test_importance_init_keeps_the_function_and_ranks_every_kind_on_one_scale():
     score = torch.cat([importance[r.name] / costs[r.name] for r in layer_gates])
     assert torch.equal(values.argsort(), score.argsort())  # one order: importance per MAC
     assert all(bool((r.weight == 1).all()) for r in sss.gates(gated) if r.kind == "block")
+
+
+def test_from_trained_weights_transformer_kinds_start_by_importance():
+    from sss.train import TrainConfig
+    from sss.train.plan import resolve_plan
+
+    def plan(structures, **kw):
+        return resolve_plan(TrainConfig(structures=structures, init="dense.safetensors", **kw), 1000).factor_init
+
+    assert plan(["channel"]) == "magnitude"
+    assert plan(["head", "channel"]) == plan(["embedding"]) == "importance"
+    assert plan(["head"], factor_init="magnitude") == "magnitude"
+    assert resolve_plan(TrainConfig(structures=["head"]), 1000).factor_init == "one"  # from scratch

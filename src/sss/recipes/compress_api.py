@@ -36,6 +36,11 @@ class GivenModelConfig(CompressConfig):
     def model_problems(self) -> list[str]:
         return []
 
+    @property
+    def from_trained(self) -> bool:
+        """The user's model is trained: ``factor_init``/``steer`` resolve as ``sss compress --init`` does."""
+        return True
+
 
 class GivenModelTrainer(Trainer):
     """The compress loop on a model object: :meth:`create_model` hands over (a copy of) it."""
@@ -116,9 +121,7 @@ def _compress_images(model: nn.Module, train_data: ArrayDataset, val_data: Array
     unknown = sorted(set(fields) - known)
     if unknown:
         raise ValueError(f"unknown compress options {unknown}; they are TrainConfig fields: {sorted(known)}")
-    # factor_init/steer as `sss compress --init` resolves them: the weights are trained.
-    cfg = GivenModelConfig(**{"factor_init": "magnitude", "steer": "distance", **fields, "model": name,
-                              "model_kwargs": kwargs, "out_dir": str(out_dir)})  # fmt: skip
+    cfg = GivenModelConfig(**{**fields, "model": name, "model_kwargs": kwargs, "out_dir": str(out_dir)})
     trained = copy.deepcopy(model).eval()
     result = GivenModelTrainer(cfg, model, train_data=train_data, log=log, progress=False).fit(overwrite=overwrite)
     models = {"trained": trained, "compact": result.compact}

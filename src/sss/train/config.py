@@ -79,7 +79,8 @@ class TrainConfig:
     ``steer`` (how a target steers γ: ``doubling`` a multiplier, or ``distance``: in units of
     the learning rate, by the factors' distance to zero) default to ``auto``: the second where
     ``init`` is set (docs/design.md, "from a trained model") or the selection starts late, the
-    first otherwise.
+    first otherwise; from trained weights the factors start by ``magnitude``, or by
+    ``importance`` when ``structures`` has ``head`` or ``embedding``.
     ``selection_start`` (epochs) trains densely first: the factors stay at 1, without penalty,
     until that epoch, where the selection starts from the weights trained so far as it would from
     a trained model (its factors from their magnitudes, steered by distance, under ``auto``).
