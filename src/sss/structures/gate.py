@@ -106,8 +106,9 @@ class ChannelGated(nn.Module):
         return self.scaled(self.inner(x))
 
 
-#: Layers whose channels are their output's last dim (a LayerNorm over the last dim only: see
-#: :func:`sss.structures.tracing.is_last_dim_norm`, which the kinds check before gating one).
+#: Layers whose channels are their output's last dim. A LayerNorm is gated only by the embedding
+#: kind, which takes one over the last dim alone (``kinds.embedding.is_stream_norm``; a
+#: channels-first ``LayerNorm2d`` subclass is refused there).
 LAST_DIM = (nn.Linear, nn.Embedding, nn.LayerNorm)
 
 
