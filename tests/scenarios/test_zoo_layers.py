@@ -299,7 +299,8 @@ def test_a_forward_that_reads_a_gated_layers_weight_gets_the_factors_folded_in()
 
 def test_eva_attention_reading_its_qkv_weight_is_not_a_refusal():
     """EVA adds its own q/v biases to ``F.linear(x, self.qkv.weight)``: a zero head's values are its
-    bias, not zero, so its heads are skipped with the reason; the model's other structures are gated."""
+    bias, not zero, so its heads are skipped with the reason; its blocks are gated. (Reading a gated
+    layer's weight is the test above; this small EVA passed before that fix too.)"""
     eva = pytest.importorskip("timm.models.eva")
     torch.manual_seed(0)
     model = eva.Eva(img_size=28, patch_size=7, embed_dim=32, depth=2, num_heads=4, num_classes=3).eval()

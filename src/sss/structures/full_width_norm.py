@@ -12,10 +12,10 @@ stream), the norm still divides by ``C`` and counts those zeros in its statistic
 which is exactly the full-width norm's statistics. It is computed as just that: the removed
 channels put back as zeros (``F.pad``, at the end: a norm's statistics do not depend on the
 channels' order), one fused ``F.layer_norm`` over ``C``, its output sliced back to the kept
-channels and the affine applied with one ``addcmul``: three kernels. Measured on a (1, 50, 48)
-token batch, one thread: 23 µs against ``nn.LayerNorm``'s 6 µs (the formula written out in
-tensor ops, ``var_mean`` included, took 58 µs); at batch 64, 0.42 ms against 0.16 ms. That is
-the price of the exact cut; ONNX exports all three ops.
+channels and the affine applied with one ``addcmul``: three kernels where ``nn.LayerNorm`` runs
+one (the formula written out in tensor ops took more than twice as long again). That is the
+price of the exact cut, visible in the compact models' latency in ``benchmarks/results/vit.md``;
+ONNX exports all three ops.
 
 :func:`use_stock_norms` swaps them for plain ``nn.LayerNorm`` modules over the kept width, for
 users who want stock modules only: not the same function (the difference is the caller's to

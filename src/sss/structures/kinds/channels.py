@@ -96,13 +96,8 @@ def describe(
             return f"{path} is used {calls[module]} times in forward"
         if isinstance(module, NORMS) or _is_depthwise(module):
             role = "out"  # one cut covers both sides
-        index = slices.setdefault((path, role), [[] for _ in range(channels)])
-        for idx, root_idx in zip(item.idxs, item.root_idxs, strict=True):
-            if idx not in index[root_idx]:
-                index[root_idx].append(idx)
-        limit = out_width(module) if role == "out" else in_width(module)
-        if max(item.idxs) >= limit:
-            return f"the traced channel mapping does not fit {path} (channels padded or reshaped on the way)"
+        if problem := add_indices(slices, path, role, item, module, channels):
+            return problem
         if role == "out" and isinstance(module, LAYERS):
             users = graph.module2node[module].outputs
             if len(users) == 1 and users[0].module not in names and [is_norm_act(u.module) for u in users[0].outputs] \
@@ -121,6 +116,19 @@ def describe(
     root_out = norms_after.get(names[root], names[root])
     gated.sort(key=lambda s: s.path != root_out)
     return ChannelGroup(name=names[root], channels=channels, gated=tuple(gated), slices=tuple(all_slices))
+
+
+def add_indices(slices: dict[tuple[str, str], list[list[int]]], path: str, role: str, item, module: nn.Module,
+                channels: int) -> str | None:  # fmt: skip
+    """Records which of ``module``'s ``role`` indices carry each of the group's ``channels`` (one
+    Torch-Pruning group item), or says why the traced mapping does not fit the layer."""
+    index = slices.setdefault((path, role), [[] for _ in range(channels)])
+    for idx, root_idx in zip(item.idxs, item.root_idxs, strict=True):
+        if idx not in index[root_idx]:
+            index[root_idx].append(idx)
+    if max(item.idxs) >= (out_width(module) if role == "out" else in_width(module)):
+        return f"the traced channel mapping does not fit {path} (channels padded or reshaped on the way)"
+    return None
 
 
 def wrap(model: nn.Module, group: ChannelGroup) -> None:

@@ -29,10 +29,10 @@ from torch.nn.utils import parametrize
 
 from sss.structures.full_width_norm import FullWidthLayerNorm
 from sss.structures.gate import ScaledParameter
-from sss.structures.kinds.channels import ChannelGroup, LayerGateKind, LayerSlice, is_grouped, wrap
+from sss.structures.kinds.channels import ChannelGroup, LayerGateKind, LayerSlice, add_indices, is_grouped, wrap
 from sss.structures.paths import keep_along
 from sss.structures.registry import Discovery, Edit, Removal, register_kind
-from sss.structures.tracing import LAYERS, NORMS, in_width, out_width
+from sss.structures.tracing import LAYERS, NORMS
 
 #: Layers that write into (or read from) a stream: convs, linears and embedding tables.
 _STREAM_LAYERS = (*LAYERS, nn.Embedding)
@@ -84,12 +84,8 @@ def describe_stream(graph: tp.DependencyGraph, group, names: dict[nn.Module, str
             role = "out"
         if calls.get(module, 0) > 1:
             return f"{path} is used {calls[module]} times in forward"
-        index = slices.setdefault((path, role), [[] for _ in range(channels)])
-        for idx, root_idx in zip(item.idxs, item.root_idxs, strict=True):
-            if idx not in index[root_idx]:
-                index[root_idx].append(idx)
-        if max(item.idxs) >= (out_width(module) if role == "out" else in_width(module)):
-            return f"the traced channel mapping does not fit {path} (channels padded or reshaped on the way)"
+        if problem := add_indices(slices, path, role, item, module, channels):
+            return problem
     if not norms:
         return None
     all_slices = [LayerSlice(p, r, tuple(tuple(ix) for ix in index)) for (p, r), index in slices.items()]
