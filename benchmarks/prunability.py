@@ -6,8 +6,8 @@ statistics): ``sss.attach`` with every kind, ~30% of the factors zeroed at rando
 random in [0.5, 1.5], so folding is checked too), ``sss.prune``, the outputs compared (every
 tensor of the output, to 1e-4 relative), the MACs before and after, the compact model saved and
 loaded on a fresh build; then Torch-Pruning's ``MetaPruner`` (L1, 30% of the channels, the
-classifier kept) on its own fresh build. Each model runs in its own process with a timeout, so
-one that hangs or kills Python is a result, not the end of the sweep.
+classifier kept) on its own fresh build. Each check runs in its own process with a timeout, so
+one that hangs or kills Python is a result, not the end of the sweep (nor of the other's check).
 
     python benchmarks/prunability.py                      # every model, results appended
     python benchmarks/prunability.py --only timm:resnet18,hf:llama
@@ -143,37 +143,49 @@ def has_attention(spec: ZooModel) -> bool:
     return any("attention" in type(m).__name__.lower() and any(True for _ in m.parameters()) for m in model.modules())
 
 
-def run_one(key: str) -> dict:
+def run_one(key: str, part: str) -> dict:
+    """One model's sss record (``part="sss"``) or Torch-Pruning record (``"tp"``)."""
     spec = next(s for s in zoo_models() if s.key == key)
+    if part == "tp":
+        return check_torch_pruning(spec)
     start = time.perf_counter()
     rec = {"model": key, "family": spec.family, "attention": has_attention(spec), **check_sss(spec)}
     rec["seconds"] = round(time.perf_counter() - start, 1)
-    rec["torch_pruning"] = check_torch_pruning(spec)
     return rec
 
 
-def sweep(specs: list[ZooModel], results: Path, timeout: float, redo: bool, jobs: int) -> None:
-    """Runs each model in its own single-threaded process, ``jobs`` at a time, appending to ``results``."""
-    done = {json.loads(line)["model"] for line in results.read_text().splitlines()} if results.exists() else set()
+def _in_process(key: str, part: str, timeout: float) -> dict:
+    """``run_one`` in a fresh single-threaded process: one that hangs or dies is a result."""
+    try:
+        cmd = [sys.executable, __file__, "--one", key, "--part", part]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"status": "timeout", "reason": f"over {timeout:.0f} s"}
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    died = f"the process died (exit {proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}"
+    return json.loads(lines[-1]) if lines else {"status": "crash", "reason": died}
+
+
+def sweep(specs: list[ZooModel], results: Path, timeout: float, redo: bool, jobs: int, keep_tp: bool = False,
+          tp_timeout: float | None = None) -> None:  # fmt: skip
+    """Runs each model's sss and Torch-Pruning checks in processes of their own (``timeout`` each;
+    ``tp_timeout`` for Torch-Pruning if given), ``jobs`` models at a time, appending to ``results``.
+    ``keep_tp``: a model's Torch-Pruning record is taken from its last record, where it has one
+    (sss changed, not it)."""
+    records = [json.loads(line) for line in results.read_text().splitlines()] if results.exists() else []
+    done = {r["model"] for r in records}
+    earlier_tp = {r["model"]: r["torch_pruning"] for r in records if "torch_pruning" in r} if keep_tp else {}
     results.parent.mkdir(parents=True, exist_ok=True)
     todo = [s for s in specs if redo or s.key not in done]
     lock = threading.Lock()
 
     def one(k: int, spec: ZooModel) -> None:
-        rec = {"model": spec.key, "family": spec.family}
-        try:
-            cmd = [sys.executable, __file__, "--one", spec.key]
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-            died = f"the process died (exit {proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}"
-            rec = json.loads(lines[-1]) if lines else {**rec, "status": "crash", "reason": died}
-        except subprocess.TimeoutExpired:
-            rec.update(status="timeout", reason=f"over {timeout:.0f} s")
+        rec = {"model": spec.key, "family": spec.family, **_in_process(spec.key, "sss", timeout)}
+        rec["torch_pruning"] = earlier_tp.get(spec.key) or _in_process(spec.key, "tp", tp_timeout or timeout)
         with lock, results.open("a") as f:
             f.write(json.dumps(rec) + "\n")
-            tp_status = rec.get("torch_pruning", {}).get("status")
             print(f"[{k + 1}/{len(todo)}] {spec.key}: {rec['status']} {rec.get('kinds', '')} "
-                  f"{rec.get('reason', '')[:120]} tp={tp_status}", flush=True)  # fmt: skip
+                  f"{rec.get('reason', '')[:120]} tp={rec['torch_pruning']['status']}", flush=True)  # fmt: skip
 
     with ThreadPoolExecutor(jobs) as pool:
         list(pool.map(one, range(len(todo)), todo))
@@ -187,12 +199,15 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=600)
     parser.add_argument("--jobs", type=int, default=2, help="models at a time (each single-threaded)")
     parser.add_argument("--redo", action="store_true", help="rerun models already in the results")
+    parser.add_argument("--tp-timeout", type=float, default=None, help="Torch-Pruning's own limit (default: --timeout)")
+    parser.add_argument("--keep-tp", action="store_true", help="reuse each model's last Torch-Pruning record")
     parser.add_argument("--report", action="store_true", help="write the markdown report from the results")
     parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--part", choices=("sss", "tp"), default="sss", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         torch.set_num_threads(1)
-        print(json.dumps(run_one(args.one)))
+        print(json.dumps(run_one(args.one, args.part)))
         return
     if args.report:
         from prunability_report import write_report
@@ -203,7 +218,7 @@ def main() -> None:
     if args.only:
         keys = set(args.only.split(","))
         specs = [s for s in specs if s.key in keys]
-    sweep(specs, args.results, args.timeout, args.redo, args.jobs)
+    sweep(specs, args.results, args.timeout, args.redo, args.jobs, args.keep_tp, args.tp_timeout)
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ EXPECTED: dict[str, set[str] | str] = {
     "timm:test_vit_relpos": {"channel"},
     "timm:deit_tiny_patch16_224": {"block", "channel", "head"},
     "timm:test_mambaout": {"channel"},
+    "timm:tiny_vit_5m_224": {"channel", "head"},
     "torchvision:resnet18": {"block", "channel"},
     "torchvision:mobilenet_v3_small": {"block", "channel"},
     "torchvision:squeezenet1_1": {"channel"},
@@ -54,6 +55,7 @@ EXPECTED: dict[str, set[str] | str] = {
     "hf:qwen2": {"channel", "head"},
     "hf:resnet": {"block", "channel"},
     "hf:swin": {"channel"},
+    "hf:gpt2": {"head"},
 }
 
 _SPECS = {spec.key: spec for spec in zoo_models()}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections.abc import Sequence
 
@@ -11,6 +10,8 @@ from torch import nn
 
 from sss.errors import UnsupportedModelError
 from sss.structures.boundary import model_errors
+from sss.structures.conv1d import as_linear, convert_conv1d
+from sss.structures.copying import deep_copy
 from sss.structures.discovery import check_not_wrapped, find_known, find_structures
 from sss.structures.history import record, register_op
 from sss.structures.registry import get_kind, kind_names, parse_kinds
@@ -73,7 +74,7 @@ def attach(
         if kind.needs_example and example_inputs is None:
             raise ValueError(f"{kind.name} factors need example_inputs (one input batch) to trace the model")
     if not inplace:
-        model = copy.deepcopy(model)
+        model = deep_copy(model)
     with model_errors(model, "gating"):
         return _gate_model(model, example_inputs, structures, ignore)
 
@@ -86,6 +87,8 @@ def _gate_model(model: nn.Module, example_inputs: torch.Tensor | None, structure
     # torch's encoder layers cannot be traced nor lose a head: rewritten first, as the same function
     if converted := convert_torch_transformers(model, example_inputs, ignore):
         record(model, [{"op": "convert_transformers", "paths": converted, "ignore": list(ignore)}])
+    if converted := convert_conv1d(model, ignore):  # GPT-2's transposed linear layers, as nn.Linear
+        record(model, [{"op": "convert_conv1d", "paths": converted}])
     if known is None:
         report = find_structures(model, example_inputs, structures, ignore)
     else:
@@ -131,6 +134,14 @@ def _replay_convert_transformers(model: nn.Module, edit: dict, *, pruned_later: 
     paths = convert_torch_transformers(model, ignore=edit.get("ignore", []), standalone=standalone)
     if paths != edit["paths"]:
         raise ValueError(f"it rewrites torch transformer modules at {paths}, the edit at {edit['paths']}")
+    return model
+
+
+@register_op("convert_conv1d")
+def _replay_convert_conv1d(model: nn.Module, edit: dict, *, pruned_later: bool) -> nn.Module:
+    """Rewrites the recorded ``Conv1D`` layers as ``nn.Linear`` again."""
+    for path in edit["paths"]:
+        model.set_submodule(path, as_linear(model.get_submodule(path)))
     return model
 
 

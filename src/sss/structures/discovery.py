@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
 import logging
 from collections.abc import Sequence
@@ -15,6 +14,8 @@ from torch import nn
 
 from sss.errors import UnsupportedModelError
 from sss.structures.boundary import model_errors
+from sss.structures.conv1d import convert_conv1d, is_conv1d
+from sss.structures.copying import deep_copy
 from sss.structures.gate import Gate
 from sss.structures.prune import prune
 from sss.structures.registry import Discovery, StructureKind, get_kind, parse_kinds
@@ -87,9 +88,10 @@ def find_structures(
     check_not_wrapped(model)
     kinds = parse_kinds(kinds)
     with model_errors(model, "finding the structures of"):
-        if has_torch_transformers(model):  # what attach would gate: on the rewritten encoder layers
-            model = copy.deepcopy(model)
+        if has_torch_transformers(model) or any(map(is_conv1d, model.modules())):  # what attach would gate:
+            model = deep_copy(model)  # on the rewritten encoder layers and Conv1D layers
             convert_torch_transformers(model, example_inputs, ignore)
+            convert_conv1d(model, ignore)
         check_single_path(model, ignore, example_inputs)
         return _find(model, example_inputs, kinds, ignore)
 
@@ -134,9 +136,7 @@ def _find(model: nn.Module, example_inputs: torch.Tensor | None, kinds: list[str
         elif found and kind.check_exactness and example_inputs is not None:
             found, failed = exact_subset(model, kind, found, example_inputs)
             skipped += [f"{kind.label(c)}: removing its {kind.name} structures changes the output on the example "
-                        "and a random input (an op on the way does not keep zeros or moves channels: sigmoid, a "
-                        "constant add, padding; a buffer or parameter read by width; or an in-place op that "
-                        "writes into a tensor the removal keeps)" for c in failed]  # fmt: skip
+                        f"and a random input ({kind.inexact_causes})" for c in failed]  # fmt: skip
         report.structures[name] = found
         report.skipped += skipped
     return report
@@ -196,7 +196,7 @@ def _is_low_precision(model: nn.Module) -> bool:
 def _check_copy(model: nn.Module) -> nn.Module:
     """A copy of ``model`` in eval mode to gate and prune: fp32 if it is half precision, and with
     contiguous parameters (``channels_last`` weights cannot be flattened with ``view``)."""
-    trial = copy.deepcopy(model).eval()
+    trial = deep_copy(model).eval()
     if _is_low_precision(trial):
         trial.float()  # float parameters and buffers only; integer buffers (BN's count, indices) stay
     return trial.to(memory_format=torch.contiguous_format)

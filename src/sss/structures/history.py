@@ -6,7 +6,8 @@ unpruned model (a zoo model, or the ``base`` a user passes; :mod:`sss.structures
 so no pickle is ever needed.
 
 Ops: ``convert_transformers`` (torch encoder layers rewritten before tracing, see
-:mod:`sss.structures.torch_transformer`), ``attach`` (kinds, ignore, input_shape), ``prune``
+:mod:`sss.structures.torch_transformer`), ``convert_conv1d`` (GPT-2's ``Conv1D`` layers as
+``nn.Linear``, :mod:`sss.structures.conv1d`), ``attach`` (kinds, ignore, input_shape), ``prune``
 (a marker: the gates are folded away here), ``cut`` (one layer's kept indices on one side:
 ``out``, ``in`` or ``groups``), and the kinds' own ops (``remove_block``, ``drop_branches``, ...;
 see :attr:`StructureKind.ops`).
@@ -32,7 +33,7 @@ class ReplayOp(Protocol):
 
 #: The core ops (not a kind's), each registered by the module that writes it, so that an op is
 #: written and replayed in one place (as :class:`~sss.structures.registry.StructureKind` does
-#: for its own ops): ``attach`` and ``convert_transformers`` in ``attach.py``, ``prune`` and
+#: for its own ops): ``attach``, ``convert_transformers`` and ``convert_conv1d`` in ``attach.py``, ``prune`` and
 #: ``cut`` in ``prune.py``.
 _CORE_OPS: dict[str, ReplayOp] = {}
 

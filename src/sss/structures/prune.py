@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import math
 import numbers
 import operator
@@ -12,6 +11,7 @@ import torch
 from torch import nn
 
 from sss.structures.boundary import model_errors
+from sss.structures.copying import deep_copy
 from sss.structures.gate import gates, unwrap_gated_layers
 from sss.structures.history import record, register_op
 from sss.structures.kinds.channels import cut_slices
@@ -53,7 +53,7 @@ def prune(
     kinds = kind_names() if structures is None else parse_kinds(structures)
     was_training = model.training
     with model_errors(model, "pruning"):
-        compact = copy.deepcopy(model).eval()
+        compact = deep_copy(model).eval()
         if threshold > 0:
             zero_small_factors(compact, threshold, kinds)
         removal = Removal()

@@ -61,6 +61,8 @@ class StructureKind:
             found structures keeps the function (off for kinds that are exact by construction).
         ops: The edit ops this kind writes into the history and knows how to :meth:`replay`.
         not_found: Completes "<model> has no ..." when the model has none of this kind.
+        inexact_causes: What may make a found structure fail the exactness check: the end of the
+            reason ``find_structures`` reports for it.
         order: Where the kind comes in ``attach`` and ``prune`` (lower first): kinds that
             wrap layers (channel 10, group 20) before kinds that re-trace whole modules
             (block 30, branch 40), so a traced module sees the layer wrappers as leaves.
@@ -74,6 +76,10 @@ class StructureKind:
     check_exactness: ClassVar[bool] = True
     ops: ClassVar[tuple[str, ...]] = ()
     not_found: ClassVar[str] = "structures of this kind"
+    inexact_causes: ClassVar[str] = (
+        "an op on the way does not keep zeros or moves channels: sigmoid, a constant add, padding; a buffer or "
+        "parameter read by width; or an in-place op that writes into a tensor the removal keeps"
+    )
 
     def find(
         self, model: nn.Module, example_inputs: torch.Tensor | None, ignore: Sequence[str], discovery: Discovery

@@ -28,6 +28,7 @@ import torch_pruning as tp
 from torch import fx, nn
 
 from sss.errors import UnsupportedModelError
+from sss.structures.dependency_graph import DependencyGraph
 from sss.structures.full_width_norm import FullWidthLayerNorm
 from sss.structures.gate import ChannelGated, Gate
 
@@ -84,14 +85,15 @@ def qkv_projections(model: nn.Module) -> list[nn.Module]:
 
 class Tracer(fx.Tracer):
     """Keeps sss wrappers, torch.nn layers, norm layers (and their subclasses) and attention
-    modules as leaves, and proxies buffers (no baked constants). An attention module stays a leaf
-    because tracing through it would bake its ``num_heads`` into the graph's reshapes, and
-    removing heads changes it."""
+    modules (any module with an int ``num_heads``) as leaves, and proxies buffers (no baked
+    constants). An attention module stays a leaf because tracing through it would bake its
+    ``num_heads`` into the graph's reshapes, and removing heads changes it (LeViT's convolutional
+    attention, traced inside a block, crashed after a cut)."""
 
     proxy_buffer_attributes = True
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return (isinstance(m, (ChannelGated, Gate, *LEAF_NORMS)) or is_attention(m)
+        return (isinstance(m, (ChannelGated, Gate, *LEAF_NORMS)) or isinstance(getattr(m, "num_heads", None), int)
                 or super().is_leaf_module(m, qualname))  # fmt: skip
 
 
@@ -211,8 +213,8 @@ def build_graph(model: nn.Module, example_inputs: torch.Tensor) -> tp.Dependency
         with warnings.catch_warnings():  # a parameter outside any layer (a ViT's cls_token): its
             # channels join the embedding's group, which a LayerNorm keeps out of reach anyway
             warnings.filterwarnings("ignore", message="Unwrapped parameters")
-            return tp.DependencyGraph().build_dependency(model.eval(), example_inputs=example_inputs,
-                                                         output_transform=output_tensors)  # fmt: skip
+            return DependencyGraph().build_dependency(model.eval(), example_inputs=example_inputs,
+                                                      output_transform=output_tensors)  # fmt: skip
     except Exception as e:
         raise UnsupportedModelError(
             f"cannot trace {type(model).__name__} on the example input ({type(e).__name__}: {e}); channel "

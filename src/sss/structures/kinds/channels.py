@@ -28,6 +28,7 @@ import torch_pruning as tp
 from torch import nn
 
 from sss.errors import UnsupportedModelError
+from sss.structures.dependency_graph import unsettled
 from sss.structures.gate import ChannelGated, Gate, is_norm_act
 from sss.structures.paths import under
 from sss.structures.registry import Discovery, Removal, StructureKind, register_kind
@@ -74,6 +75,8 @@ def describe(
 ) -> ChannelGroup | str:
     """Turns one Torch-Pruning group into a :class:`ChannelGroup`, or says why it cannot be one.
     ``grouped_ok`` is a grouped conv that may appear (the caller handles its groups)."""
+    if reason := unsettled(group):
+        return reason
     root = group[0].dep.target.module
     channels = len(group[0].idxs)
     slices: dict[tuple[str, str], list[list[int]]] = {}

@@ -27,6 +27,7 @@ import torch_pruning as tp
 from torch import nn
 from torch.nn.utils import parametrize
 
+from sss.structures.dependency_graph import unsettled
 from sss.structures.full_width_norm import FullWidthLayerNorm
 from sss.structures.gate import ScaledParameter
 from sss.structures.kinds.channels import ChannelGroup, LayerGateKind, LayerSlice, add_indices, is_grouped, wrap
@@ -52,6 +53,8 @@ def describe_stream(graph: tp.DependencyGraph, group, names: dict[nn.Module, str
                     calls: dict[nn.Module, int]) -> ChannelGroup | str | None:  # fmt: skip
     """One Torch-Pruning group as a residual stream, why it cannot be one, or None if it reads
     through no LayerNorm (then it is a plain channel group)."""
+    if reason := unsettled(group):
+        return reason
     channels = len(group[0].idxs)
     slices: dict[tuple[str, str], list[list[int]]] = {}
     params: list[tuple[str, int]] = []

@@ -10,8 +10,10 @@ cut with ``num_heads`` lowered by one: the same function. The head dim stays.
 
 Found by attributes (a module with ``qkv`` and ``proj`` linear layers and an int ``num_heads``:
 the zoo's ViT, torch's rewritten encoder layers, timm's ``Attention``, whose ``attn_dim`` follows
-``num_heads`` and whose gated form's ``gate`` rows go with their heads), then checked for exact
-removal on the example input as every kind is: a forward that reshapes by the original width
+``num_heads`` and whose gated form's ``gate`` rows go with their heads; GPT-2's ``c_attn`` and
+``c_proj``; TinyViT's, EfficientFormer's and LeViT's, whose ``qkv`` holds each head's query, key
+and value rows together; Hugging Face's separate projections), then checked for exact removal on
+the example input as every kind is: a forward that reshapes by the original width
 (``reshape(B, N, C)`` instead of ``-1``) fails the check and is skipped with the reason.
 """
 
@@ -26,37 +28,136 @@ from sss.structures.gate import ChannelGated
 from sss.structures.kinds.channels import ChannelGroup, LayerGateKind, LayerSlice
 from sss.structures.paths import keep_along
 from sss.structures.registry import Discovery, Edit, Removal, register_kind
-from sss.structures.tracing import LEAF_NORMS, QKV_NAMES, is_attention
+from sss.structures.tracing import LEAF_NORMS, QKV_NAMES, in_width, is_attention, out_width
+
+#: A fused query/key/value layer and the output projection: timm's names, and GPT-2's (its
+#: ``Conv1D`` layers rewritten as ``nn.Linear`` before discovery, :mod:`sss.structures.conv1d`).
+FUSED_NAMES = (("qkv", "proj"), ("c_attn", "c_proj"))
 
 
-def describe_heads(m: nn.Module, path: str, calls: dict[nn.Module, int]) -> ChannelGroup | str:
-    """The heads of one attention module, or why they cannot be removed."""
-    qkv, proj, heads = m.qkv, m.proj, m.num_heads
+def fused_projections(m: nn.Module) -> tuple[str, str] | None:
+    """The names of ``m``'s fused query/key/value layer and output projection, if it is an
+    attention of that form (both linear, maybe gated, and an int ``num_heads``)."""
+    if not isinstance(getattr(m, "num_heads", None), int):
+        return None
+    for names in FUSED_NAMES:
+        if all(isinstance(_plain(getattr(m, n, None)), nn.Linear) for n in names):
+            return names
+    return None
+
+
+def _qkv_layout(m: nn.Module, out: int, width: int, heads: int) -> tuple[tuple[tuple[int, ...], ...], ...] | str:
+    """Each head's ``qkv`` rows (query, key and value), its value rows, and its columns of ``proj``.
+
+    Two layouts: timm's (``qkv`` reshaped to ``(3, heads, head_dim)``: all queries, then all keys,
+    then all values) and per head (``qkv`` reshaped to ``(heads, 2·key_dim + val_dim)`` then split:
+    TinyViT's, EfficientFormer's and LeViT's, found by their int ``key_dim`` and ``val_dim``;
+    MaxViT's with ``head_first``)."""
+    key_dim, val_dim = getattr(m, "key_dim", None), getattr(m, "val_dim", None)
+    if getattr(m, "head_first", False) is True and isinstance(getattr(m, "dim_head", None), int):
+        key_dim = val_dim = m.dim_head  # MaxViT's and CoAtNet's: (heads, 3 · dim_head), then chunked
+    if isinstance(key_dim, int) and isinstance(val_dim, int):
+        block = 2 * key_dim + val_dim
+        if out != heads * block or width != heads * val_dim:
+            return f"qkv gives {out} features, not {heads} heads of 2 × {key_dim} key and {val_dim} value features"
+        rows = tuple(tuple(range(h * block, (h + 1) * block)) for h in range(heads))
+        values = tuple(tuple(range(h * block + 2 * key_dim, (h + 1) * block)) for h in range(heads))
+        own = tuple(tuple(range(h * val_dim, (h + 1) * val_dim)) for h in range(heads))
+        return rows, values, own
+    if out != 3 * width or width % heads:
+        return f"qkv gives {out} features, not 3 × proj's {width} input features split in {heads} heads"
+    dim = width // heads
+    own = tuple(tuple(range(h * dim, (h + 1) * dim)) for h in range(heads))
+    rows = tuple(tuple(i + part * width for part in range(3) for i in own[h]) for h in range(heads))
+    values = tuple(tuple(i + 2 * width for i in own[h]) for h in range(heads))
+    return rows, values, own
+
+
+def _normalises_heads(m: nn.Module, norm: nn.Module, width: int, qkv: nn.Linear) -> bool:
+    """Whether an attention's ``norm`` may read the heads' concatenated outputs (timm's
+    ``scale_norm``), not its input (TinyViT's), told by width; where both widths are the same, an
+    attention laid out per head (``key_dim``, ``val_dim``: TinyViT's) normalises its input, and
+    any other is taken to normalise its heads (refused rather than guessed)."""
+    normalized = getattr(norm, "normalized_shape", None)
+    features = normalized[-1] if normalized else getattr(norm, "num_features", None)
+    if features != width:
+        return features is None
+    per_head = all(isinstance(getattr(m, a, None), int) for a in ("key_dim", "val_dim"))
+    return features != qkv.in_features or not per_head
+
+
+def describe_heads(m: nn.Module, path: str, calls: dict[nn.Module, int],
+                   names: tuple[str, str] = ("qkv", "proj")) -> ChannelGroup | str:  # fmt: skip
+    """The heads of one attention module with a fused query/key/value layer and an output
+    projection (``names``), or why they cannot be removed."""
+    (qkv_name, proj_name), heads = names, m.num_heads
+    qkv, proj = _plain(getattr(m, qkv_name)), _plain(getattr(m, proj_name))
     width = proj.in_features
-    if qkv.out_features != 3 * width or width % heads:
-        return f"qkv gives {qkv.out_features} features, not 3 × proj's {width} input features split in {heads} heads"
+    layout = _qkv_layout(m, qkv.out_features, width, heads)
+    if isinstance(layout, str):
+        return layout
     if heads < 2:
         return "it has one head"
     for layer in (qkv, proj):
         if calls.get(layer, 0) > 1:
-            return f"its {'qkv' if layer is qkv else 'proj'} is used {calls[layer]} times in forward"
+            return f"its {qkv_name if layer is qkv else proj_name} is used {calls[layer]} times in forward"
     norm = getattr(m, "norm", None)
-    if isinstance(norm, nn.Module) and not isinstance(norm, nn.Identity):
+    if isinstance(norm, nn.Module) and not isinstance(norm, nn.Identity) and _normalises_heads(m, norm, width, qkv):
         return f"it normalises the heads' concatenated outputs ({type(norm).__name__}), over a width a cut changes"
-    dim = width // heads
-    own = [tuple(range(h * dim, (h + 1) * dim)) for h in range(heads)]
-    rows = tuple(tuple(i + part * width for part in range(3) for i in own[h]) for h in range(heads))
-    values = tuple(tuple(i + 2 * width for i in own[h]) for h in range(heads))
+    rows, values, own = layout
     prefix = f"{path}." if path else ""
-    slices = (LayerSlice(f"{prefix}qkv", "out", rows), LayerSlice(f"{prefix}proj", "in", tuple(own)))
+    slices = (LayerSlice(prefix + qkv_name, "out", rows), LayerSlice(prefix + proj_name, "in", own))
     gate = getattr(m, "gate", None)  # timm's gated attention: a sigmoid gate per output feature
     if isinstance(gate, nn.Linear) and gate.out_features == width:
-        slices += (LayerSlice(f"{prefix}gate", "out", tuple(own)),)
-    per_head = _per_head(m, prefix, heads, skip=(qkv, proj, gate))
+        slices += (LayerSlice(f"{prefix}gate", "out", own),)
+    per_head = _per_head(m, prefix, heads, skip=(getattr(m, qkv_name), getattr(m, proj_name), gate))
     if isinstance(per_head, str):
         return per_head
     params, layers = per_head
-    return ChannelGroup(name=path, channels=heads, gated=(LayerSlice(f"{prefix}qkv", "out", values),),
+    return ChannelGroup(name=path, channels=heads, gated=(LayerSlice(prefix + qkv_name, "out", values),),
+                        slices=slices + layers, kind="head", per_structure=params)  # fmt: skip
+
+
+def _layer_and_norm(m: nn.Module | None) -> tuple[nn.Module, nn.Module] | None:
+    """A LeViT ``LinearNorm``/``ConvNorm``'s layer and BatchNorm (``linear`` and ``bn``), if ``m`` is one."""
+    layer, norm = _plain(getattr(m, "linear", None)), _plain(getattr(m, "bn", None))
+    if isinstance(layer, nn.Linear | nn.Conv2d) and isinstance(norm, nn.BatchNorm1d | nn.BatchNorm2d):
+        return layer, norm
+    return None
+
+
+def is_normed_attention(m: nn.Module) -> bool:
+    """Whether ``m`` is LeViT's attention: ``qkv`` a layer with its BatchNorm, ``proj`` a sequence
+    ending in one, an int ``num_heads``, ``key_dim`` and ``val_dim`` (its per-head layout)."""
+    proj = getattr(m, "proj", None)
+    return (isinstance(getattr(m, "num_heads", None), int) and _layer_and_norm(getattr(m, "qkv", None)) is not None
+            and isinstance(proj, nn.Sequential) and len(proj) > 0 and _layer_and_norm(proj[-1]) is not None
+            and all(isinstance(getattr(m, a, None), int) for a in ("key_dim", "val_dim")))  # fmt: skip
+
+
+def describe_normed_heads(m: nn.Module, path: str, calls: dict[nn.Module, int]) -> ChannelGroup | str:
+    """The heads of LeViT's attention: each head's block of ``qkv``'s rows and of its BatchNorm,
+    and its columns of the last projection layer. The factor scales the head's value channels
+    after the BatchNorm; the activation before the projection keeps zeros (LeViT's Hardswish)."""
+    (layer, norm), heads = _layer_and_norm(m.qkv), m.num_heads
+    proj_layer, _ = _layer_and_norm(m.proj[-1])
+    layout = _qkv_layout(m, out_width(layer), in_width(proj_layer), heads)
+    if isinstance(layout, str):
+        return layout
+    if heads < 2:
+        return "it has one head"
+    if any(calls.get(x, 0) > 1 for x in (layer, norm, proj_layer)):
+        return "a layer of it is used more than once in forward"
+    rows, values, own = layout
+    prefix = f"{path}." if path else ""
+    last = f"{prefix}proj.{list(m.proj._modules)[-1]}"  # named ("ln") or numbered
+    slices = (LayerSlice(f"{prefix}qkv.linear", "out", rows), LayerSlice(f"{prefix}qkv.bn", "out", rows),
+              LayerSlice(f"{last}.linear", "in", own))  # fmt: skip
+    per_head = _per_head(m, prefix, heads, skip=(m.qkv, m.proj))
+    if isinstance(per_head, str):
+        return per_head
+    params, layers = per_head
+    return ChannelGroup(name=path, channels=heads, gated=(LayerSlice(f"{prefix}qkv.bn", "out", values),),
                         slices=slices + layers, kind="head", per_structure=params)  # fmt: skip
 
 
@@ -162,11 +263,17 @@ class HeadKind(LayerGateKind):
     order = 15
     ops = ("set_heads",)
     not_found = "attention modules with qkv and proj linear layers and num_heads (timm-style)"
+    inexact_causes = (
+        "its forward reshapes the heads' outputs by its input's width, as reshape(B, N, C) does (EVA, BEiT, XCiT, "
+        "PVT, torchvision's Swin), which only a change of its code lifts; or a per-head tensor the cut does not narrow"
+    )
 
     def describe_all(self, discovery: Discovery) -> Iterator[tuple[str, ChannelGroup | str]]:
         for m, path in discovery.names.items():
-            if is_attention(m):
-                yield path, describe_heads(m, path, discovery.calls)
+            if names := fused_projections(m):
+                yield path, describe_heads(m, path, discovery.calls, names)
+            elif is_normed_attention(m):
+                yield path, describe_normed_heads(m, path, discovery.calls)
             elif separate_projections(m) is not None:
                 yield path, describe_separate_heads(discovery.model, m, path, discovery.calls)
 
@@ -187,13 +294,18 @@ class HeadKind(LayerGateKind):
     def replay(self, model: nn.Module, edit: Edit) -> None:
         set_num_heads(model.get_submodule(edit["path"]), int(edit["num_heads"]))
         for path, axis in edit.get("per_head", []):
+            owner = model.get_submodule(path.rpartition(".")[0])
+            heads = getattr(owner, path.rpartition(".")[2]).shape[int(axis)]
             keep_along(model, path, int(axis), edit["kept"])
+            shape = getattr(owner, "bias_shape", None)  # timm's RelPosBias views its table by it
+            if isinstance(shape, tuple) and shape and shape[-1] == heads:
+                owner.bias_shape = (*shape[:-1], len(edit["kept"]))
 
 
 def _queries_per_structure(attention: nn.Module, group: ChannelGroup) -> int:
     """Query heads per structure: 1 for timm-style heads, the query-per-key/value ratio otherwise
     (read from the slices: a structure's query rows over its key rows)."""
-    if is_attention(attention):
+    if fused_projections(attention) or is_normed_attention(attention):
         return 1
     q_rows, k_rows = (len(s.index[0]) for s in group.slices[:2])
     return q_rows // k_rows
@@ -201,16 +313,20 @@ def _queries_per_structure(attention: nn.Module, group: ChannelGroup) -> int:
 
 def set_num_heads(attention: nn.Module, heads: int) -> None:
     """Lowers an attention module's head count, and its attention width where it keeps one
-    (timm's ``attn_dim = num_heads · head_dim``, which its forward reshapes by; Hugging Face's
-    ``num_attention_heads`` and ``all_head_size``, which its forward infers with ``-1``)."""
+    (timm's ``attn_dim = num_heads · head_dim`` and TinyViT's ``out_dim = num_heads · val_dim``,
+    which their forwards reshape by; Hugging Face's ``num_attention_heads`` and ``all_head_size``,
+    which its forward infers with ``-1``)."""
     dim = getattr(attention, "head_dim", None) or getattr(attention, "attention_head_size", None)
-    if isinstance(getattr(attention, "attn_dim", None), int) and isinstance(dim, int):
-        attention.attn_dim = heads * dim
-    if isinstance(getattr(attention, "all_head_size", None), int) and isinstance(dim, int):
-        attention.all_head_size = heads * dim
+    val_dim, key_dim = getattr(attention, "val_dim", None), getattr(attention, "key_dim", None)
+    widths = {"attn_dim": dim, "all_head_size": dim, "split_size": dim, "out_dim": val_dim, "val_attn_dim": val_dim,
+              "key_attn_dim": key_dim}  # fmt: skip
+    for name, per_head in widths.items():  # a width its forward reshapes by, or infers with -1
+        if isinstance(getattr(attention, name, None), int) and isinstance(per_head, int):
+            setattr(attention, name, heads * per_head)
     for name in ("num_heads", "num_attention_heads"):
         if isinstance(getattr(attention, name, None), int) or (name == "num_heads" and is_attention(attention)):
             setattr(attention, name, heads)
+    attention.train(attention.training)  # timm's LeViT-style attention drops its cached per-head biases
 
 
 register_kind(HeadKind())
