@@ -10,7 +10,7 @@ from torch import nn
 
 from sss.errors import UnsupportedModelError
 from sss.structures.boundary import model_errors
-from sss.structures.conv1d import as_linear, convert_conv1d
+from sss.structures.conv1d import as_linear, convert_conv1d, is_conv1d
 from sss.structures.copying import deep_copy
 from sss.structures.discovery import check_not_wrapped, find_known, find_structures
 from sss.structures.history import record, register_op
@@ -139,9 +139,14 @@ def _replay_convert_transformers(model: nn.Module, edit: dict, *, pruned_later: 
 
 @register_op("convert_conv1d")
 def _replay_convert_conv1d(model: nn.Module, edit: dict, *, pruned_later: bool) -> nn.Module:
-    """Rewrites the recorded ``Conv1D`` layers as ``nn.Linear`` again."""
+    """Rewrites the recorded ``Conv1D`` layers as ``nn.Linear`` again (a layer that already is one,
+    in a base rewritten before, stays as it is)."""
     for path in edit["paths"]:
-        model.set_submodule(path, as_linear(model.get_submodule(path)))
+        layer = _module_at(model, path)
+        if is_conv1d(layer):
+            model.set_submodule(path, as_linear(layer))
+        elif not isinstance(layer, nn.Linear):
+            raise ValueError(f"the edit rewrites a Conv1D at {path}, where the model has {type(layer).__name__}")
     return model
 
 
