@@ -262,7 +262,7 @@ class HeadKind(LayerGateKind):
     name = "head"
     order = 15
     ops = ("set_heads",)
-    not_found = "attention modules with qkv and proj linear layers and num_heads (timm-style)"
+    not_found = "attention heads (fused qkv/proj, per-head qkv layouts, or separate q/k/v projections)"
     inexact_causes = (
         "its forward reshapes the heads' outputs by its input's width, as reshape(B, N, C) does (EVA, BEiT, XCiT, "
         "PVT, torchvision's Swin), which only a change of its code lifts; or a per-head tensor the cut does not narrow"
