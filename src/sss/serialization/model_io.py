@@ -140,9 +140,13 @@ def load(
         check_digest(tensors, meta.get("sha256"), weights_path)
     # safetensors keeps no state-dict metadata: each module's version is the rebuilt model's own
     # (torchvision's MNASNet refuses a state dict without one).
-    state = OrderedDict(tensors)
+    buffers = _non_persistent_buffers(model)
+    state = OrderedDict((k, v) for k, v in tensors.items() if k not in buffers)
     state._metadata = getattr(model.state_dict(), "_metadata", None)  # type: ignore[attr-defined]
     model.load_state_dict(state, strict=True)
+    with torch.no_grad():
+        for k in tensors.keys() & buffers.keys():
+            buffers[k].copy_(tensors[k])
     if isinstance(zoo, dict):
         model.sss_spec = zoo
     return model.to(map_location).eval()
@@ -158,6 +162,7 @@ def _check_weights(model: nn.Module, weights_path: Path) -> dict[str, str]:
     except Exception as e:
         raise CheckpointError(f"{weights_path} is not a readable safetensors file ({e}); re-save the model") from e
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    expected |= {k: tuple(v.shape) for k, v in _non_persistent_buffers(model).items() if k in shapes}
     missing, extra = sorted(expected.keys() - shapes.keys()), sorted(shapes.keys() - expected.keys())
     wrong = [f"{k}: file {shapes[k]}, model {v}" for k, v in expected.items() if k in shapes and shapes[k] != v]
     if missing or extra or wrong:
@@ -169,3 +174,12 @@ def _check_weights(model: nn.Module, weights_path: Path) -> dict[str, str]:
             + " (a base other than the saved model's?)"
         )
     return meta
+
+
+def _non_persistent_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The buffers of ``model`` outside its state (``persistent=False``), by state-dict name. A
+    file may hold them: a copy of a traced block (a ``torch.fx.GraphModule``, which registers every
+    buffer it copies as persistent) saved them; they load like the state, shapes checked."""
+    return {f"{path}.{name}" if path else name: m._buffers[name]
+            for path, m in model.named_modules() for name in m._non_persistent_buffers_set
+            if m._buffers.get(name) is not None}  # fmt: skip

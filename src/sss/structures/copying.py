@@ -1,5 +1,6 @@
 """Copying a user's model: ``copy.deepcopy``, after dropping the caches some models keep of
-tensors computed from their parameters."""
+tensors computed from their parameters, and with the buffers that were not part of the state
+still not part of it."""
 
 from __future__ import annotations
 
@@ -20,4 +21,17 @@ def deep_copy(model: nn.Module) -> nn.Module:
             m.train(modes[m])
     for m, mode in modes.items():
         m.training = mode
-    return copy.deepcopy(model)
+    copied = copy.deepcopy(model)
+    _keep_non_persistent(model, copied)
+    return copied
+
+
+def _keep_non_persistent(model: nn.Module, copied: nn.Module) -> None:
+    """Marks ``copied``'s buffers non-persistent where ``model``'s are: a ``torch.fx.GraphModule``
+    (a traced block) is deep-copied by building a new one, which registers every buffer it copies
+    as persistent (Swin V2-Cr's ``attn_mask`` would then be saved, and not fit the rebuilt model)."""
+    copies = dict(copied.named_modules(remove_duplicate=False))
+    for path, m in model.named_modules(remove_duplicate=False):
+        twin = copies.get(path)
+        if twin is not None and m._non_persistent_buffers_set:
+            twin._non_persistent_buffers_set |= m._non_persistent_buffers_set & set(twin._buffers)

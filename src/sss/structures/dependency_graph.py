@@ -9,9 +9,15 @@ never settles: it grows until memory runs out. :class:`DependencyGraph` runs Tor
 search, unchanged, with a group that answers the first by a set lookup and stops the second, and
 a flatten mapping that refuses to make more indices than the bound; a search that is stopped gives
 a group of its root alone, whose :func:`unsettled` says why (the kinds report it as the reason).
+Its build stops on a concat or reshape whose widths it cannot infer; that op is left unmapped
+instead, as Torch-Pruning means to leave it.
 """
 
 from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator
 
 import torch_pruning as tp
 from torch_pruning.dependency import graph as tp_graph
@@ -63,8 +69,47 @@ class _IndexedGroup(tp.dependency.group.Group):
         return (dep.target, dep.handler, tuple(idxs)) in self._items
 
 
+#: Torch-Pruning's index-mapping updates that fail on a width their inference could not find
+#: (``None`` or the sentinel ``0``), by name: the concat's ``out_size != sum(chs)`` adds a ``None``
+#: (torchvision's Swin-S/B patch merging, DPN) and the reshape's ``in_channels // out_channels``
+#: divides by a ``0`` (ShuffleNet's channel shuffle), before the checks that would skip the mapping.
+_MAPPING_UPDATES = {"update_concat_index_mapping": TypeError, "update_reshape_index_mapping": ZeroDivisionError}
+
+
+def _skipping_unknown_widths(update: Callable, error: type[Exception]) -> Callable:
+    """``update``, with the op left unmapped (as Torch-Pruning means to leave an op whose widths it
+    cannot infer) where it raises ``error``. A group through that op is only as right as the
+    exactness check finds it, which every group passes before it is gated."""
+
+    def guarded(graph: tp.DependencyGraph, node) -> None:
+        with contextlib.suppress(error):
+            update(graph, node)
+
+    return guarded
+
+
+@contextlib.contextmanager
+def _mappings_skipping_unknown_widths() -> Iterator[None]:
+    """Torch-Pruning's mapping updates guarded (:func:`_skipping_unknown_widths`) for the block:
+    its build and each group's search update the mappings, by name, from ``update_index_mapping``."""
+    plain = {name: getattr(index_mapping, name) for name in _MAPPING_UPDATES}
+    for name, error in _MAPPING_UPDATES.items():
+        setattr(index_mapping, name, _skipping_unknown_widths(plain[name], error))
+    try:
+        yield
+    finally:
+        for name, update in plain.items():
+            setattr(index_mapping, name, update)
+
+
 class DependencyGraph(tp.DependencyGraph):
-    """Torch-Pruning's dependency graph whose ``get_pruning_group`` is linear and bounded."""
+    """Torch-Pruning's dependency graph whose ``get_pruning_group`` is linear and bounded (a search
+    that fails inside Torch-Pruning gives its root alone, with the reason), and whose build does not
+    fail on a concat or reshape of unknown widths."""
+
+    def build_dependency(self, *args, **kwargs) -> DependencyGraph:
+        with _mappings_skipping_unknown_widths():
+            return super().build_dependency(*args, **kwargs)
 
     def get_pruning_group(self, module, pruning_fn, idxs) -> tp.dependency.group.Group:
         bound = self._max_indices()
@@ -80,18 +125,29 @@ class DependencyGraph(tp.DependencyGraph):
         plain_group, tp_graph.Group = tp_graph.Group, lambda: _IndexedGroup(bound)
         index_mapping._FlattenIndexMapping.__call__ = bounded_flatten
         try:
-            return super().get_pruning_group(module, pruning_fn, idxs)
+            with _mappings_skipping_unknown_widths():
+                return super().get_pruning_group(module, pruning_fn, idxs)
         except _Unsettled as e:
-            root = self.module2node[module]
-            group = tp.dependency.group.Group()
-            group.add_dep(tp.Dependency(pruning_fn, pruning_fn, source=root, target=root), list(idxs))
-            group.unsettled = (f"Torch-Pruning's channel search does not settle: it reaches {e} more than {MAX_VISITS} "
-                               f"times with other channels, or makes over {bound} indices (reshapes that map "
-                               "channels around a cycle or multiply them by positions)")  # fmt: skip
-            return group
+            return self._root_alone(module, pruning_fn, idxs, (
+                f"Torch-Pruning's channel search does not settle: it reaches {e} more than {MAX_VISITS} times with "
+                f"other channels, or makes over {bound} indices (reshapes that map channels around a cycle or multiply "
+                "them by positions)"))  # fmt: skip
+        except Exception as e:
+            if not _raised_in_torch_pruning(e):
+                raise
+            first = (str(e).strip().splitlines() or [""])[0][:200]
+            return self._root_alone(module, pruning_fn, idxs, f"Torch-Pruning's channel search fails here "
+                                    f"({type(e).__name__}: {first})")  # fmt: skip
         finally:
             tp_graph.Group = plain_group
             index_mapping._FlattenIndexMapping.__call__ = flatten
+
+    def _root_alone(self, module, pruning_fn, idxs, reason: str) -> tp.dependency.group.Group:
+        root = self.module2node[module]
+        group = tp.dependency.group.Group()
+        group.add_dep(tp.Dependency(pruning_fn, pruning_fn, source=root, target=root), list(idxs))
+        group.unsettled = reason
+        return group
 
     def _max_indices(self) -> int:
         if not hasattr(self, "_bound"):
@@ -102,6 +158,15 @@ class DependencyGraph(tp.DependencyGraph):
         return self._bound
 
 
+def _raised_in_torch_pruning(e: BaseException) -> bool:
+    """Whether ``e`` was raised in Torch-Pruning's own code (its search's bug, not sss's or torch's)."""
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and f"{os.sep}torch_pruning{os.sep}" in tb.tb_frame.f_code.co_filename
+
+
 def unsettled(group: tp.dependency.group.Group) -> str | None:
-    """Why a group from :class:`DependencyGraph` is its root alone (its search was stopped), or None."""
+    """Why a group from :class:`DependencyGraph` is its root alone (its search was stopped, or
+    failed inside Torch-Pruning), or None."""
     return getattr(group, "unsettled", None)

@@ -12,7 +12,7 @@ from torch import fx, nn
 
 from sss.errors import UnsupportedModelError
 from sss.structures.paths import under
-from sss.structures.tracing import LEAF_NORMS, Tracer, output_tensors, trace_graph
+from sss.structures.tracing import LEAF_NORMS, Tracer, is_drop_path, output_tensors, trace_graph
 
 logger = logging.getLogger("sss")
 
@@ -144,15 +144,6 @@ def _inputs_of(model: nn.Module, path: str, example_inputs: torch.Tensor | None)
     return captured[0] if captured else None
 
 
-#: Stochastic depth as timm (``DropPath``, ``DropBlock2d``) and torchvision (``StochasticDepth``) name
-#: it: a regulariser like dropout (it rescales the branch in training), not another path.
-_DROP_PATHS = ("DropPath", "DropBlock2d", "StochasticDepth")
-
-
-def _is_drop_path(m: nn.Module) -> bool:
-    return type(m).__name__ in _DROP_PATHS
-
-
 def _same_in_both_modes(model: nn.Module, path: str, example_inputs: torch.Tensor | None) -> bool:
     """Whether the module at ``path`` computes the same in training and eval mode on the inputs it
     gets from ``example_inputs``, its norms, dropouts and stochastic depth kept in eval mode (their
@@ -166,7 +157,7 @@ def _same_in_both_modes(model: nn.Module, path: str, example_inputs: torch.Tenso
         with torch.no_grad():
             module.train()
             for m in module.modules():
-                if isinstance(m, (*LEAF_NORMS, nn.modules.dropout._DropoutNd)) or _is_drop_path(m):
+                if isinstance(m, (*LEAF_NORMS, nn.modules.dropout._DropoutNd)) or is_drop_path(m):
                     m.eval()
             trained = output_tensors(module(*args, **kwargs))
             evaluated = output_tensors(module.eval()(*args, **kwargs))

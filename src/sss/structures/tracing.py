@@ -83,6 +83,16 @@ def qkv_projections(model: nn.Module) -> list[nn.Module]:
     return found
 
 
+#: Stochastic depth as timm (``DropPath``, ``DropBlock2d``) and torchvision (``StochasticDepth``) name
+#: it: a regulariser like dropout (it rescales the branch in training), not another path.
+_DROP_PATHS = ("DropPath", "DropBlock2d", "StochasticDepth")
+
+
+def is_drop_path(m: nn.Module | None) -> bool:
+    """Whether ``m`` is a stochastic-depth module (timm's or torchvision's, by class name)."""
+    return type(m).__name__ in _DROP_PATHS
+
+
 class Tracer(fx.Tracer):
     """Keeps sss wrappers, torch.nn layers, norm layers (and their subclasses) and attention
     modules (any module with an int ``num_heads``) as leaves, and proxies buffers (no baked
@@ -118,7 +128,24 @@ def trace_module(module: nn.Module) -> fx.GraphModule:
     """``module`` as a ``GraphModule`` traced with :class:`Tracer` (submodule paths preserved;
     ``module`` is left as it was)."""
     with _untouched(module):
-        return fx.GraphModule(module, Tracer().trace(module), type(module).__name__)
+        gm = fx.GraphModule(module, Tracer().trace(module), type(module).__name__)
+    _keep_non_persistent(module, gm)
+    return gm
+
+
+def _keep_non_persistent(module: nn.Module, gm: fx.GraphModule) -> None:
+    """Marks the buffers ``gm`` copied from ``module`` that were not part of ``module``'s state
+    (``persistent=False``: Swin V2-Cr's ``attn_mask``) as such again: ``GraphModule`` registers
+    what it copies as persistent, and a saved state holding them would not fit the model rebuilt
+    from its unpruned form."""
+    for path, owner in module.named_modules():
+        for name in owner._non_persistent_buffers_set:
+            try:
+                copy = gm.get_submodule(path)
+            except AttributeError:  # nothing of this module is read by attribute in the graph
+                continue
+            if copy is not owner and name in copy._buffers:
+                copy._non_persistent_buffers_set.add(name)
 
 
 def trace_and_find(module: nn.Module, find: Callable[[fx.GraphModule], Any]) -> tuple[fx.GraphModule, Any] | str:

@@ -3,7 +3,8 @@
 A submodule is a *block* when its traced graph has exactly one residual sum
 ``add(branch, shortcut)`` whose two operands both come from the module's input along
 disjoint paths (the shortcut may be the input itself, or a downsample), and whose branch
-ends in a BatchNorm, conv or linear layer (or an attention module, folded into its ``proj``):
+ends in a BatchNorm, conv, linear or affine LayerNorm layer (or an attention module, folded into
+its ``proj``), maybe followed by ops λ commutes with (dropout, stochastic depth, a scale by a number):
 torchvision's BasicBlock and Bottleneck, pre-activation blocks, MobileNetV2's inverted
 residuals. Residual sums *chained* after it (``y = x + f(x); z = y + g(y)``, with ``g``'s ops
 used by nothing else) are branches of the same block: a pre-norm transformer block has two,
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import operator
 
+import torch
 from torch import fx, nn
 
 from sss.structures.gate import ChannelGated, Gate, fold_output_scale
@@ -28,24 +30,48 @@ from sss.structures.tracing import (
     ancestors,
     eliminate_dead_code,
     is_attention,
+    is_drop_path,
     trace_and_find,
     trace_module,
 )
 
+#: Scales by a number that ``λ`` commutes with at a branch's end (NFNet's ``α · branch``).
+_SCALES = (operator.mul, operator.truediv, torch.mul, torch.div)
+
+
+def _passed(node: fx.Node, modules: dict[str, nn.Module]) -> fx.Node | None:
+    """The tensor that ``node`` rescales without mixing its channels (``λ·op(y) = op(λ·y)``), if it
+    is such an op: dropout or stochastic depth (a module, or torchvision's ``stochastic_depth``
+    function, which ``torch.fx`` keeps as a call), a scale by a Python number, or the ``[0]`` of
+    an attention module's ``(output, weights)``."""
+    if node.op == "call_function" and node.target in _SCALES and len(node.args) == 2 and not node.kwargs:
+        tensor, number = node.args if isinstance(node.args[0], fx.Node) else node.args[::-1]
+        divides = node.target in (operator.truediv, torch.div)
+        if isinstance(tensor, fx.Node) and isinstance(number, int | float) and (not divides or tensor is node.args[0]):
+            return tensor
+        return None
+    source = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
+    if source is None:
+        return None
+    if node.op == "call_module":
+        module = modules.get(node.target)
+        return source if isinstance(module, nn.Dropout | nn.Identity) or is_drop_path(module) else None
+    if node.op != "call_function":
+        return None
+    if getattr(node.target, "__name__", None) == "stochastic_depth":
+        return source
+    if node.target is operator.getitem and node.args[1] == 0 and source.op == "call_module":
+        return source if is_attention(modules.get(source.target)) else None
+    return None
+
 
 def _fold_node(branch: fx.Node, modules: dict[str, nn.Module]) -> fx.Node:
-    """The op ``λ`` is folded into: the branch's last op, looking back through dropout (``λ``
-    commutes with it) and the ``[0]`` of an attention module's ``(output, weights)``."""
+    """The op ``λ`` is folded into: the branch's last op, looking back through the ops ``λ``
+    commutes with (:func:`_passed`)."""
     node = branch
-    while True:
-        module = modules.get(node.target) if node.op == "call_module" else None
-        dropout = isinstance(module, nn.Dropout | nn.Identity) and isinstance(node.args[0], fx.Node)
-        attention_output = (node.op == "call_function" and node.target is operator.getitem and node.args[1] == 0
-                            and isinstance(node.args[0], fx.Node) and node.args[0].op == "call_module"
-                            and is_attention(modules.get(node.args[0].target)))  # fmt: skip
-        if not (dropout or attention_output):
-            return node
-        node = node.args[0]
+    while (source := _passed(node, modules)) is not None:
+        node = source
+    return node
 
 
 def _foldable(branch: fx.Node, modules: dict[str, nn.Module]) -> str | None:
@@ -53,9 +79,11 @@ def _foldable(branch: fx.Node, modules: dict[str, nn.Module]) -> str | None:
     node = _fold_node(branch, modules)
     last = modules.get(node.target) if node.op == "call_module" else None
     last = last.inner if isinstance(last, ChannelGated) else last
-    if isinstance(last, AFFINE) or is_attention(last):
+    affine_norm = isinstance(last, nn.LayerNorm) and last.weight is not None  # a post-norm branch (Swin V2)
+    if isinstance(last, AFFINE) or affine_norm or is_attention(last):
         return None
-    return f"its branch ends in {node.format_node()}, not a BatchNorm/conv/linear layer or attention to fold λ into"
+    return (f"its branch ends in {node.format_node()}, not a BatchNorm/conv/linear layer, affine LayerNorm or "
+            "attention to fold λ into")  # fmt: skip
 
 
 def _is_add(node: fx.Node) -> bool:

@@ -1,0 +1,117 @@
+"""Residual branches that end in an op λ commutes with, after their last layer: torchvision's
+stochastic depth (its ``stochastic_depth`` function stays a call in the trace: Swin's blocks), a
+scale by a number (NFNet's ``α · branch``, a division), dropout. Each is a block: λ = 0 removes the
+branch, any other λ folds into the layer before the op, exactly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import sss
+
+from .helpers import assert_exact_and_smaller, random_gated
+
+
+class Block(nn.Module):
+    """``x + end(conv(x))``, with ``end`` the op under test."""
+
+    def __init__(self, end: nn.Module) -> None:
+        super().__init__()
+        self.conv = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 1))
+        self.end = end
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.end(self.conv(x))
+
+
+class Scale(nn.Module):
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return {"left": 0.2 * y, "right": y * 0.2, "divide": y / 4}[self.kind]
+
+
+class Net(nn.Module):
+    def __init__(self, end) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.blocks = nn.Sequential(*(Block(end()) for _ in range(3)))
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(self.stem(x)).mean((2, 3)))
+
+
+def _stochastic_depth() -> nn.Module:
+    ops = pytest.importorskip("torchvision.ops")
+    return ops.StochasticDepth(0.1, "row")
+
+
+ENDS = {
+    "stochastic-depth": _stochastic_depth,
+    "scale-left": lambda: Scale("left"),
+    "scale-right": lambda: Scale("right"),
+    "divide": lambda: Scale("divide"),
+    "dropout": lambda: nn.Dropout(0.1),
+}
+
+
+@pytest.mark.parametrize("end", list(ENDS.values()), ids=list(ENDS))
+def test_a_branch_ending_in_an_op_lambda_commutes_with_is_a_block(end):
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 8, 8)
+    report = sss.find_structures(Net(end).eval(), x, "block")
+    assert report.names("block") == ["blocks.0", "blocks.1", "blocks.2"], report.skipped
+    gated = random_gated(Net(end), x, ("block",))
+    assert_exact_and_smaller(gated, x)
+
+
+def test_a_scale_by_a_tensor_is_not_passed():
+    """``y * t`` with a tensor ``t`` (a learned per-channel scale kept as a buffer) is not a number:
+    the branch does not end in a layer λ folds into, and the refusal says what it ends in."""
+
+    class TensorScale(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("t", torch.rand(1, 8, 1, 1))
+
+        def forward(self, y: torch.Tensor) -> torch.Tensor:
+            return y * self.t
+
+    report = sss.find_structures(Net(TensorScale).eval(), torch.randn(2, 3, 8, 8), "block")
+    assert report.names("block") == []
+    assert any("its branch ends in" in s and "mul" in s for s in report.skipped), report.skipped
+
+
+class PostNormBlock(nn.Module):
+    """``x + LayerNorm(mlp(x))`` on tokens: a post-norm branch (Swin V2's), λ folds into the norm's affine."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 8))
+        self.norm = nn.LayerNorm(8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.norm(self.mlp(x))
+
+
+class Tokens(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(3, 8)
+        self.blocks = nn.Sequential(PostNormBlock(), PostNormBlock(), PostNormBlock())
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(self.embed(x)).mean(1))
+
+
+def test_a_post_norm_branch_is_a_block():
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 3)
+    assert sss.find_structures(Tokens().eval(), x, "block").names("block") == ["blocks.0", "blocks.1", "blocks.2"]
+    assert_exact_and_smaller(random_gated(Tokens(), x, ("block",)), x)
