@@ -1,7 +1,7 @@
 """Residual branches that end in an op λ commutes with, after their last layer: torchvision's
 stochastic depth (its ``stochastic_depth`` function stays a call in the trace: Swin's blocks), a
-scale by a number (NFNet's ``α · branch``, a division), dropout. Each is a block: λ = 0 removes the
-branch, any other λ folds into the layer before the op, exactly."""
+scale by a constant (NFNet's ``α · branch``, a division, LayerScale's ``branch · γ``), dropout.
+Each is a block: λ = 0 removes the branch, any other λ folds into the layer before the op, exactly."""
 
 from __future__ import annotations
 
@@ -30,8 +30,13 @@ class Scale(nn.Module):
     def __init__(self, kind: str) -> None:
         super().__init__()
         self.kind = kind
+        self.gamma = nn.Parameter(torch.rand(8))  # LayerScale's γ (timm's ViTs, ConvNeXt)
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
+        if self.kind == "layer-scale":
+            return y * self.gamma.reshape(1, -1, 1, 1)  # a constant: computed from a parameter alone
+        if self.kind == "layer-scale-in-place":
+            return y.mul_(self.gamma.reshape(1, -1, 1, 1))
         return {"left": 0.2 * y, "right": y * 0.2, "divide": y / 4}[self.kind]
 
 
@@ -56,6 +61,8 @@ ENDS = {
     "scale-left": lambda: Scale("left"),
     "scale-right": lambda: Scale("right"),
     "divide": lambda: Scale("divide"),
+    "layer-scale": lambda: Scale("layer-scale"),
+    "layer-scale-in-place": lambda: Scale("layer-scale-in-place"),
     "dropout": lambda: nn.Dropout(0.1),
 }
 
@@ -70,19 +77,16 @@ def test_a_branch_ending_in_an_op_lambda_commutes_with_is_a_block(end):
     assert_exact_and_smaller(gated, x)
 
 
-def test_a_scale_by_a_tensor_is_not_passed():
-    """``y * t`` with a tensor ``t`` (a learned per-channel scale kept as a buffer) is not a number:
-    the branch does not end in a layer λ folds into, and the refusal says what it ends in."""
+def test_a_scale_computed_from_the_branch_is_not_passed():
+    """``y · sigmoid(y)`` scales the branch by something that depends on it: λ does not commute
+    with it (folding λ into ``y``'s layer changes the scale), and the refusal says what the branch
+    ends in."""
 
-    class TensorScale(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.register_buffer("t", torch.rand(1, 8, 1, 1))
-
+    class SelfGate(nn.Module):
         def forward(self, y: torch.Tensor) -> torch.Tensor:
-            return y * self.t
+            return y * torch.sigmoid(y)
 
-    report = sss.find_structures(Net(TensorScale).eval(), torch.randn(2, 3, 8, 8), "block")
+    report = sss.find_structures(Net(SelfGate).eval(), torch.randn(2, 3, 8, 8), "block")
     assert report.names("block") == []
     assert any("its branch ends in" in s and "mul" in s for s in report.skipped), report.skipped
 

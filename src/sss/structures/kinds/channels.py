@@ -125,6 +125,8 @@ def add_indices(slices: dict[tuple[str, str], list[list[int]]], path: str, role:
                 channels: int) -> str | None:  # fmt: skip
     """Records which of ``module``'s ``role`` indices carry each of the group's ``channels`` (one
     Torch-Pruning group item), or says why the traced mapping does not fit the layer."""
+    if any(r is None or not 0 <= r < channels for r in item.root_idxs):
+        return f"Torch-Pruning's channel mapping loses track of which root channel reaches {path}"
     index = slices.setdefault((path, role), [[] for _ in range(channels)])
     for idx, root_idx in zip(item.idxs, item.root_idxs, strict=True):
         if idx not in index[root_idx]:

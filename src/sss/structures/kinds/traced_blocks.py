@@ -4,8 +4,8 @@ A submodule is a *block* when its traced graph has exactly one residual sum
 ``add(branch, shortcut)`` whose two operands both come from the module's input along
 disjoint paths (the shortcut may be the input itself, or a downsample), and whose branch
 ends in a BatchNorm, conv, linear or affine LayerNorm layer (or an attention module, folded into
-its ``proj``), maybe followed by ops λ commutes with (dropout, stochastic depth, a scale by a number):
-torchvision's BasicBlock and Bottleneck, pre-activation blocks, MobileNetV2's inverted
+its ``proj``), maybe followed by ops λ commutes with (dropout, stochastic depth, a scale by a
+constant such as LayerScale's γ): torchvision's BasicBlock and Bottleneck, pre-activation blocks, MobileNetV2's inverted
 residuals. Residual sums *chained* after it (``y = x + f(x); z = y + g(y)``, with ``g``'s ops
 used by nothing else) are branches of the same block: a pre-norm transformer block has two,
 attention then MLP. The block is replaced by its traced ``GraphModule`` with a :class:`Gate`
@@ -35,21 +35,41 @@ from sss.structures.tracing import (
     trace_module,
 )
 
-#: Scales by a number that ``λ`` commutes with at a branch's end (NFNet's ``α · branch``).
+#: Products and quotients: λ (one number per branch) commutes with a scale by anything that does
+#: not depend on the model's input (NFNet's ``α · branch``, LayerScale's ``branch · γ``).
 _SCALES = (operator.mul, operator.truediv, torch.mul, torch.div)
+_SCALE_METHODS = ("mul", "mul_", "div", "div_")
+
+
+def _constant(arg: object) -> bool:
+    """Whether ``arg`` is a number, or a node computed from parameters, buffers and numbers alone."""
+    if isinstance(arg, int | float):
+        return True
+    return isinstance(arg, fx.Node) and not any(n.op == "placeholder" for n in ancestors(arg) | {arg})
+
+
+def _scaled(node: fx.Node) -> fx.Node | None:
+    """The tensor that ``node`` scales by a constant (:func:`_constant`), if it does so."""
+    scale = (node.op == "call_function" and node.target in _SCALES) or (
+        node.op == "call_method" and node.target in _SCALE_METHODS)  # fmt: skip
+    if not scale or len(node.args) != 2 or node.kwargs:
+        return None
+    a, b = node.args
+    divides = "div" in str(getattr(node.target, "__name__", node.target))
+    if isinstance(a, fx.Node) and not _constant(a) and _constant(b):
+        return a
+    if not divides and isinstance(b, fx.Node) and not _constant(b) and _constant(a):
+        return b
+    return None
 
 
 def _passed(node: fx.Node, modules: dict[str, nn.Module]) -> fx.Node | None:
-    """The tensor that ``node`` rescales without mixing its channels (``λ·op(y) = op(λ·y)``), if it
-    is such an op: dropout or stochastic depth (a module, or torchvision's ``stochastic_depth``
-    function, which ``torch.fx`` keeps as a call), a scale by a Python number, or the ``[0]`` of
-    an attention module's ``(output, weights)``."""
-    if node.op == "call_function" and node.target in _SCALES and len(node.args) == 2 and not node.kwargs:
-        tensor, number = node.args if isinstance(node.args[0], fx.Node) else node.args[::-1]
-        divides = node.target in (operator.truediv, torch.div)
-        if isinstance(tensor, fx.Node) and isinstance(number, int | float) and (not divides or tensor is node.args[0]):
-            return tensor
-        return None
+    """The tensor that ``node`` passes on to the branch's end with nothing but a rescaling λ commutes
+    with (``λ·op(y) = op(λ·y)``), if it is such an op: dropout or stochastic depth (a module, or
+    torchvision's ``stochastic_depth`` function, which ``torch.fx`` keeps as a call), a scale by a
+    constant (:func:`_scaled`), or the ``[0]`` of an attention module's ``(output, weights)``."""
+    if (scaled := _scaled(node)) is not None:
+        return scaled
     source = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
     if source is None:
         return None
