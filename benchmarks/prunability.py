@@ -12,6 +12,7 @@ one that hangs or kills Python is a result, not the end of the sweep (nor of the
     python benchmarks/prunability.py                      # every model, results appended
     python benchmarks/prunability.py --only timm:resnet18,hf:llama
     python benchmarks/prunability.py --report             # the markdown table from the results
+    python benchmarks/prunability.py --timm tresnet_m,caformer_s18 --results benchmarks/results/held_out.jsonl
 
 Results: ``benchmarks/results/prunability.jsonl`` (one record per model; a rerun skips the
 models already there unless ``--redo``) and ``prunability.md``.
@@ -143,9 +144,15 @@ def has_attention(spec: ZooModel) -> bool:
     return any("attention" in type(m).__name__.lower() and any(True for _ in m.parameters()) for m in model.modules())
 
 
+def _spec(key: str) -> ZooModel:
+    """The sweep's model of that key, or a timm model outside the list (family "held out")."""
+    listed = next((s for s in zoo_models() if s.key == key), None)
+    return listed or ZooModel("timm", key.removeprefix("timm:"), "held out")
+
+
 def run_one(key: str, part: str) -> dict:
     """One model's sss record (``part="sss"``) or Torch-Pruning record (``"tp"``)."""
-    spec = next(s for s in zoo_models() if s.key == key)
+    spec = _spec(key)
     if part == "tp":
         return check_torch_pruning(spec)
     start = time.perf_counter()
@@ -195,6 +202,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sources", default="timm,torchvision,hf")
     parser.add_argument("--only", default="", help="comma-separated source:name keys")
+    parser.add_argument(
+        "--timm",
+        default="",
+        help="comma-separated timm models outside the list (a held-out probe; give them a --results file of their own)",
+    )
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--timeout", type=float, default=600)
     parser.add_argument("--jobs", type=int, default=2, help="models at a time (each single-threaded)")
@@ -218,6 +230,8 @@ def main() -> None:
     if args.only:
         keys = set(args.only.split(","))
         specs = [s for s in specs if s.key in keys]
+    if args.timm:
+        specs = [_spec(f"timm:{name}") for name in args.timm.split(",")]
     sweep(specs, args.results, args.timeout, args.redo, args.jobs, args.keep_tp, args.tp_timeout)
 
 

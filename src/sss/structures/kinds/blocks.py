@@ -65,7 +65,7 @@ class BlockKind(StructureKind):
     ops = ("remove_block",)
     not_found = (
         "residual block to gate: a block is a submodule whose forward adds a branch ending in a "
-        "BatchNorm/conv/linear/affine LayerNorm layer (maybe then dropout, stochastic depth or a scale by a number) "
+        "BatchNorm/conv/linear/affine LayerNorm layer (maybe then dropout, stochastic depth or a scale by a constant) "
         "to its input or a downsample of it (torch.fx must trace it), or an sss.structures.ResidualBlock"
     )
 
