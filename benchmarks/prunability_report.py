@@ -42,16 +42,20 @@ def _kinds(rec: dict) -> str:
     return ", ".join(f"{n} {k}" for k, n in rec.get("kinds", {}).items()) or "-"
 
 
-def markdown(records: list[dict]) -> str:
+#: The default results' title and rerun command; a held-out probe's file names its own.
+_SWEEP = ("Prunability sweep", "python benchmarks/prunability.py && python benchmarks/prunability.py --report")
+
+
+def markdown(records: list[dict], title: str = _SWEEP[0], rerun: str = _SWEEP[1]) -> str:
     s = summary(records)
     n = max(s["models"], 1)
     lines = [
-        "# Prunability sweep",
+        f"# {title}",
         "",
         "Every model built as its users build it (random weights, random BN statistics), gated with every kind, "
         "~30% of the factors zeroed, pruned, the outputs compared (1e-4 relative), saved and loaded; "
         "Torch-Pruning's `MetaPruner` (L1, 30%, classifier kept) on the same model. "
-        "Rerun: `python benchmarks/prunability.py && python benchmarks/prunability.py --report`.",
+        f"Rerun: `{rerun}`.",
         "",
         f"- models: **{s['models']}**; sss exact with at least one kind (and the save/load round trip): "
         f"**{s['exact']}** ({s['exact'] / n:.0%}); refused with a reason: {s['refused']}; inexact: {s['inexact']}; "
@@ -86,5 +90,12 @@ def markdown(records: list[dict]) -> str:
 
 
 def write_report(results: Path, out: Path) -> None:
-    out.write_text(markdown(load_records(results)))
+    records = load_records(results)
+    if results.stem == "prunability":
+        out.write_text(markdown(records))
+    else:  # a probe of models outside the list (--timm): its own title and command
+        names = ",".join(r["model"].removeprefix("timm:") for r in records)
+        rerun = (f"python benchmarks/prunability.py --timm {names} --results {results.as_posix()} && "
+                 f"python benchmarks/prunability.py --report --results {results.as_posix()}")  # fmt: skip
+        out.write_text(markdown(records, f"Models outside the sweep's list ({results.stem})", rerun))
     print(f"wrote {out}")
