@@ -41,10 +41,12 @@ class Scale(nn.Module):
 
 
 class Net(nn.Module):
-    def __init__(self, end) -> None:
+    """Three blocks ``Block(end())``, or three ``end()`` blocks themselves (``wrap=False``)."""
+
+    def __init__(self, end, wrap: bool = True) -> None:
         super().__init__()
         self.stem = nn.Conv2d(3, 8, 3, padding=1)
-        self.blocks = nn.Sequential(*(Block(end()) for _ in range(3)))
+        self.blocks = nn.Sequential(*(Block(end()) if wrap else end() for _ in range(3)))
         self.head = nn.Linear(8, 4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -119,3 +121,26 @@ def test_a_post_norm_branch_is_a_block():
     x = torch.randn(2, 5, 3)
     assert sss.find_structures(Tokens().eval(), x, "block").names("block") == ["blocks.0", "blocks.1", "blocks.2"]
     assert_exact_and_smaller(random_gated(Tokens(), x, ("block",)), x)
+
+
+class ChannelsLastBlock(nn.Module):
+    """torchvision's ConvNeXt block in small: a depthwise conv, then channels-last LayerNorm and
+    linear layers, permuted back to channels-first at the branch's end."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.norm = nn.LayerNorm(8)
+        self.mlp = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 8))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.mlp(self.norm(self.dw(x).permute(0, 2, 3, 1)))
+        return x + y.permute(0, 3, 1, 2).contiguous()
+
+
+def test_a_branch_ending_in_a_layout_op_is_a_block():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 8, 8)
+    report = sss.find_structures(Net(ChannelsLastBlock, wrap=False).eval(), x, "block")
+    assert report.names("block") == ["blocks.0", "blocks.1", "blocks.2"], report.skipped
+    assert_exact_and_smaller(random_gated(Net(ChannelsLastBlock, wrap=False), x, ("block",)), x)

@@ -65,8 +65,9 @@ class BlockKind(StructureKind):
     ops = ("remove_block",)
     not_found = (
         "residual block to gate: a block is a submodule whose forward adds a branch ending in a "
-        "BatchNorm/conv/linear/affine LayerNorm layer (maybe then dropout, stochastic depth or a scale by a constant) "
-        "to its input or a downsample of it (torch.fx must trace it), or an sss.structures.ResidualBlock"
+        "BatchNorm/conv/linear/affine LayerNorm layer (maybe then dropout, stochastic depth, a layout op or a "
+        "scale by a constant) to its input or a downsample of it (torch.fx must trace it), or an "
+        "sss.structures.ResidualBlock"
     )
 
     def find(

@@ -63,11 +63,18 @@ def _scaled(node: fx.Node) -> fx.Node | None:
     return None
 
 
+#: Layout ops (they move a tensor's entries, never mix them): λ, one number, commutes with them
+#: (torchvision's ConvNeXt block ends in a ``Permute`` back to channels-first).
+_LAYOUTS = (torch.permute, torch.transpose, torch.reshape, torch.flatten, torch.squeeze, torch.unsqueeze)
+_LAYOUT_METHODS = ("permute", "transpose", "reshape", "view", "flatten", "contiguous", "squeeze", "unsqueeze")
+
+
 def _passed(node: fx.Node, modules: dict[str, nn.Module]) -> fx.Node | None:
     """The tensor that ``node`` passes on to the branch's end with nothing but a rescaling λ commutes
     with (``λ·op(y) = op(λ·y)``), if it is such an op: dropout or stochastic depth (a module, or
-    torchvision's ``stochastic_depth`` function, which ``torch.fx`` keeps as a call), a scale by a
-    constant (:func:`_scaled`), or the ``[0]`` of an attention module's ``(output, weights)``."""
+    torchvision's ``stochastic_depth`` function, which ``torch.fx`` keeps as a call), a layout op
+    (a permute, reshape or view), a scale by a constant (:func:`_scaled`), or the ``[0]`` of an
+    attention module's ``(output, weights)``."""
     if (scaled := _scaled(node)) is not None:
         return scaled
     source = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
@@ -76,9 +83,11 @@ def _passed(node: fx.Node, modules: dict[str, nn.Module]) -> fx.Node | None:
     if node.op == "call_module":
         module = modules.get(node.target)
         return source if isinstance(module, nn.Dropout | nn.Identity) or is_drop_path(module) else None
+    if node.op == "call_method":
+        return source if node.target in _LAYOUT_METHODS else None
     if node.op != "call_function":
         return None
-    if getattr(node.target, "__name__", None) == "stochastic_depth":
+    if getattr(node.target, "__name__", None) == "stochastic_depth" or node.target in _LAYOUTS:
         return source
     if node.target is operator.getitem and node.args[1] == 0 and source.op == "call_module":
         return source if is_attention(modules.get(source.target)) else None
