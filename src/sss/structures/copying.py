@@ -22,14 +22,15 @@ def deep_copy(model: nn.Module) -> nn.Module:
     for m, mode in modes.items():
         m.training = mode
     copied = copy.deepcopy(model)
-    _keep_non_persistent(model, copied)
+    keep_non_persistent(model, copied)
     return copied
 
 
-def _keep_non_persistent(model: nn.Module, copied: nn.Module) -> None:
-    """Marks ``copied``'s buffers non-persistent where ``model``'s are: a ``torch.fx.GraphModule``
-    (a traced block) is deep-copied by building a new one, which registers every buffer it copies
-    as persistent (Swin V2-Cr's ``attn_mask`` would then be saved, and not fit the rebuilt model)."""
+def keep_non_persistent(model: nn.Module, copied: nn.Module) -> None:
+    """Marks ``copied``'s buffers non-persistent where ``model``'s are (``copied``: a copy of
+    ``model``, or ``model`` traced). A ``torch.fx.GraphModule`` registers every buffer it copies
+    as persistent, when it is built and when it is deep-copied (a traced block is rebuilt): Swin
+    V2-Cr's ``attn_mask`` would then be saved, and not fit the model rebuilt from its unpruned form."""
     copies = dict(copied.named_modules(remove_duplicate=False))
     for path, m in model.named_modules(remove_duplicate=False):
         twin = copies.get(path)

@@ -28,6 +28,7 @@ import torch_pruning as tp
 from torch import fx, nn
 
 from sss.errors import UnsupportedModelError
+from sss.structures.copying import keep_non_persistent
 from sss.structures.dependency_graph import DependencyGraph
 from sss.structures.full_width_norm import FullWidthLayerNorm
 from sss.structures.gate import ChannelGated, Gate
@@ -129,23 +130,8 @@ def trace_module(module: nn.Module) -> fx.GraphModule:
     ``module`` is left as it was)."""
     with _untouched(module):
         gm = fx.GraphModule(module, Tracer().trace(module), type(module).__name__)
-    _keep_non_persistent(module, gm)
+    keep_non_persistent(module, gm)  # GraphModule registers what it copies as persistent
     return gm
-
-
-def _keep_non_persistent(module: nn.Module, gm: fx.GraphModule) -> None:
-    """Marks the buffers ``gm`` copied from ``module`` that were not part of ``module``'s state
-    (``persistent=False``: Swin V2-Cr's ``attn_mask``) as such again: ``GraphModule`` registers
-    what it copies as persistent, and a saved state holding them would not fit the model rebuilt
-    from its unpruned form."""
-    for path, owner in module.named_modules():
-        for name in owner._non_persistent_buffers_set:
-            try:
-                copy = gm.get_submodule(path)
-            except AttributeError:  # nothing of this module is read by attribute in the graph
-                continue
-            if copy is not owner and name in copy._buffers:
-                copy._non_persistent_buffers_set.add(name)
 
 
 def trace_and_find(module: nn.Module, find: Callable[[fx.GraphModule], Any]) -> tuple[fx.GraphModule, Any] | str:
