@@ -53,12 +53,27 @@ _VIEW_FUNCTIONS = {torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze,
 _INPLACE_OPERATORS = {operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.setitem}
 
 
+#: The attribute names an attention module keeps its head count in (timm's and most others';
+#: torchvision MaxViT's ``n_heads``).
+HEAD_COUNTS = ("num_heads", "n_heads")
+
+
+def head_count(m: nn.Module) -> int | None:
+    """``m``'s head count, if it keeps one under a name of :data:`HEAD_COUNTS`."""
+    counts = [getattr(m, name, None) for name in HEAD_COUNTS]
+    return next((c for c in counts if isinstance(c, int) and not isinstance(c, bool)), None)
+
+
 def is_attention(m: nn.Module) -> bool:
-    """Whether ``m`` looks like timm's ``Attention``: ``qkv`` and ``proj`` linear layers (maybe
-    gated) and an int ``num_heads`` (the ``head`` kind's structures)."""
-    qkv, proj = getattr(m, "qkv", None), getattr(m, "proj", None)
-    linear = tuple(isinstance(x.inner if isinstance(x, ChannelGated) else x, nn.Linear) for x in (qkv, proj))
-    return all(linear) and isinstance(getattr(m, "num_heads", None), int)
+    """Whether ``m`` looks like timm's ``Attention``: a ``qkv`` linear layer (or PVT's ``q`` and
+    ``kv``), a ``proj`` linear layer that gives its output (all maybe gated), and an int
+    ``num_heads`` (the ``head`` kind's structures; a block's λ folds into ``proj``)."""
+
+    def linear(*names: str) -> bool:
+        layers = [getattr(m, n, None) for n in names]
+        return all(isinstance(x.inner if isinstance(x, ChannelGated) else x, nn.Linear) for x in layers)
+
+    return (linear("qkv", "proj") or linear("q", "kv", "proj")) and isinstance(getattr(m, "num_heads", None), int)
 
 
 #: Norm layers, and every subclass of theirs (timm's ``BatchNormAct2d``), stay leaves of a trace:
@@ -96,7 +111,7 @@ def is_drop_path(m: nn.Module | None) -> bool:
 
 class Tracer(fx.Tracer):
     """Keeps sss wrappers, torch.nn layers, norm layers (and their subclasses) and attention
-    modules (any module with an int ``num_heads``) as leaves, and proxies buffers (no baked
+    modules (any module with an int head count, :func:`head_count`) as leaves, and proxies buffers (no baked
     constants). An attention module stays a leaf because tracing through it would bake its
     ``num_heads`` into the graph's reshapes, and removing heads changes it (LeViT's convolutional
     attention, traced inside a block, crashed after a cut)."""
@@ -104,7 +119,7 @@ class Tracer(fx.Tracer):
     proxy_buffer_attributes = True
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return (isinstance(m, (ChannelGated, Gate, *LEAF_NORMS)) or isinstance(getattr(m, "num_heads", None), int)
+        return (isinstance(m, (ChannelGated, Gate, *LEAF_NORMS)) or head_count(m) is not None
                 or super().is_leaf_module(m, qualname))  # fmt: skip
 
 

@@ -24,26 +24,34 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from sss.structures import torchvision_swin, width_free_attention
 from sss.structures.gate import ChannelGated
 from sss.structures.kinds.channels import ChannelGroup, LayerGateKind, LayerSlice
 from sss.structures.paths import keep_along
 from sss.structures.registry import Discovery, Edit, Removal, register_kind
-from sss.structures.tracing import LEAF_NORMS, QKV_NAMES, in_width, is_attention, out_width
+from sss.structures.tracing import LEAF_NORMS, QKV_NAMES, head_count, in_width, is_attention, out_width
 
-#: A fused query/key/value layer and the output projection: timm's names, and GPT-2's (its
-#: ``Conv1D`` layers rewritten as ``nn.Linear`` before discovery, :mod:`sss.structures.conv1d`).
-FUSED_NAMES = (("qkv", "proj"), ("c_attn", "c_proj"))
+#: A fused query/key/value layer and the output projection: timm's names, GPT-2's (its ``Conv1D``
+#: layers rewritten as ``nn.Linear`` before discovery, :mod:`sss.structures.conv1d`) and
+#: torchvision MaxViT's; and a query layer beside a fused key/value one (timm's PVT v2).
+FUSED_NAMES = (("qkv", "proj"), ("c_attn", "c_proj"), ("to_qkv", "merge"), ("q", "kv", "proj"))
 
 
-def fused_projections(m: nn.Module) -> tuple[str, str] | None:
-    """The names of ``m``'s fused query/key/value layer and output projection, if it is an
-    attention of that form (both linear, maybe gated, and an int ``num_heads``)."""
-    if not isinstance(getattr(m, "num_heads", None), int):
+def fused_projections(m: nn.Module) -> tuple[str, ...] | None:
+    """The names of ``m``'s fused query/key/value layer (or query and key/value layers) and
+    output projection, if it is an attention of that form: linear or 1×1 convolutional layers,
+    maybe gated, and an int head count (:func:`head_count`)."""
+    if head_count(m) is None:
         return None
     for names in FUSED_NAMES:
-        if all(isinstance(_plain(getattr(m, n, None)), nn.Linear) for n in names):
+        if all(_is_projection(_plain(getattr(m, n, None))) for n in names):
             return names
     return None
+
+
+def _is_projection(layer: nn.Module | None) -> bool:
+    return isinstance(layer, nn.Linear) or (isinstance(layer, nn.Conv2d) and layer.kernel_size == (1, 1)
+                                            and layer.groups == 1)  # fmt: skip
 
 
 def _qkv_layout(m: nn.Module, out: int, width: int, heads: int) -> tuple[tuple[tuple[int, ...], ...], ...] | str:
@@ -73,7 +81,7 @@ def _qkv_layout(m: nn.Module, out: int, width: int, heads: int) -> tuple[tuple[t
     return rows, values, own
 
 
-def _normalises_heads(m: nn.Module, norm: nn.Module, width: int, qkv: nn.Linear) -> bool:
+def _normalises_heads(m: nn.Module, norm: nn.Module, width: int, qkv: nn.Module) -> bool:
     """Whether an attention's ``norm`` may read the heads' concatenated outputs (timm's
     ``scale_norm``), not its input (TinyViT's), told by width; where both widths are the same, an
     attention laid out per head (``key_dim``, ``val_dim``: TinyViT's) normalises its input, and
@@ -83,39 +91,50 @@ def _normalises_heads(m: nn.Module, norm: nn.Module, width: int, qkv: nn.Linear)
     if features != width:
         return features is None
     per_head = all(isinstance(getattr(m, a, None), int) for a in ("key_dim", "val_dim"))
-    return features != qkv.in_features or not per_head
+    return features != in_width(qkv) or not per_head
 
 
 def describe_heads(m: nn.Module, path: str, calls: dict[nn.Module, int],
-                   names: tuple[str, str] = ("qkv", "proj")) -> ChannelGroup | str:  # fmt: skip
-    """The heads of one attention module with a fused query/key/value layer and an output
-    projection (``names``), or why they cannot be removed."""
-    (qkv_name, proj_name), heads = names, m.num_heads
-    qkv, proj = _plain(getattr(m, qkv_name)), _plain(getattr(m, proj_name))
-    width = proj.in_features
-    layout = _qkv_layout(m, qkv.out_features, width, heads)
-    if isinstance(layout, str):
-        return layout
+                   names: tuple[str, ...] = ("qkv", "proj")) -> ChannelGroup | str:  # fmt: skip
+    """The heads of one attention module with a fused query/key/value layer (or a query layer and
+    a fused key/value one) and an output projection (``names``), or why they cannot be removed."""
+    *inputs, proj_name = names
+    heads, layers = head_count(m), [_plain(getattr(m, n)) for n in names]
+    width = in_width(layers[-1])
+    if len(inputs) == 2:  # PVT's q and kv: the query rows, then the key/value rows of each head
+        if out_width(layers[0]) != width or out_width(layers[1]) != 2 * width or width % heads:
+            return f"its q and kv layers do not give {width} and 2 × {width} features in {heads} heads"
+        dim = width // heads
+        own = tuple(tuple(range(h * dim, (h + 1) * dim)) for h in range(heads))
+        key_values = tuple(own[h] + tuple(i + width for i in own[h]) for h in range(heads))
+        rows, values = (own, key_values), tuple(tuple(i + width for i in own[h]) for h in range(heads))
+    else:
+        layout = _qkv_layout(m, out_width(layers[0]), width, heads)
+        if isinstance(layout, str):
+            return layout
+        query_key_values, values, own = layout
+        rows = (query_key_values,)
     if heads < 2:
         return "it has one head"
-    for layer in (qkv, proj):
+    for name, layer in zip(names, layers, strict=True):
         if calls.get(layer, 0) > 1:
-            return f"its {qkv_name if layer is qkv else proj_name} is used {calls[layer]} times in forward"
+            return f"its {name} is used {calls[layer]} times in forward"
     norm = getattr(m, "norm", None)
-    if isinstance(norm, nn.Module) and not isinstance(norm, nn.Identity) and _normalises_heads(m, norm, width, qkv):
+    if (len(inputs) == 1 and isinstance(norm, nn.Module) and not isinstance(norm, nn.Identity)
+            and _normalises_heads(m, norm, width, layers[0])):  # fmt: skip
         return f"it normalises the heads' concatenated outputs ({type(norm).__name__}), over a width a cut changes"
-    rows, values, own = layout
     prefix = f"{path}." if path else ""
-    slices = (LayerSlice(prefix + qkv_name, "out", rows), LayerSlice(prefix + proj_name, "in", own))
+    slices = tuple(LayerSlice(prefix + n, "out", r) for n, r in zip(inputs, rows, strict=True))
+    slices += (LayerSlice(prefix + proj_name, "in", own),)
     gate = getattr(m, "gate", None)  # timm's gated attention: a sigmoid gate per output feature
     if isinstance(gate, nn.Linear) and gate.out_features == width:
         slices += (LayerSlice(f"{prefix}gate", "out", own),)
-    per_head = _per_head(m, prefix, heads, skip=(getattr(m, qkv_name), getattr(m, proj_name), gate))
+    per_head = _per_head(m, prefix, heads, skip=(*(getattr(m, n) for n in names), gate))
     if isinstance(per_head, str):
         return per_head
-    params, layers = per_head
-    return ChannelGroup(name=path, channels=heads, gated=(LayerSlice(prefix + qkv_name, "out", values),),
-                        slices=slices + layers, kind="head", per_structure=params)  # fmt: skip
+    params, extra = per_head
+    return ChannelGroup(name=path, channels=heads, gated=(LayerSlice(prefix + inputs[-1], "out", values),),
+                        slices=slices + extra, kind="head", per_structure=params)  # fmt: skip
 
 
 def _layer_and_norm(m: nn.Module | None) -> tuple[nn.Module, nn.Module] | None:
@@ -294,12 +313,7 @@ class HeadKind(LayerGateKind):
     def replay(self, model: nn.Module, edit: Edit) -> None:
         set_num_heads(model.get_submodule(edit["path"]), int(edit["num_heads"]))
         for path, axis in edit.get("per_head", []):
-            owner = model.get_submodule(path.rpartition(".")[0])
-            heads = getattr(owner, path.rpartition(".")[2]).shape[int(axis)]
             keep_along(model, path, int(axis), edit["kept"])
-            shape = getattr(owner, "bias_shape", None)  # timm's RelPosBias views its table by it
-            if isinstance(shape, tuple) and shape and shape[-1] == heads:
-                owner.bias_shape = (*shape[:-1], len(edit["kept"]))
 
 
 def _queries_per_structure(attention: nn.Module, group: ChannelGroup) -> int:
@@ -316,6 +330,7 @@ def set_num_heads(attention: nn.Module, heads: int) -> None:
     (timm's ``attn_dim = num_heads · head_dim`` and TinyViT's ``out_dim = num_heads · val_dim``,
     which their forwards reshape by; Hugging Face's ``num_attention_heads`` and ``all_head_size``,
     which its forward infers with ``-1``)."""
+    before = head_count(attention) or getattr(attention, "num_attention_heads", None)
     dim = getattr(attention, "head_dim", None) or getattr(attention, "attention_head_size", None)
     val_dim, key_dim = getattr(attention, "val_dim", None), getattr(attention, "key_dim", None)
     widths = {"attn_dim": dim, "all_head_size": dim, "split_size": dim, "out_dim": val_dim, "val_attn_dim": val_dim,
@@ -323,10 +338,21 @@ def set_num_heads(attention: nn.Module, heads: int) -> None:
     for name, per_head in widths.items():  # a width its forward reshapes by, or infers with -1
         if isinstance(getattr(attention, name, None), int) and isinstance(per_head, int):
             setattr(attention, name, heads * per_head)
-    for name in ("num_heads", "num_attention_heads"):
+    for name in ("num_heads", "n_heads", "num_attention_heads"):
         if isinstance(getattr(attention, name, None), int) or (name == "num_heads" and is_attention(attention)):
             setattr(attention, name, heads)
+    for helper in attention.modules():  # timm's position-bias modules view their output by the head count
+        if helper is attention or is_attention(helper):
+            continue
+        if isinstance(getattr(helper, "num_heads", None), int):
+            helper.num_heads = heads
+        shape = getattr(helper, "bias_shape", None)
+        if isinstance(shape, tuple) and shape and shape[-1] == before:
+            helper.bias_shape = (*shape[:-1], heads)
     attention.train(attention.training)  # timm's LeViT-style attention drops its cached per-head biases
+    names = fused_projections(attention)  # a forward that reads its input's width as its heads'
+    if names and not torchvision_swin.install(attention):
+        width_free_attention.install(attention, names[:-1], names[-1:])
 
 
 register_kind(HeadKind())
