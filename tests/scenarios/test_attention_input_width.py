@@ -160,3 +160,36 @@ def test_a_compact_attention_with_a_traced_forward_exports_to_onnx(tmp_path):
     out = ort.InferenceSession(str(path)).run(None, {"input": x.numpy()})[0]  # batch 3: the batch stays dynamic
     with torch.no_grad():
         torch.testing.assert_close(torch.from_numpy(out), compact(x), rtol=1e-5, atol=1e-5)
+
+
+def _timm_attention(name: str) -> nn.Module:
+    """timm's EVA and BEiT attention (biases kept beside a bias-free ``qkv``, BEiT's with a
+    relative position table) and Hiera's (``heads``, merged by ``reshape(B, -1, dim_out)``)."""
+    if name == "eva":
+        return pytest.importorskip("timm.models.eva").EvaAttention(24, num_heads=4, qkv_bias=True, scale_norm=False)
+    if name == "beit":
+        return pytest.importorskip("timm.models.beit").Attention(24, num_heads=4, qkv_bias=True, window_size=(2, 4))
+    hiera = pytest.importorskip("timm.models.hiera")
+    return hiera.MaskUnitAttention(24, 24, heads=4, q_stride=1, window_size=1, use_mask_unit_attn=False)
+
+
+@pytest.mark.parametrize("name", ["eva", "beit", "hiera"])
+def test_timm_attention_with_biases_beside_qkv_or_its_own_width_names_loses_heads(name):
+    def build():
+        torch.manual_seed(0)
+        model = Residual(_timm_attention(name))
+        with torch.no_grad():  # zeros at init: a bias cut wrongly would not show
+            for n, p in model.attn.named_parameters():
+                if n.endswith("_bias") or "relative_position" in n:
+                    p.normal_()
+        return model
+
+    x = torch.randn(2, 9, 24)  # BEiT's window of 2 × 4 and its class token
+    gated = random_gated(build(), x, ("head",))
+    compact = assert_exact_and_smaller(gated, x)  # and saved, then loaded onto a fresh build()
+    kept = int((sss.gates(gated)[0].weight != 0).sum())
+    attention = compact.attn
+    assert getattr(attention, "num_heads", getattr(attention, "heads", None)) == kept
+    for bias in ("q_bias", "k_bias", "v_bias"):
+        if getattr(attention, bias, None) is not None:
+            assert getattr(attention, bias).shape == (kept * 6,)

@@ -297,15 +297,24 @@ def test_a_forward_that_reads_a_gated_layers_weight_gets_the_factors_folded_in()
     assert_exact_and_smaller(gated, x)
 
 
-def test_eva_attention_reading_its_qkv_weight_is_not_a_refusal():
-    """EVA adds its own q/v biases to ``F.linear(x, self.qkv.weight)``: a zero head's values are its
-    bias, not zero, so its heads are skipped with the reason; its blocks are gated. (Reading a gated
-    layer's weight is the test above; this small EVA passed before that fix too.)"""
+def test_eva_attention_reading_its_qkv_weight_loses_heads_with_its_biases():
+    """EVA adds its own q/v biases to ``F.linear(x, self.qkv.weight)``: the gated layer gives its
+    weight with the factors folded in, ``v_bias`` is scaled with its head, and the cut keeps each
+    kept head's biases; its blocks are gated too."""
     eva = pytest.importorskip("timm.models.eva")
     torch.manual_seed(0)
     model = eva.Eva(img_size=28, patch_size=7, embed_dim=32, depth=2, num_heads=4, num_classes=3).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("q_bias", "v_bias")):
+                p.normal_()  # zeros at init: a zero head's values would be zero without the scaled bias
     x = torch.randn(2, 3, 28, 28)
     report = sss.find_structures(model, x, ("block", "head"))
-    assert report.names("block") == ["blocks.0", "blocks.1"] and not report.names("head")
-    assert any(s.startswith("blocks.0.attn: removing its head structures changes the output") for s in report.skipped)
+    assert report.names("block") == ["blocks.0", "blocks.1"] and report.names("head") == [
+        "blocks.0.attn",
+        "blocks.1.attn",
+    ]
+    compact = assert_exact_and_smaller(random_gated(model, x, ("head",)), x)
+    assert all(b.attn.q_bias.shape == b.attn.v_bias.shape == (b.attn.num_heads * 8,) for b in compact.blocks)
+    assert sum(b.attn.num_heads for b in compact.blocks) < 8
     assert_exact_and_smaller(random_gated(model, x, ("block",)), x)

@@ -80,7 +80,5 @@ def init_from_importance(model: nn.Module, importance: dict[str, torch.Tensor], 
             for p in chain:
                 if isinstance(p, ScaledParameter) and id(p.gates[0]) in old:
                     ratio = old[id(p.gates[0])] / p.gates[0].weight.detach()
-                    shape = [1] * chain.original.dim()
-                    shape[p.axis] = -1
-                    chain.original.mul_(ratio.view(shape))
+                    chain.original.mul_(p.along(ratio, chain.original))
     return len(refs)

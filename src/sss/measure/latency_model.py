@@ -70,12 +70,15 @@ class LatencyModel:
 
 
 def _nonnegative_fit(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Least squares with the non-intercept coefficients held at ≥ 0 (by dropping features)."""
+    """Least squares with every coefficient held at ≥ 0 (by dropping features): no cost is negative,
+    the intercept neither. A negative intercept, which timings taken under load can fit, would
+    predict a small enough model to run in less than no time (a latency target below any model's
+    floor was then not refused)."""
     active = list(range(x.shape[1]))
     while True:
         scale = x[:, active].abs().amax(0).clamp_min(1e-12)  # columns on one scale: MACs are ~1e7
         sol = torch.linalg.lstsq(x[:, active] / scale, y.unsqueeze(1)).solution.squeeze(1) / scale
-        negative = [a for a, c in zip(active, sol.tolist(), strict=True) if a != 0 and c < 0]
+        negative = [a for a, c in zip(active, sol.tolist(), strict=True) if c < 0]
         if not negative:
             coef = torch.zeros(x.shape[1], dtype=x.dtype)
             coef[active] = sol

@@ -115,17 +115,22 @@ LAST_DIM = (nn.Linear, nn.Embedding, nn.LayerNorm)
 class ScaledParameter(nn.Module):
     """A parametrization (``torch.nn.utils.parametrize``) that reads a parameter as ``λ ⊙ p``
     along ``axis``: a tensor the model adds into a channel stream outside any layer (a ViT's
-    ``cls_token`` and ``pos_embed``). ``gate`` is held by plain reference; it is registered
-    once, on the group's first layer."""
+    ``cls_token`` and ``pos_embed``), or a bias an attention keeps beside its ``qkv`` layer (EVA's
+    and BEiT's ``v_bias``, ``repeat`` entries per head). ``gate`` is held by plain reference; it is
+    registered once, on the group's first layer."""
 
-    def __init__(self, gate: Gate, axis: int) -> None:
+    def __init__(self, gate: Gate, axis: int, repeat: int = 1) -> None:
         super().__init__()
-        self.gates, self.axis = [gate], axis
+        self.gates, self.axis, self.repeat = [gate], axis, repeat
 
-    def forward(self, p: torch.Tensor) -> torch.Tensor:
+    def along(self, factors: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        """``factors`` (one per structure) shaped to multiply ``p`` along :attr:`axis`."""
         shape = [1] * p.dim()
         shape[self.axis] = -1
-        return p * self.gates[0].weight.view(shape)
+        return (factors.repeat_interleave(self.repeat) if self.repeat > 1 else factors).view(shape)
+
+    def forward(self, p: torch.Tensor) -> torch.Tensor:
+        return p * self.along(self.gates[0].weight, p)
 
 
 def is_norm_act(m: nn.Module) -> bool:

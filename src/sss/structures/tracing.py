@@ -54,14 +54,18 @@ _INPLACE_OPERATORS = {operator.iadd, operator.isub, operator.imul, operator.itru
 
 
 #: The attribute names an attention module keeps its head count in (timm's and most others';
-#: torchvision MaxViT's ``n_heads``).
-HEAD_COUNTS = ("num_heads", "n_heads")
+#: torchvision MaxViT's ``n_heads``; Hiera's ``heads``, read only beside a ``qkv`` layer: PiT
+#: names a stage's head count so).
+HEAD_COUNTS = ("num_heads", "n_heads", "heads")
 
 
 def head_count(m: nn.Module) -> int | None:
     """``m``'s head count, if it keeps one under a name of :data:`HEAD_COUNTS`."""
-    counts = [getattr(m, name, None) for name in HEAD_COUNTS]
-    return next((c for c in counts if isinstance(c, int) and not isinstance(c, bool)), None)
+    for name in HEAD_COUNTS:
+        count = getattr(m, name, None)
+        if isinstance(count, int) and not isinstance(count, bool) and (name != "heads" or hasattr(m, "qkv")):
+            return count
+    return None
 
 
 def is_attention(m: nn.Module) -> bool:

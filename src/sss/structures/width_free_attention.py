@@ -23,6 +23,7 @@ from __future__ import annotations
 import inspect
 import operator
 import types
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -86,7 +87,9 @@ def _rewrite(attention: nn.Module, sources: tuple[str, ...], sinks: tuple[str, .
     forward = attention.__dict__.pop("forward", None)  # trace the class's own forward
     try:
         before = set(vars(attention))
-        graph = _Tracer().trace(attention, concrete_args=fixed or None)
+        with warnings.catch_warnings():  # fx cannot guard the fixed arguments: the cache is keyed by them
+            warnings.simplefilter("ignore", UserWarning)
+            graph = _Tracer().trace(attention, concrete_args=fixed or None)
     finally:
         for name in set(vars(attention)) - before:
             delattr(attention, name)

@@ -58,8 +58,9 @@ class ChannelGroup:
     slices: tuple[LayerSlice, ...]
     kind: str = "channel"
     #: Parameters indexed by structure along one axis, ``(path, axis)``: an attention's per-head
-    #: relative position bias table (Swin), scales or biases (LeViT, TinyViT). Cut by the kind.
-    per_structure: tuple[tuple[str, int], ...] = ()
+    #: relative position bias table (Swin), scales or biases (LeViT, TinyViT); or ``(path, axis,
+    #: n)``, ``n`` entries per structure (EVA's ``q_bias``: a head's features). Cut by the kind.
+    per_structure: tuple[tuple[str, int] | tuple[str, int, int], ...] = ()
 
 
 def _is_depthwise(m: nn.Module) -> bool:

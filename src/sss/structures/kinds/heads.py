@@ -19,13 +19,14 @@ the example input as every kind is: a forward that reshapes by the original widt
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from sss.structures import torchvision_swin, width_free_attention
-from sss.structures.gate import ChannelGated
+from sss.structures.gate import ChannelGated, ScaledParameter
 from sss.structures.kinds.channels import ChannelGroup, LayerGateKind, LayerSlice
 from sss.structures.paths import keep_along
 from sss.structures.registry import Discovery, Edit, Removal, register_kind
@@ -133,8 +134,24 @@ def describe_heads(m: nn.Module, path: str, calls: dict[nn.Module, int],
     if isinstance(per_head, str):
         return per_head
     params, extra = per_head
+    if len(inputs) == 1 and not _is_per_head_layout(m):  # EVA's and BEiT's biases beside qkv: a head's entries
+        params += tuple((prefix + b, 0, width // heads) for b in _QKV_BIASES if _is_bias(getattr(m, b, None), width))
     return ChannelGroup(name=path, channels=heads, gated=(LayerSlice(prefix + inputs[-1], "out", values),),
                         slices=slices + extra, kind="head", per_structure=params)  # fmt: skip
+
+
+#: The query, key and value biases EVA and BEiT keep beside a bias-free ``qkv`` (its forward adds
+#: ``cat(q_bias, k_bias, v_bias)``); ``v_bias`` is scaled with the value rows it goes with.
+_QKV_BIASES = ("q_bias", "k_bias", "v_bias")
+
+
+def _is_bias(tensor: object, width: int) -> bool:
+    return isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and tuple(tensor.shape) == (width,)
+
+
+def _is_per_head_layout(m: nn.Module) -> bool:
+    return all(isinstance(getattr(m, a, None), int) for a in ("key_dim", "val_dim")) or bool(
+        getattr(m, "head_first", False))  # fmt: skip
 
 
 def _layer_and_norm(m: nn.Module | None) -> tuple[nn.Module, nn.Module] | None:
@@ -283,8 +300,9 @@ class HeadKind(LayerGateKind):
     ops = ("set_heads",)
     not_found = "attention heads (fused qkv/proj, per-head qkv layouts, or separate q/k/v projections)"
     inexact_causes = (
-        "its forward reshapes the heads' outputs by its input's width, as reshape(B, N, C) does (EVA, BEiT, XCiT, "
-        "PVT, torchvision's Swin), which only a change of its code lifts; or a per-head tensor the cut does not narrow"
+        "a head is not what its value rows carry: heads merged across the width (NesT's permute puts the head "
+        "index last), a query added to the heads' outputs (MViT v2's residual pooling), heads that mix after the "
+        "values (DaViT's channel attention); or a per-head tensor the cut does not narrow"
     )
 
     def describe_all(self, discovery: Discovery) -> Iterator[tuple[str, ChannelGroup | str]]:
@@ -295,6 +313,15 @@ class HeadKind(LayerGateKind):
                 yield path, describe_normed_heads(m, path, discovery.calls)
             elif separate_projections(m) is not None:
                 yield path, describe_separate_heads(discovery.model, m, path, discovery.calls)
+
+    def gate(self, model: nn.Module, candidates: Sequence[ChannelGroup]) -> None:
+        super().gate(model, candidates)
+        for group in candidates:  # a value bias outside the layer is scaled with the value rows
+            for path, _, *per in (p for p in group.per_structure if p[0].endswith(".v_bias") or p[0] == "v_bias"):
+                owner_path, _, name = path.rpartition(".")
+                gate = model.get_submodule(group.gated[0].path).gate
+                parametrize.register_parametrization(model.get_submodule(owner_path), name,
+                                                     ScaledParameter(gate, 0, repeat=per[0]))  # fmt: skip
 
     def after_cut(self, group: ChannelGroup, keep: torch.Tensor, removal: Removal) -> None:
         if not bool(keep.all()):  # after the cuts: the attention runs with the heads it kept
@@ -312,8 +339,9 @@ class HeadKind(LayerGateKind):
 
     def replay(self, model: nn.Module, edit: Edit) -> None:
         set_num_heads(model.get_submodule(edit["path"]), int(edit["num_heads"]))
-        for path, axis in edit.get("per_head", []):
-            keep_along(model, path, int(axis), edit["kept"])
+        for path, axis, *per in edit.get("per_head", []):  # per head, or a head's `per` entries each
+            width = int(per[0]) if per else 1
+            keep_along(model, path, int(axis), [h * width + i for h in edit["kept"] for i in range(width)])
 
 
 def _queries_per_structure(attention: nn.Module, group: ChannelGroup) -> int:
@@ -334,11 +362,11 @@ def set_num_heads(attention: nn.Module, heads: int) -> None:
     dim = getattr(attention, "head_dim", None) or getattr(attention, "attention_head_size", None)
     val_dim, key_dim = getattr(attention, "val_dim", None), getattr(attention, "key_dim", None)
     widths = {"attn_dim": dim, "all_head_size": dim, "split_size": dim, "out_dim": val_dim, "val_attn_dim": val_dim,
-              "key_attn_dim": key_dim}  # fmt: skip
+              "key_attn_dim": key_dim, "dim_out": dim}  # fmt: skip
     for name, per_head in widths.items():  # a width its forward reshapes by, or infers with -1
         if isinstance(getattr(attention, name, None), int) and isinstance(per_head, int):
             setattr(attention, name, heads * per_head)
-    for name in ("num_heads", "n_heads", "num_attention_heads"):
+    for name in ("num_heads", "n_heads", "heads", "num_attention_heads"):
         if isinstance(getattr(attention, name, None), int) or (name == "num_heads" and is_attention(attention)):
             setattr(attention, name, heads)
     for helper in attention.modules():  # timm's position-bias modules view their output by the head count
