@@ -145,9 +145,12 @@ def has_attention(spec: ZooModel) -> bool:
 
 
 def _spec(key: str) -> ZooModel:
-    """The sweep's model of that key, or a timm model outside the list (family "held out")."""
+    """The sweep's model of that key, or a timm model or Hugging Face ``model_type`` outside the
+    list (family "held out")."""
     listed = next((s for s in zoo_models() if s.key == key), None)
-    return listed or ZooModel("timm", key.removeprefix("timm:"), "held out")
+    source, _, name = key.partition(":")
+    return listed or ZooModel(source if source == "hf" else "timm", name if source == "hf" else key.removeprefix(
+        "timm:"), "held out")  # fmt: skip
 
 
 def run_one(key: str, part: str) -> dict:
@@ -207,6 +210,7 @@ def main() -> None:
         default="",
         help="comma-separated timm models outside the list (a held-out probe; give them a --results file of their own)",
     )
+    parser.add_argument("--hf", default="", help="comma-separated Hugging Face model types outside the list")
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--timeout", type=float, default=600)
     parser.add_argument("--jobs", type=int, default=2, help="models at a time (each single-threaded)")
@@ -230,8 +234,9 @@ def main() -> None:
     if args.only:
         keys = set(args.only.split(","))
         specs = [s for s in specs if s.key in keys]
-    if args.timm:
-        specs = [_spec(f"timm:{name}") for name in args.timm.split(",")]
+    if args.timm or args.hf:
+        specs = [_spec(f"timm:{name}") for name in args.timm.split(",") if name]
+        specs += [_spec(f"hf:{name}") for name in args.hf.split(",") if name]
     sweep(specs, args.results, args.timeout, args.redo, args.jobs, args.keep_tp, args.tp_timeout)
 
 

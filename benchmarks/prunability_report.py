@@ -93,9 +93,11 @@ def write_report(results: Path, out: Path) -> None:
     records = load_records(results)
     if results.stem == "prunability":
         out.write_text(markdown(records))
-    else:  # a probe of models outside the list (--timm): its own title and command
-        names = ",".join(r["model"].removeprefix("timm:") for r in records)
-        rerun = (f"python benchmarks/prunability.py --timm {names} --results {results.as_posix()} && "
+    else:  # a probe of models outside the list (--timm, --hf): its own title and command
+        names = {src: ",".join(r["model"].partition(":")[2] for r in records if r["model"].startswith(f"{src}:"))
+                 for src in ("timm", "hf")}  # fmt: skip
+        flags = " ".join(f"--{src} {listed}" for src, listed in names.items() if listed)
+        rerun = (f"python benchmarks/prunability.py {flags} --results {results.as_posix()} && "
                  f"python benchmarks/prunability.py --report --results {results.as_posix()}")  # fmt: skip
         out.write_text(markdown(records, f"Models outside the sweep's list ({results.stem})", rerun))
     print(f"wrote {out}")

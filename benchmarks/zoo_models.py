@@ -169,8 +169,38 @@ def _hf_configs() -> dict[str, tuple[str, Callable[[], nn.Module], str]]:
     }
 
 
+#: Sizes for a model built from its ``model_type`` alone (a held-out probe): each one its config has
+#: is set, the rest keep their defaults.
+_SMALL = {"vocab_size": VOCAB, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+          "num_key_value_heads": 2, "head_dim": 16, "intermediate_size": 128, "max_position_embeddings": 64,
+          "pad_token_id": 0, "image_size": 32, "patch_size": 8, "num_labels": NUM_CLASSES,
+          "hidden_sizes": [16, 32], "depths": [1, 1], "num_stages": 2, "embedding_size": 16}  # fmt: skip
+
+
+def _hf_held_out(model_type: str) -> tuple[Callable[[], nn.Module], str]:
+    """A small model of a Hugging Face ``model_type`` outside the list, and its input kind: a
+    sequence classifier (or else a causal LM) for text, an image classifier for images."""
+    import transformers as tf
+
+    config = tf.AutoConfig.for_model(model_type)
+    for key, value in _SMALL.items():
+        if hasattr(config, key):
+            setattr(config, key, value)
+    image = hasattr(config, "image_size") or hasattr(config, "hidden_sizes")
+    heads = (tf.AutoModelForImageClassification,) if image else (tf.AutoModelForSequenceClassification,
+                                                                  tf.AutoModelForCausalLM)  # fmt: skip
+    for auto in heads:
+        try:
+            auto.from_config(config)
+        except ValueError:  # no such head for this type
+            continue
+        return (lambda auto=auto: auto.from_config(config)), "image" if image else "tokens"
+    raise ValueError(f"{model_type}: no classification or causal-LM head in transformers")
+
+
 def _hf(name: str) -> tuple[nn.Module, torch.Tensor]:
-    _, build, inputs = _hf_configs()[name]
+    configs = _hf_configs()
+    _, build, inputs = configs[name] if name in configs else (None, *_hf_held_out(name))
     model = build().eval()
     if inputs == "tokens":
         return model, torch.randint(0, VOCAB, (1, 16))

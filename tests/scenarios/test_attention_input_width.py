@@ -193,3 +193,27 @@ def test_timm_attention_with_biases_beside_qkv_or_its_own_width_names_loses_head
     for bias in ("q_bias", "k_bias", "v_bias"):
         if getattr(attention, bias, None) is not None:
             assert getattr(attention, bias).shape == (kept * 6,)
+
+
+class UnnamedProjections(nn.Module):
+    """Query/key/value layers under names sss does not know, viewed as ``(B, N, -1, head_dim)``:
+    their rows look like channels, but a cut only runs while it keeps whole heads."""
+
+    def __init__(self, dim: int = 32, head_dim: int = 8) -> None:
+        super().__init__()
+        self.head_dim = head_dim
+        self.wq, self.wk, self.wv, self.wo = (nn.Linear(dim, dim) for _ in range(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = (layer(x).view(*x.shape[:2], -1, self.head_dim).transpose(1, 2) for layer in (self.wq, self.wk,
+                                                                                               self.wv))  # fmt: skip
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2)
+        return x + self.wo(out.reshape(*x.shape[:2], -1))
+
+
+def test_channels_that_must_stay_whole_heads_are_refused_by_the_check_not_a_crash_later():
+    torch.manual_seed(0)
+    model, x = nn.Sequential(UnnamedProjections(), nn.Linear(32, 3)), torch.randn(2, 5, 32)
+    report = sss.find_structures(model, x, ("channel",))
+    assert not {"0.wq", "0.wk", "0.wv"} & set(report.names("channel"))  # an odd cut of them cannot run
+    assert any(s.startswith("0.wv: removing its channel structures changes the output") for s in report.skipped)

@@ -88,7 +88,7 @@ LEAF_NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, FullWi
 
 
 #: Attribute names of the separate query/key/value projections of Hugging Face-style attention.
-QKV_NAMES = (("q_proj", "k_proj", "v_proj"), ("query", "key", "value"))
+QKV_NAMES = (("q_proj", "k_proj", "v_proj"), ("query", "key", "value"), ("q_lin", "k_lin", "v_lin"))
 
 
 def qkv_projections(model: nn.Module) -> list[nn.Module]:

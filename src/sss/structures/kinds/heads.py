@@ -220,8 +220,9 @@ def _per_head(m: nn.Module, prefix: str, heads: int,
 
 
 #: Where a Hugging Face-style attention keeps its output projection: its own attribute, or its
-#: parent's ``output.dense`` (BERT's and HF ViT's ``SelfAttention`` / ``SelfOutput`` pair).
-_OUTPUT_NAMES = ("o_proj", "out_proj", "dense")
+#: parent's ``output.dense`` (BERT's and HF ViT's ``SelfAttention`` / ``SelfOutput`` pair);
+#: DistilBERT's ``out_lin`` beside its ``q_lin``/``k_lin``/``v_lin``.
+_OUTPUT_NAMES = ("o_proj", "out_proj", "dense", "out_lin")
 
 
 def separate_projections(m: nn.Module) -> tuple[str, str, str] | None:
