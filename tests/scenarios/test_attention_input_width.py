@@ -217,3 +217,39 @@ def test_channels_that_must_stay_whole_heads_are_refused_by_the_check_not_a_cras
     report = sss.find_structures(model, x, ("channel",))
     assert not {"0.wq", "0.wk", "0.wv"} & set(report.names("channel"))  # an odd cut of them cannot run
     assert any(s.startswith("0.wv: removing its channel structures changes the output") for s in report.skipped)
+
+
+class _Logits(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model.eval()
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.model(ids).logits
+
+
+_SIZES = {"vocab_size": 50, "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 4,
+          "intermediate_size": 64, "max_position_embeddings": 16}  # fmt: skip
+
+
+def test_stablelm_views_its_keys_by_a_key_value_head_count_lowered_with_the_cut():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    model = _Logits(transformers.StableLmForCausalLM(transformers.StableLmConfig(num_key_value_heads=2, **_SIZES)))
+    ids = torch.randint(0, 50, (2, 8))
+    compact = assert_exact_and_smaller(random_gated(model, ids, ("head",)), ids)
+    attention = compact.model.model.layers[0].self_attn
+    assert attention.num_key_value_heads == 1 and attention.num_heads == 2  # one key/value head and its queries
+
+
+def test_gpt_neox_fused_query_key_value_laid_out_per_head_loses_heads():
+    """GPT-NeoX keeps no head count: it is its ``query_key_value`` rows over ``3 · head_size``,
+    each head's query, key and value rows together (viewed as ``(-1, 3 · head_size)``)."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    model = _Logits(transformers.GPTNeoXForCausalLM(transformers.GPTNeoXConfig(use_cache=False, **_SIZES)))
+    ids = torch.randint(0, 50, (2, 8))
+    gated = random_gated(model, ids, ("head",))
+    compact = assert_exact_and_smaller(gated, ids)
+    kept = int((sss.gates(gated)[0].weight != 0).sum())
+    assert compact.model.gpt_neox.layers[0].attention.query_key_value.out_features == 3 * 8 * kept < 96

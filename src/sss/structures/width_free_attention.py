@@ -52,6 +52,8 @@ def install(attention: nn.Module, sources: Iterable[str], sinks: Iterable[str]) 
     the first call, and the module's own forward runs if that fails too."""
     sources, sinks = tuple(sources), tuple(sinks)
     params = list(inspect.signature(type(attention).forward).parameters.values())[2:]
+    if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params):
+        return False  # arguments a trace cannot fix (Hugging Face's **kwargs); such forwards infer widths
     defaults = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty
                 and not isinstance(p.default, torch.Tensor)}  # fmt: skip
     try:
@@ -70,6 +72,8 @@ def _width_free_forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
     bound = inspect.signature(type(self).forward).bind(self, *args, **kwargs)
     bound.apply_defaults()
     fixed = {k: v for k, v in list(bound.arguments.items())[1:] if not isinstance(v, torch.Tensor)}
+    if not all(_plain(v) for v in fixed.values()):  # tensors in a tuple, a cache object: not traced per value
+        return type(self).forward(*bound.args, **bound.kwargs)
     key = (self.training, repr(sorted(fixed.items())))
     if key not in cache:
         try:
@@ -78,6 +82,14 @@ def _width_free_forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
             forward = None
         cache[key] = forward if forward is not None else type(self).forward
     return cache[key](*bound.args, **bound.kwargs)  # a traced forward keeps the fixed arguments' places
+
+
+def _plain(value: Any) -> bool:
+    """Whether ``value`` may key a traced forward: ``None``, a number, a string or a flag, or a
+    list or tuple of them (a size)."""
+    if isinstance(value, list | tuple):
+        return all(_plain(v) for v in value)
+    return value is None or isinstance(value, bool | int | float | str)
 
 
 def _rewrite(attention: nn.Module, sources: tuple[str, ...], sinks: tuple[str, ...],

@@ -34,20 +34,35 @@ from sss.structures.tracing import LEAF_NORMS, QKV_NAMES, head_count, in_width, 
 
 #: A fused query/key/value layer and the output projection: timm's names, GPT-2's (its ``Conv1D``
 #: layers rewritten as ``nn.Linear`` before discovery, :mod:`sss.structures.conv1d`) and
-#: torchvision MaxViT's; and a query layer beside a fused key/value one (timm's PVT v2).
-FUSED_NAMES = (("qkv", "proj"), ("c_attn", "c_proj"), ("to_qkv", "merge"), ("q", "kv", "proj"))
+#: torchvision MaxViT's, GPT-NeoX's; and a query layer beside a fused key/value one (timm's PVT v2).
+FUSED_NAMES = (
+    ("qkv", "proj"),
+    ("c_attn", "c_proj"),
+    ("to_qkv", "merge"),
+    ("query_key_value", "dense"),
+    ("q", "kv", "proj"),
+)
 
 
 def fused_projections(m: nn.Module) -> tuple[str, ...] | None:
     """The names of ``m``'s fused query/key/value layer (or query and key/value layers) and
     output projection, if it is an attention of that form: linear or 1×1 convolutional layers,
-    maybe gated, and an int head count (:func:`head_count`)."""
-    if head_count(m) is None:
+    maybe gated, and a head count (:func:`attention_heads`)."""
+    if attention_heads(m) is None:
         return None
     for names in FUSED_NAMES:
         if all(_is_projection(_plain(getattr(m, n, None))) for n in names):
             return names
     return None
+
+
+def attention_heads(m: nn.Module) -> int | None:
+    """``m``'s head count (:func:`head_count`), or GPT-NeoX's, which keeps none: its fused
+    ``query_key_value`` rows over ``3 · head_size``."""
+    count, size, fused = head_count(m), getattr(m, "head_size", None), _plain(getattr(m, "query_key_value", None))
+    if count is None and isinstance(size, int) and isinstance(fused, nn.Linear) and not fused.out_features % (3 * size):
+        return fused.out_features // (3 * size)
+    return count
 
 
 def _is_projection(layer: nn.Module | None) -> bool:
@@ -65,6 +80,8 @@ def _qkv_layout(m: nn.Module, out: int, width: int, heads: int) -> tuple[tuple[t
     key_dim, val_dim = getattr(m, "key_dim", None), getattr(m, "val_dim", None)
     if getattr(m, "head_first", False) is True and isinstance(getattr(m, "dim_head", None), int):
         key_dim = val_dim = m.dim_head  # MaxViT's and CoAtNet's: (heads, 3 · dim_head), then chunked
+    if isinstance(getattr(m, "head_size", None), int) and hasattr(m, "query_key_value"):
+        key_dim = val_dim = m.head_size  # GPT-NeoX's: the same, viewed as (-1, 3 · head_size)
     if isinstance(key_dim, int) and isinstance(val_dim, int):
         block = 2 * key_dim + val_dim
         if out != heads * block or width != heads * val_dim:
@@ -100,7 +117,7 @@ def describe_heads(m: nn.Module, path: str, calls: dict[nn.Module, int],
     """The heads of one attention module with a fused query/key/value layer (or a query layer and
     a fused key/value one) and an output projection (``names``), or why they cannot be removed."""
     *inputs, proj_name = names
-    heads, layers = head_count(m), [_plain(getattr(m, n)) for n in names]
+    heads, layers = attention_heads(m), [_plain(getattr(m, n)) for n in names]
     width = in_width(layers[-1])
     if len(inputs) == 2:  # PVT's q and kv: the query rows, then the key/value rows of each head
         if out_width(layers[0]) != width or out_width(layers[1]) != 2 * width or width % heads:
@@ -370,6 +387,9 @@ def set_num_heads(attention: nn.Module, heads: int) -> None:
     for name in ("num_heads", "n_heads", "heads", "num_attention_heads"):
         if isinstance(getattr(attention, name, None), int) or (name == "num_heads" and is_attention(attention)):
             setattr(attention, name, heads)
+    groups = getattr(attention, "num_key_value_groups", None)  # query heads per key/value head: kept
+    if isinstance(getattr(attention, "num_key_value_heads", None), int) and isinstance(groups, int) and groups:
+        attention.num_key_value_heads = heads // groups  # StableLM views its keys by it
     for helper in attention.modules():  # timm's position-bias modules view their output by the head count
         if helper is attention or is_attention(helper):
             continue
