@@ -12,9 +12,12 @@ Found by attributes (a module with ``qkv`` and ``proj`` linear layers and an int
 the zoo's ViT, torch's rewritten encoder layers, timm's ``Attention``, whose ``attn_dim`` follows
 ``num_heads`` and whose gated form's ``gate`` rows go with their heads; GPT-2's ``c_attn`` and
 ``c_proj``; TinyViT's, EfficientFormer's and LeViT's, whose ``qkv`` holds each head's query, key
-and value rows together; Hugging Face's separate projections), then checked for exact removal on
-the example input as every kind is: a forward that reshapes by the original width
-(``reshape(B, N, C)`` instead of ``-1``) fails the check and is skipped with the reason.
+and value rows together; Hugging Face's separate projections: :mod:`.head_layouts`), then
+checked for exact removal on the example input as every kind is. A forward that takes its heads'
+width from its input's (``C // num_heads``, ``reshape(B, N, C)``) runs, once cut, a traced
+forward with the new width (:mod:`sss.structures.width_free_attention`; torchvision's Swin:
+:mod:`sss.structures.torchvision_swin`); what that cannot make exact fails the check and is
+skipped with the reason.
 """
 
 from __future__ import annotations
