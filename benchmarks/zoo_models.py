@@ -177,7 +177,7 @@ _SMALL = {"vocab_size": VOCAB, "hidden_size": 64, "num_hidden_layers": 2, "num_a
           "hidden_sizes": [16, 32], "depths": [1, 1], "num_stages": 2, "embedding_size": 16}  # fmt: skip
 
 
-def _hf_held_out(model_type: str) -> tuple[Callable[[], nn.Module], str]:
+def _hf_held_out(model_type: str) -> tuple[nn.Module, str]:
     """A small model of a Hugging Face ``model_type`` outside the list, and its input kind: a
     sequence classifier (or else a causal LM) for text, an image classifier for images."""
     import transformers as tf
@@ -191,17 +191,20 @@ def _hf_held_out(model_type: str) -> tuple[Callable[[], nn.Module], str]:
                                                                   tf.AutoModelForCausalLM)  # fmt: skip
     for auto in heads:
         try:
-            auto.from_config(config)
+            return auto.from_config(config), "image" if image else "tokens"
         except ValueError:  # no such head for this type
             continue
-        return (lambda auto=auto: auto.from_config(config)), "image" if image else "tokens"
     raise ValueError(f"{model_type}: no classification or causal-LM head in transformers")
 
 
 def _hf(name: str) -> tuple[nn.Module, torch.Tensor]:
     configs = _hf_configs()
-    _, build, inputs = configs[name] if name in configs else (None, *_hf_held_out(name))
-    model = build().eval()
+    if name in configs:
+        _, build, inputs = configs[name]
+        model = build().eval()
+    else:
+        model, inputs = _hf_held_out(name)
+        model.eval()
     if inputs == "tokens":
         return model, torch.randint(0, VOCAB, (1, 16))
     return model, torch.randn(1, 3, 32, 32)

@@ -62,14 +62,15 @@ def install(attention: nn.Module, sources: Iterable[str], sinks: Iterable[str]) 
     except Exception:  # untraceable, unless an argument it requires (a size) was missing
         if len(defaults) == len(params):
             return False
-    setattr(attention, CACHE, {"sources": sources, "sinks": sinks})
+    signature = inspect.signature(type(attention).forward)  # read once: bound on every call
+    setattr(attention, CACHE, {"sources": sources, "sinks": sinks, "signature": signature})
     attention.forward = types.MethodType(_width_free_forward, attention)
     return True
 
 
 def _width_free_forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
     cache = getattr(self, CACHE)
-    bound = inspect.signature(type(self).forward).bind(self, *args, **kwargs)
+    bound = cache["signature"].bind(self, *args, **kwargs)
     bound.apply_defaults()
     fixed = {k: v for k, v in list(bound.arguments.items())[1:] if not isinstance(v, torch.Tensor)}
     if not all(_plain(v) for v in fixed.values()):  # tensors in a tuple, a cache object: not traced per value
