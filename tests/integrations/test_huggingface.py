@@ -136,3 +136,21 @@ def test_a_model_its_config_cannot_say_is_saved_by_sss(tmp_path):
     assert save_compact(compact, tmp_path / "m", EXAMPLE) == "sss"
     again = sss.load(tmp_path / "m", base=model)
     torch.testing.assert_close(again.eval()(EXAMPLE).logits, compact(EXAMPLE).logits)
+
+
+def test_whole_layers_removed_by_block_factors_round_trip_through_save_pretrained(tmp_path):
+    model = tiny_llama()
+    gated = sss.attach(model, EXAMPLE, structures=("block",))
+    refs = sss.gates(gated)
+    assert [r.name for r in refs] == ["model.layers.0.gate", "model.layers.1.gate"]  # attention, MLP each
+    with torch.no_grad():
+        refs[0].weight.zero_()  # the first layer, whole
+        refs[1].weight.fill_(0.5)
+    compact = sss.prune(gated).eval()
+    assert save_compact(compact, tmp_path / "m", EXAMPLE) == "pretrained"
+    again = tf.LlamaForCausalLM.from_pretrained(str(tmp_path / "m")).eval()
+    assert again.config.num_hidden_layers == 1 and len(compact.model.layers) == 2  # the model itself unchanged
+    torch.testing.assert_close(again(EXAMPLE).logits, compact(EXAMPLE).logits)
+    with torch.no_grad():
+        refs[0].weight[0] = 1.0  # only the attention of the first layer: no config says that
+    assert save_compact(sss.prune(gated).eval(), tmp_path / "n", EXAMPLE) == "sss"

@@ -53,3 +53,14 @@ def assert_exact_and_smaller(gated: nn.Module, example: torch.Tensor, **prune_kw
     if gated in _BASES:
         assert_round_trip(compact, example, _BASES[gated])
     return compact
+
+
+class Logits(nn.Module):
+    """A Hugging Face model that returns its logits (a tensor, as the scenario checks compare)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.model(ids).logits

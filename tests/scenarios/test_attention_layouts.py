@@ -12,7 +12,7 @@ from torch import nn
 import sss
 from sss.structures.kinds.heads import describe_heads
 
-from .helpers import assert_exact_and_smaller, assert_round_trip, random_gated
+from .helpers import Logits, assert_exact_and_smaller, assert_round_trip, random_gated
 
 
 class Block(nn.Module):
@@ -106,15 +106,6 @@ def test_maxvit_attention_laid_out_per_head_loses_heads_with_its_bias_table(fuse
     assert compact.attn.num_heads == kept and compact.attn.rel_pos.bias_shape[-1] == kept < 3
     assert compact.attn.rel_pos.relative_position_bias_table.shape[-1] == kept
     assert_round_trip(compact, x, base=build())
-
-
-class Logits(nn.Module):
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.model(ids).logits
 
 
 def test_gpt2_conv1d_layers_become_linear_and_its_heads_are_removed(tmp_path):

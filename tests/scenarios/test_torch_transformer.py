@@ -49,8 +49,8 @@ def test_a_vit_from_torch_encoder_layers_loses_heads_neurons_and_branches_exactl
     assert report.names("block") == ["encoder.layers.0", "encoder.layers.1"]
     assert {"encoder.layers.0.linear1", "encoder.layers.1.linear1"} <= set(report.names("channel"))
     gated = random_gated(model, x, ("block", "head", "channel"), zero_prob=0.3, seed=4)
-    # pre-norm: attention and MLP branches; post-norm: the sum then a norm, so only the first chains
-    assert [r.weight.numel() for r in sss.gates(gated) if r.kind == "block"] == [2 if norm_first else 1] * 2
+    # attention and MLP branches; post-norm: the MLP's sum chains through the norm after the first
+    assert [r.weight.numel() for r in sss.gates(gated) if r.kind == "block"] == [2, 2]
     with torch.no_grad():  # keep every block, so the heads and neurons are what is cut
         for ref in sss.gates(gated):
             if ref.kind == "block":

@@ -6,7 +6,8 @@ trip only if some config builds exactly its shapes: every MLP the same (narrower
 (``intermediate_size``), every attention the same number of heads, each of the old width
 (``num_attention_heads``, ``num_key_value_heads``, with ``head_dim`` kept where the config
 has one; a config that derives the head width from ``hidden_size / num_attention_heads``,
-as BERT's and ViT's do, cannot say fewer heads of the same width). :func:`save_compact`
+as BERT's and ViT's do, cannot say fewer heads of the same width), and the layers that block
+factors removed whole dropped from the stack (``num_hidden_layers``). :func:`save_compact`
 tries the config that the compact model's shapes imply, builds a fresh model from it, loads
 the weights and compares outputs on the example; only a round trip that gives the same
 function is saved that way. Anything else is saved with :func:`sss.save` (any shape).
@@ -77,13 +78,45 @@ def save_compact(model: nn.Module, path: str | Path, example: torch.Tensor) -> s
     path = Path(path)
     config = getattr(model, "config", None)
     if config is not None and hasattr(model, "save_pretrained"):
-        implied = _implied_config(model, type(model)(copy.deepcopy(config)))
-        if implied is not None and _round_trip_equal(model, implied, example):
-            model.config = implied
-            model.save_pretrained(path)
+        shallower = _without_removed_layers(model)
+        implied = _implied_config(shallower, type(model)(copy.deepcopy(shallower.config)))
+        if implied is not None and _round_trip_equal(shallower, implied, example):
+            shallower.config = implied
+            shallower.save_pretrained(path)
             return "pretrained"
     save(model, path)
     return "sss"
+
+
+def _without_removed_layers(model: nn.Module) -> nn.Module:
+    """``model``, or where block factors removed whole layers (a layer of its stack left with no
+    parameters: every branch gone, so it passes its input on), a copy without them whose config
+    says the new depth (``num_hidden_layers``, and ``layer_types`` where the config lists one per
+    layer): a model ``from_pretrained`` builds, if the caller's round trip then agrees."""
+    depth = getattr(model.config, "num_hidden_layers", None)
+    stacks = [(path, m) for path, m in model.named_modules() if isinstance(m, nn.ModuleList) and len(m) == depth]
+    if depth is None or len(stacks) != 1:
+        return model
+    path, stack = stacks[0]
+    kept = [layer for layer in stack if any(True for _ in layer.parameters())]
+    if len(kept) in (0, len(stack)):
+        return model
+    shallower = copy.copy(model)  # shares every module; only the stack and the config are its own
+    shallower._modules = dict(model._modules)
+    shallower.config = copy.deepcopy(model.config)
+    parent, _, name = path.rpartition(".")
+    owner = shallower
+    for part in parent.split(".") if parent else []:
+        copied = copy.copy(getattr(owner, part))
+        copied._modules = dict(copied._modules)
+        owner._modules[part] = copied
+        owner = copied
+    owner._modules[name] = nn.ModuleList(kept)
+    layer_types = getattr(shallower.config, "layer_types", None)
+    if isinstance(layer_types, list) and len(layer_types) == depth:
+        shallower.config.layer_types = [t for t, layer in zip(layer_types, stack, strict=True) if layer in kept]
+    shallower.config.num_hidden_layers = len(kept)
+    return shallower
 
 
 @torch.no_grad()

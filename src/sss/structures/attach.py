@@ -107,8 +107,10 @@ def _gate_model(model: nn.Module, example_inputs: torch.Tensor | None, structure
             kind.gate(model, report.structures[kind.name])
     shape = list(example_inputs.shape[1:]) if example_inputs is not None else None
     found = {name: report.names(name) for name in report.found}
-    record(model, [{"op": "attach", "kinds": report.found, "ignore": list(ignore), "input_shape": shape,
-                    "structures": found}])  # fmt: skip
+    edit = {"op": "attach", "kinds": report.found, "ignore": list(ignore), "input_shape": shape, "structures": found}
+    if example_inputs is not None and not example_inputs.is_floating_point():  # token ids: rebuilt with ids
+        edit["input_dtype"] = str(example_inputs.dtype).removeprefix("torch.")
+    record(model, [edit])
     return model
 
 
@@ -120,7 +122,10 @@ def _replay_attach(model: nn.Module, edit: dict, *, pruned_later: bool) -> nn.Mo
     if pruned_later:
         return model
     shape = edit.get("input_shape")
-    example = torch.zeros(1, *shape) if shape else None
+    dtype = getattr(torch, edit.get("input_dtype", "float32"))
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"its input_dtype {edit['input_dtype']!r} is not a torch dtype")
+    example = torch.zeros(1, *shape, dtype=dtype) if shape else None
     if "structures" not in edit:  # written before the edit recorded them: found and checked again
         return attach(model, example, edit["kinds"], ignore=edit.get("ignore", []), inplace=True)
     return _gate_model(model, example, edit["kinds"], edit.get("ignore", []), known=edit["structures"])

@@ -8,6 +8,7 @@ import re
 from collections.abc import Sequence
 
 import torch
+import torch.utils._pytree as pytree
 from torch import fx, nn
 
 from sss.errors import UnsupportedModelError
@@ -71,10 +72,30 @@ def _branches_on_values(model: nn.Module, path: str, example_inputs: torch.Tenso
     if inputs is None:
         return True
     try:
-        torch.export.export(module, *inputs, strict=False)
+        torch.export.export(_TensorsOnly(module, inputs), tuple(_TensorsOnly.tensors(inputs)), strict=False)
     except Exception:  # a branch on a value, or another failure: torch.fx's verdict stands
         return True
     return False
+
+
+class _TensorsOnly(nn.Module):
+    """Calls ``module`` with one call's arguments, of which only the tensors are inputs: the rest
+    (a Hugging Face key/value cache, which ``torch.export`` takes no input of) is held fixed."""
+
+    def __init__(self, module: nn.Module, inputs: tuple[tuple, dict]) -> None:
+        super().__init__()
+        self.module = module
+        self.leaves, self.spec = pytree.tree_flatten(inputs)
+
+    @staticmethod
+    def tensors(inputs: tuple[tuple, dict]) -> list[torch.Tensor]:
+        return [leaf for leaf in pytree.tree_leaves(inputs) if isinstance(leaf, torch.Tensor)]
+
+    def forward(self, *tensors: torch.Tensor) -> object:
+        given = iter(tensors)
+        leaves = [next(given) if isinstance(leaf, torch.Tensor) else leaf for leaf in self.leaves]
+        args, kwargs = pytree.tree_unflatten(leaves, self.spec)
+        return self.module(*args, **kwargs)
 
 
 def check_single_path(model: nn.Module, ignore: Sequence[str] = (), example_inputs: torch.Tensor | None = None) -> None:

@@ -269,11 +269,8 @@ def output_tensors(out: Any) -> list[torch.Tensor]:
     return []
 
 
-def call_counts(model: nn.Module, example_inputs: torch.Tensor) -> dict[nn.Module, int]:
-    """How many times each conv/linear/BN runs in one forward (a shared layer's width is not free)."""
-    counts: dict[nn.Module, int] = {}
-    hooks = [m.register_forward_hook(lambda m, i, o: counts.__setitem__(m, counts.get(m, 0) + 1))
-             for m in model.modules() if isinstance(m, AFFINE)]  # fmt: skip
+def _run_hooked(model: nn.Module, example_inputs: torch.Tensor, hooks: list) -> None:
+    """Runs ``model`` on ``example_inputs`` (eval mode, no grad), then removes ``hooks``."""
     was_training = model.training
     try:
         with torch.no_grad():
@@ -282,7 +279,29 @@ def call_counts(model: nn.Module, example_inputs: torch.Tensor) -> dict[nn.Modul
         model.train(was_training)
         for h in hooks:
             h.remove()
+
+
+def call_counts(model: nn.Module, example_inputs: torch.Tensor) -> dict[nn.Module, int]:
+    """How many times each conv/linear/BN runs in one forward (a shared layer's width is not free)."""
+    counts: dict[nn.Module, int] = {}
+    hooks = [m.register_forward_hook(lambda m, i, o: counts.__setitem__(m, counts.get(m, 0) + 1))
+             for m in model.modules() if isinstance(m, AFFINE)]  # fmt: skip
+    _run_hooked(model, example_inputs, hooks)
     return counts
+
+
+def first_calls(model: nn.Module, example_inputs: torch.Tensor) -> dict[str, tuple[tuple, dict]]:
+    """The positional and keyword arguments each module with submodules gets on its first call
+    when ``model`` runs on ``example_inputs`` (eval mode, no grad), by path."""
+    calls: dict[str, tuple[tuple, dict]] = {}
+
+    def keep(path: str) -> Callable[..., None]:
+        return lambda m, args, kwargs: calls.setdefault(path, (tuple(args), dict(kwargs)))
+
+    hooks = [m.register_forward_pre_hook(keep(path), with_kwargs=True)
+             for path, m in model.named_modules() if path and any(m.children())]  # fmt: skip
+    _run_hooked(model, example_inputs, hooks)
+    return calls
 
 
 def shared_modules(model: nn.Module) -> dict[nn.Module, list[str]]:
@@ -328,3 +347,7 @@ class Discovery:
     @cached_property
     def calls(self) -> dict[nn.Module, int]:
         return call_counts(self.model, self.example_inputs)
+
+    @cached_property
+    def first_calls(self) -> dict[str, tuple[tuple, dict]]:
+        return first_calls(self.model, self.example_inputs)

@@ -15,6 +15,15 @@ import torch
 from torch import nn
 
 from sss.structures.gate import ChannelGated, Gate
+from sss.structures.kinds.called_blocks import (
+    CalledBlock,
+    called_block,
+    compact_called_block,
+    fixes_arguments,
+    gate_called_block,
+    is_called_block,
+    remove_branches,
+)
 from sss.structures.kinds.traced_blocks import compact_traced_block, gate_block, is_traced_block, removed_traced_block
 from sss.structures.paths import under
 from sss.structures.registry import Discovery, Edit, Removal, StructureKind, register_kind
@@ -66,8 +75,8 @@ class BlockKind(StructureKind):
     not_found = (
         "residual block to gate: a block is a submodule whose forward adds a branch ending in a "
         "BatchNorm/conv/linear/affine LayerNorm layer (maybe then dropout, stochastic depth, a layout op or a "
-        "scale by a constant) to its input or a downsample of it (torch.fx must trace it), or an "
-        "sss.structures.ResidualBlock"
+        "scale by a constant) to its input or a downsample of it (torch.fx must trace it, alone or as it is "
+        "called), or an sss.structures.ResidualBlock"
     )
 
     def find(
@@ -87,7 +96,15 @@ class BlockKind(StructureKind):
                 if isinstance(module, CONTAINERS) or not any(module.children()):
                     continue
                 gated = gate_block(module, ref.device, ref.dtype)
-                if isinstance(gated, str):
+                call = discovery.first_calls.get(name) if example_inputs is not None else None
+                # a Hugging Face layer: torch.fx cannot trace it alone, or traces its None, flags and
+                # options as inputs (a path none of its calls takes); traced as it is called instead
+                if isinstance(gated, str) and call is not None and (
+                        gated.startswith("torch.fx cannot trace it") or fixes_arguments(*call)):  # fmt: skip
+                    gated = called_block(name, module, *call)
+                if isinstance(gated, CalledBlock):
+                    name = gated
+                elif isinstance(gated, str):
                     if not gated.startswith("it has "):  # not a residual block at all, or a container of blocks
                         skipped.append(f"{name}: {gated}")
                     continue
@@ -113,6 +130,8 @@ class BlockKind(StructureKind):
             if isinstance(module, ResidualBlock):
                 if not isinstance(module.gate, Gate):
                     module.gate = Gate("block").to(device=ref.device, dtype=ref.dtype)
+            elif isinstance(name, CalledBlock):
+                gate_called_block(module, name.template, ref.device, ref.dtype)
             else:
                 model.set_submodule(name, gate_block(module, ref.device, ref.dtype))
 
@@ -127,7 +146,11 @@ class BlockKind(StructureKind):
         replace_blocks(model, replacement)
         edits: list[Edit] = [{"op": "remove_block", "path": name} for name in removed]
         for name, m in list(model.named_modules()):
-            if is_traced_block(m):
+            if is_called_block(m):  # a Hugging Face layer: its removed branches' modules are replaced
+                dropped, stand_ins = compact_called_block(m, threshold)
+                if dropped:
+                    edits.append({"op": "remove_block", "path": name, "branches": dropped, "modules": stand_ins})
+            elif is_traced_block(m):
                 branches = m.gate.weight.numel()
                 dropped = compact_traced_block(m, threshold)
                 if dropped and branches == 1:
@@ -138,10 +161,11 @@ class BlockKind(StructureKind):
 
     def replay(self, model: nn.Module, edit: Edit) -> None:
         block = model.get_submodule(edit["path"])
-        if isinstance(block, ResidualBlock):
-            form = block.removed_form()
-        else:
-            form = removed_traced_block(block, edit.get("branches"))
+        if "modules" in edit:  # a called block (Hugging Face's layers): it stays, without its removed branches
+            remove_branches(block, edit["branches"], edit["modules"])
+            return
+        traced = not isinstance(block, ResidualBlock)
+        form = removed_traced_block(block, edit.get("branches")) if traced else block.removed_form()
         replace_blocks(model, {edit["path"]: form})
 
 

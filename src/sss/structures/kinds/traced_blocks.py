@@ -27,13 +27,51 @@ from sss.structures.gate import ChannelGated, Gate, fold_output_scale
 from sss.structures.tracing import (
     ADDS,
     AFFINE,
+    LEAF_NORMS,
+    QKV_NAMES,
     ancestors,
     eliminate_dead_code,
+    head_count,
     is_attention,
     is_drop_path,
     trace_and_find,
     trace_module,
 )
+
+#: The names an attention module's output projection goes by (timm's, Hugging Face's, GPT-2's,
+#: DistilBERT's; ``dense`` under Hugging Face's ``output`` submodule of ViT and Swin).
+_OUTPUT_PROJECTIONS = ("proj", "o_proj", "out_proj", "c_proj", "out_lin", "dense")
+
+
+class RemovedBranch(nn.Module):
+    """What stands, without parameters, where a module of a removed branch of a called block was
+    (:mod:`sss.structures.kinds.called_blocks`): the layer's own code still calls it when traced,
+    and the traced graph drops the call with the branch. Running it is a bug."""
+
+    def forward(self, *args: object, **kwargs: object) -> None:
+        raise RuntimeError("a module of a removed residual branch ran; its layer's traced forward should skip it")
+
+
+def is_attention_leaf(m: nn.Module | None) -> bool:
+    """Whether ``m`` is an attention module (an int head count, or query/key/value projections:
+    Hugging Face's), which a trace of a layer as it is called keeps as a leaf."""
+    return m is not None and (head_count(m) is not None
+                              or any(all(hasattr(m, n) for n in names) for names in QKV_NAMES))  # fmt: skip
+
+
+def attention_output(m: nn.Module | None) -> nn.Module | None:
+    """The output projection of attention module ``m`` (:func:`is_attention_leaf`): the layer a
+    factor on the attention's output folds into, found by name and only if there is exactly one."""
+    if m is None:
+        return None
+    if is_attention(m):
+        return m.proj
+    if not is_attention_leaf(m):
+        return None
+    found = [x for path, x in m.named_modules() if path.rpartition(".")[2] in _OUTPUT_PROJECTIONS]
+    found = [x.inner if isinstance(x, ChannelGated) else x for x in found]
+    return found[0] if len(found) == 1 and isinstance(found[0], nn.Linear) else None
+
 
 #: Products and quotients: λ (one number per branch) commutes with a scale by anything that does
 #: not depend on the model's input (NFNet's ``α · branch``, LayerScale's ``branch · γ``).
@@ -90,29 +128,41 @@ def _passed(node: fx.Node, modules: dict[str, nn.Module]) -> fx.Node | None:
     if getattr(node.target, "__name__", None) == "stochastic_depth" or node.target in _LAYOUTS:
         return source
     if node.target is operator.getitem and node.args[1] == 0 and source.op == "call_module":
-        return source if is_attention(modules.get(source.target)) else None
+        module = modules.get(source.target)
+        return source if attention_output(module) is not None or isinstance(module, RemovedBranch) else None
     return None
 
 
-def _fold_node(branch: fx.Node, modules: dict[str, nn.Module]) -> fx.Node:
-    """The op ``λ`` is folded into: the branch's last op, looking back through the ops ``λ``
-    commutes with (:func:`_passed`)."""
+def _fold_nodes(branch: fx.Node, modules: dict[str, nn.Module]) -> list[fx.Node]:
+    """The ops ``λ`` is folded into: the branch's last op, looking back through the ops ``λ``
+    commutes with (:func:`_passed`); both operands of a sum that ends it (Phi's attention and MLP
+    side by side: ``λ(a + b) = λa + λb``)."""
     node = branch
     while (source := _passed(node, modules)) is not None:
         node = source
-    return node
+    a, b = node.args if _is_add(node) else (None, None)
+    if a is not None and a not in ancestors(b) and b not in ancestors(a):  # side by side, not one after the other
+        return [last for operand in (a, b) for last in _fold_nodes(operand, modules)]
+    return [node]
 
 
 def _foldable(branch: fx.Node, modules: dict[str, nn.Module]) -> str | None:
-    """Why ``λ`` cannot be folded into the op that ends ``branch`` (``None``: it can)."""
-    node = _fold_node(branch, modules)
-    last = modules.get(node.target) if node.op == "call_module" else None
-    last = last.inner if isinstance(last, ChannelGated) else last
-    affine_norm = isinstance(last, nn.LayerNorm) and last.weight is not None  # a post-norm branch (Swin V2)
-    if isinstance(last, AFFINE) or affine_norm or is_attention(last):
-        return None
-    return (f"its branch ends in {node.format_node()}, not a BatchNorm/conv/linear layer, affine LayerNorm or "
-            "attention to fold λ into")  # fmt: skip
+    """Why ``λ`` cannot be folded into the ops that end ``branch`` (``None``: it can)."""
+    for node in _fold_nodes(branch, modules):
+        last = modules.get(node.target) if node.op == "call_module" else None
+        last = last.inner if isinstance(last, ChannelGated) else last
+        affine_norm = isinstance(last, nn.LayerNorm) and last.weight is not None  # a post-norm branch (Swin V2)
+        # a removed branch's stand-in (a called block, compact) was a layer λ folded into or dropped with
+        if not (isinstance(last, (*AFFINE, RemovedBranch)) or affine_norm or attention_output(last) is not None):
+            return (f"its branch ends in {node.format_node()}, not a BatchNorm/conv/linear layer, affine LayerNorm "
+                    "or attention to fold λ into")  # fmt: skip
+    return None
+
+
+def fold_targets(branch: fx.Node, modules: dict[str, nn.Module]) -> list[nn.Module]:
+    """The layers a branch's λ folds into: its last layers, or an attention's output projection."""
+    lasts = [modules[node.target] for node in _fold_nodes(branch, modules)]
+    return [last if attention_output(last) is None else attention_output(last) for last in lasts]
 
 
 def _is_add(node: fx.Node) -> bool:
@@ -120,21 +170,26 @@ def _is_add(node: fx.Node) -> bool:
             and all(isinstance(a, fx.Node) for a in node.args))  # fmt: skip
 
 
-def _chained(add: fx.Node, previous: fx.Node) -> fx.Node | None:
-    """The branch of ``add`` if it is ``previous + g(previous)`` with ``g``'s ops used only by
-    ``g`` (so dropping the branch drops nothing else), else ``None``."""
-    if previous not in add.args:
-        return None
-    branch = add.args[1] if add.args[0] is previous else add.args[0]
-    own = (ancestors(branch) | {branch}) - ancestors(previous) - {previous}
-    if previous not in ancestors(branch) or not own:
-        return None
-    if any(user not in own and user is not add for n in own for user in n.users):
-        return None
-    return branch
+def _chained(add: fx.Node, previous: fx.Node, modules: dict[str, nn.Module]) -> tuple[fx.Node, fx.Node] | None:
+    """(branch, shortcut) of ``add`` if it is ``s + g(s)``, where ``s`` is ``previous`` or a norm of it
+    (post-norm: BERT's ``LN(x + attn(x))`` feeds its MLP and that sum), with ``g``'s ops used only
+    by ``g`` (so dropping the branch drops nothing else), else ``None``."""
+    for shortcut, branch in (add.args, reversed(add.args)):
+        s = shortcut
+        while s is not previous and s.op == "call_module" and isinstance(modules.get(s.target), LEAF_NORMS):
+            s = s.args[0]
+        if s is not previous:
+            continue
+        own = (ancestors(branch) | {branch}) - ancestors(shortcut) - {shortcut}
+        if shortcut not in ancestors(branch) or not own:
+            return None
+        if any(user not in own and user is not add for n in own for user in n.users):
+            return None
+        return branch, shortcut
+    return None
 
 
-def _residual_adds(gm: fx.GraphModule) -> list[fx.Node] | str:
+def residual_adds(gm: fx.GraphModule) -> list[fx.Node] | str:
     """The block's residual sums, each with args (branch, shortcut): the one sum of its first
     input, then the sums chained after it; or why it is not a block. Other inputs (an attention
     mask) may feed a branch: removing the branch drops those uses and nothing else."""
@@ -165,35 +220,41 @@ def _residual_adds(gm: fx.GraphModule) -> list[fx.Node] | str:
     node.args = (branch, shortcut)
     adds = [node]
     for later in gm.graph.nodes:
-        chained = _chained(later, adds[-1]) if _is_add(later) else None
-        if chained is not None and _foldable(chained, modules) is None:
-            later.args = (chained, adds[-1])
+        chained = _chained(later, adds[-1], modules) if _is_add(later) else None
+        if chained is not None and _foldable(chained[0], modules) is None:
+            later.args = chained
             adds.append(later)
     return adds
 
 
 def gate_block(module: nn.Module, device, dtype) -> fx.GraphModule | str:
-    traced = trace_and_find(module, _residual_adds)
+    traced = trace_and_find(module, residual_adds)
     if isinstance(traced, str):
         return traced
     gm, adds = traced
     if hasattr(gm, "gate"):
         return "it already has an attribute named 'gate'"
     gm.add_submodule("gate", Gate("block", len(adds)).to(device=device, dtype=dtype))
-    for j, add in enumerate(adds):
-        branch = add.args[0]
-        with gm.graph.inserting_after(branch):
-            if len(adds) == 1:
-                gated = gm.graph.call_module("gate", (branch,))
-            else:  # λ_j: one entry of the block's gate per branch
-                weight = gm.graph.get_attr("gate.weight")
-                with gm.graph.inserting_after(weight):
-                    lam = gm.graph.call_function(operator.getitem, (weight, j))
-                with gm.graph.inserting_after(lam):
-                    gated = gm.graph.call_function(operator.mul, (branch, lam))
-        add.replace_input_with(branch, gated)
+    scale_branches(gm.graph, adds, "gate")
     gm.recompile()
     return gm
+
+
+def scale_branches(graph: fx.Graph, adds: list[fx.Node], gate: str) -> None:
+    """Scales each branch of ``adds`` (args: branch, shortcut) by its λ, read from the :class:`Gate`
+    at path ``gate``: the gate's own call for a block with one branch, ``branch · λ_j`` otherwise."""
+    for j, add in enumerate(adds):
+        branch = add.args[0]
+        with graph.inserting_after(branch):
+            if len(adds) == 1:
+                gated = graph.call_module(gate, (branch,))
+            else:  # λ_j: one entry of the block's gate per branch
+                weight = graph.get_attr(f"{gate}.weight")
+                with graph.inserting_after(weight):
+                    lam = graph.call_function(operator.getitem, (weight, j))
+                with graph.inserting_after(lam):
+                    gated = graph.call_function(operator.mul, (branch, lam))
+        add.replace_input_with(branch, gated)
 
 
 def is_traced_block(module: nn.Module) -> bool:
@@ -228,8 +289,8 @@ def compact_traced_block(gm: fx.GraphModule, threshold: float = 0.0) -> list[int
             gm.graph.erase_node(add)
             dropped.append(j)
         else:
-            last = gm.get_submodule(_fold_node(branch, dict(gm.named_modules())).target)
-            fold_output_scale(last.proj if is_attention(last) else last, lam[j])  # attention: its output projection
+            for layer in fold_targets(branch, dict(gm.named_modules())):
+                fold_output_scale(layer, lam[j])
             gated.replace_all_uses_with(branch)
             gm.graph.erase_node(gated)
     for n in reversed(list(gm.graph.nodes)):  # the λ_j lookups of folded branches
@@ -248,7 +309,7 @@ def removed_traced_block(module: nn.Module, branches: list[int] | None = None) -
     given branches (default: its first, the only one a block had before chained branches): the
     form a pruned block is rebuilt to from the block itself."""
     gm = trace_module(module)
-    adds = _residual_adds(gm)
+    adds = residual_adds(gm)
     if isinstance(adds, str):
         raise ValueError(f"{type(module).__name__} is not a residual block: {adds}")
     for j in branches if branches is not None else [0]:
