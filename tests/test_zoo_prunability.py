@@ -49,15 +49,15 @@ EXPECTED: dict[str, set[str] | str] = {
     "torchvision:mnasnet0_5": {"block", "channel"},
     "torchvision:shufflenet_v2_x0_5": {"channel"},
     "torchvision:swin_s": {"block", "head"},
-    "timm:nf_resnet26": "NormFreeNet has nothing to gate",
-    "hf:vit": {"channel", "head"},
-    "hf:deit": {"channel", "head"},
-    "hf:bert": {"channel", "head"},
-    "hf:llama": {"channel", "head"},
-    "hf:qwen2": {"channel", "head"},
+    "timm:nf_resnet26": {"block"},
+    "hf:vit": {"block", "channel", "head"},
+    "hf:deit": {"block", "channel", "head"},
+    "hf:bert": {"block", "channel", "head"},
+    "hf:llama": {"block", "channel", "head"},
+    "hf:qwen2": {"block", "channel", "head"},
     "hf:resnet": {"block", "channel"},
-    "hf:swin": {"channel"},
-    "hf:gpt2": {"head"},
+    "hf:swin": {"block", "channel", "head"},
+    "hf:gpt2": {"block", "channel", "head"},
 }
 
 _SPECS = {spec.key: spec for spec in zoo_models()}

@@ -79,18 +79,25 @@ def test_a_branch_ending_in_an_op_lambda_commutes_with_is_a_block(end):
     assert_exact_and_smaller(gated, x)
 
 
-def test_a_scale_computed_from_the_branch_is_not_passed():
-    """``y · sigmoid(y)`` scales the branch by something that depends on it: λ does not commute
-    with it (folding λ into ``y``'s layer changes the scale), and the refusal says what the branch
-    ends in."""
+def test_a_branch_that_ends_in_no_layer_keeps_its_factor_as_a_scale(tmp_path):
+    """``y · sigmoid(y)`` (an SE module's end) scales the branch by something that depends on it:
+    λ does not commute with it, so no layer takes λ; the compact block keeps it as a scale of its
+    own (a buffer, saved and rebuilt on load), exactly."""
 
     class SelfGate(nn.Module):
         def forward(self, y: torch.Tensor) -> torch.Tensor:
             return y * torch.sigmoid(y)
 
-    report = sss.find_structures(Net(SelfGate).eval(), torch.randn(2, 3, 8, 8), "block")
-    assert report.names("block") == []
-    assert any("its branch ends in" in s and "mul" in s for s in report.skipped), report.skipped
+    def build() -> nn.Module:
+        torch.manual_seed(0)
+        return Net(SelfGate).eval()
+
+    x = torch.randn(2, 3, 8, 8)
+    gated = random_gated(build(), x, "block", zero_prob=0.4)
+    assert sss.find_structures(build(), x, "block").names("block") == [f"blocks.{i}" for i in range(3)]
+    kept = [i for i, r in enumerate(sss.gates(gated)) if float(r.weight) != 0]
+    compact = assert_exact_and_smaller(gated, x)
+    assert [i for i in range(3) if hasattr(compact.blocks[i], "sss_branch_scales")] == kept
 
 
 class PostNormBlock(nn.Module):

@@ -35,7 +35,7 @@ from sss.structures.tracing import shared_modules
 def replace_blocks(model: nn.Module, replacement: dict[str, nn.Module | None]) -> None:
     """Swaps each named block for its replacement; ``None`` drops it from its container.
 
-    Blocks that live in an ``nn.Sequential`` are dropped from it (keeping the surviving
+    Blocks dropped from an ``nn.Sequential`` leave it (keeping the surviving
     blocks' original names, so ``layer1.2.branch.0.weight`` still names the same tensor);
     elsewhere a dropped block becomes ``nn.Identity``.
     """
@@ -45,7 +45,7 @@ def replace_blocks(model: nn.Module, replacement: dict[str, nn.Module | None]) -
         by_parent.setdefault(parent, {})[child] = new
     for parent_name, children in by_parent.items():
         parent = model.get_submodule(parent_name)
-        if isinstance(parent, nn.Sequential):
+        if isinstance(parent, nn.Sequential) and any(new is None for new in children.values()):
             if not parent_name:
                 raise ValueError("the model itself is a Sequential of blocks; wrap it in a module")
             kept = OrderedDict()
@@ -146,26 +146,31 @@ class BlockKind(StructureKind):
         replace_blocks(model, replacement)
         edits: list[Edit] = [{"op": "remove_block", "path": name} for name in removed]
         for name, m in list(model.named_modules()):
+            # a branch that ends in no layer to fold λ into keeps it as a scale (an edit, if no branch is dropped)
+            scaled: list[int] = []
             if is_called_block(m):  # a Hugging Face layer: its removed branches' modules are replaced
-                dropped, stand_ins = compact_called_block(m, threshold)
-                if dropped:
+                dropped, stand_ins, scaled = compact_called_block(m, threshold)
+                if dropped or scaled:
                     edits.append({"op": "remove_block", "path": name, "branches": dropped, "modules": stand_ins})
             elif is_traced_block(m):
                 branches = m.gate.weight.numel()
-                dropped = compact_traced_block(m, threshold)
-                if dropped and branches == 1:
+                dropped, scaled = compact_traced_block(m, threshold)
+                if dropped == [0] and branches == 1:
                     edits.append({"op": "remove_block", "path": name})
-                elif dropped:  # some branches of a block with several (a transformer's attention, MLP)
+                elif dropped or scaled:  # some branches of a block with several (a transformer's attention, MLP)
                     edits.append({"op": "remove_block", "path": name, "branches": dropped})
+            if scaled:
+                edits[-1]["scaled"] = scaled
         return sorted(edits, key=lambda e: e["path"])
 
     def replay(self, model: nn.Module, edit: Edit) -> None:
         block = model.get_submodule(edit["path"])
         if "modules" in edit:  # a called block (Hugging Face's layers): it stays, without its removed branches
-            remove_branches(block, edit["branches"], edit["modules"])
+            remove_branches(block, edit["branches"], edit["modules"], edit.get("scaled", []))
             return
         traced = not isinstance(block, ResidualBlock)
-        form = removed_traced_block(block, edit.get("branches")) if traced else block.removed_form()
+        form = (removed_traced_block(block, edit.get("branches"), edit.get("scaled", ())) if traced
+                else block.removed_form())  # fmt: skip
         replace_blocks(model, {edit["path"]: form})
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import types
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -31,11 +31,14 @@ from torch import fx, nn
 from sss.errors import UnsupportedModelError
 from sss.structures.gate import Gate, fold_output_scale
 from sss.structures.kinds.traced_blocks import (
+    SCALES,
     RemovedBranch,
     fold_targets,
+    foldable,
     is_attention_leaf,
     residual_adds,
     scale_branches,
+    scale_kept,
 )
 from sss.structures.tracing import Tracer, eliminate_dead_code
 
@@ -179,35 +182,43 @@ def is_called_block(module: nn.Module) -> bool:
     return state is not None and state["removed"] is None
 
 
-def compact_called_block(layer: nn.Module, threshold: float = 0.0) -> tuple[list[int], list[str]]:
+def compact_called_block(layer: nn.Module, threshold: float = 0.0) -> tuple[list[int], list[str], list[int]]:
     """Makes ``layer`` gate-free, in place: branches with ``|λ_j| <= threshold`` removed, the
-    others with ``λ_j`` folded into their last layer. Returns the removed branches' indices and
-    the paths (in ``layer``) of the modules replaced by stand-ins."""
+    others with ``λ_j`` folded into their last layer, or kept as a scale where none ends them.
+    Returns the removed branches' indices, the paths (in ``layer``) of the modules replaced by
+    stand-ins, and the scaled branches' indices."""
     state = getattr(layer, STATE)
     gm, adds = _trace(layer, state["call"])
     lam = layer.gate.weight.detach()
     modules = dict(gm.named_modules())
     removed = [j for j in range(len(adds)) if float(lam[j].abs()) <= threshold]
+    scaled = [j for j, add in enumerate(adds) if j not in removed and not foldable(add.args[0], modules)]
     for j, add in enumerate(adds):
-        if j not in removed:
+        if j not in removed and j not in scaled:
             for target in fold_targets(add.args[0], modules):
                 fold_output_scale(target, lam[j])
+    if scaled:
+        layer.register_buffer(SCALES, lam[: max(scaled) + 1].clone())
     used = _used_modules(gm)
     _cut(gm, adds, removed)
     gone = used - _used_modules(gm)  # only the removed branches used them
     stand_ins = sorted(path for path in gone if not any(path.startswith(f"{p}.") for p in gone))
     del layer.gate
-    remove_branches(layer, removed, stand_ins)
-    return removed, stand_ins
+    remove_branches(layer, removed, stand_ins, scaled)
+    return removed, stand_ins, scaled
 
 
-def remove_branches(layer: nn.Module, removed: list[int], stand_ins: list[str]) -> None:
+def remove_branches(layer: nn.Module, removed: list[int], stand_ins: list[str], scaled: Sequence[int] = ()) -> None:
     """``layer`` (ungated) without branches ``removed``, whose modules at ``stand_ins`` are replaced
-    by :class:`RemovedBranch` (the compact form, also rebuilt so on load)."""
+    by :class:`RemovedBranch`, and with branches ``scaled`` scaled by its :data:`SCALES` buffer
+    (the compact form, also rebuilt so on load, the buffer's values then from the saved state)."""
     for path in stand_ins:
         layer.set_submodule(path, RemovedBranch())
-    if removed:
-        setattr(layer, STATE, {"branches": None, "removed": list(removed), "forwards": {}})
+    if scaled and not hasattr(layer, SCALES):
+        layer.register_buffer(SCALES, torch.ones(max(scaled) + 1))
+    if removed or scaled:
+        state = {"branches": None, "removed": list(removed), "scaled": list(scaled), "forwards": {}}
+        setattr(layer, STATE, state)
         layer.forward = types.MethodType(_dispatch, layer)
     else:  # every branch kept: the layer's own forward is the same function
         layer.__dict__.pop("forward", None)
@@ -265,5 +276,8 @@ def _compile(layer: nn.Module, call: tuple[tuple, dict], state: dict) -> Callabl
         scale_branches(gm.graph, adds, "layer.gate")
         gm.recompile()
     else:
+        if state["scaled"]:  # the graph checks it; the forward reads the live one
+            gm.get_submodule("layer").register_buffer(SCALES, getattr(layer, SCALES))
+        scale_kept(gm.graph, adds, state["scaled"], owner="layer")
         _cut(gm, adds, state["removed"])
     return type(gm).forward

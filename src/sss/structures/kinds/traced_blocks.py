@@ -19,6 +19,7 @@ folded into the branch's last layer.
 from __future__ import annotations
 
 import operator
+from collections.abc import Sequence
 
 import torch
 from torch import fx, nn
@@ -159,6 +160,11 @@ def _foldable(branch: fx.Node, modules: dict[str, nn.Module]) -> str | None:
     return None
 
 
+def foldable(branch: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """Whether a branch's λ folds into the layers that end it (:func:`fold_targets`)."""
+    return _foldable(branch, modules) is None
+
+
 def fold_targets(branch: fx.Node, modules: dict[str, nn.Module]) -> list[nn.Module]:
     """The layers a branch's λ folds into: its last layers, or an attention's output projection."""
     lasts = [modules[node.target] for node in _fold_nodes(branch, modules)]
@@ -189,6 +195,22 @@ def _chained(add: fx.Node, previous: fx.Node, modules: dict[str, nn.Module]) -> 
     return None
 
 
+_SHAPE_READS = ("size", "dim", "numel")
+
+
+def _reading(x: fx.Node) -> set[fx.Node]:
+    """The nodes computed from ``x``'s values (not from its shape alone: ``x.shape``, ``x.size()``)."""
+    found, stack = {x}, [x]
+    while stack:
+        for user in stack.pop().users:
+            shape = (user.op == "call_function" and user.target is getattr and user.args[1] in ("shape", "dtype",
+                     "device")) or (user.op == "call_method" and user.target in _SHAPE_READS)  # fmt: skip
+            if user not in found and not shape:
+                found.add(user)
+                stack.append(user)
+    return found
+
+
 def residual_adds(gm: fx.GraphModule) -> list[fx.Node] | str:
     """The block's residual sums, each with args (branch, shortcut): the one sum of its first
     input, then the sums chained after it; or why it is not a block. Other inputs (an attention
@@ -198,13 +220,14 @@ def residual_adds(gm: fx.GraphModule) -> list[fx.Node] | str:
         return "its forward takes no input"
     x = placeholders[0]
     modules = dict(gm.named_modules())
+    reads_x = _reading(x)
     found = []
     for node in gm.graph.nodes:
         if not _is_add(node):
             continue
         a, b = node.args
         anc_a, anc_b = ancestors(a) | {a}, ancestors(b) | {b}
-        if x not in anc_a or x not in anc_b:
+        if a not in reads_x or b not in reads_x:  # BERT's token-type embeddings read only x's shape
             continue
         # The branch is the operand with layers of its own; the shortcut shares none of them.
         if (anc_a & anc_b) - ({x} | (ancestors(x))):
@@ -214,17 +237,27 @@ def residual_adds(gm: fx.GraphModule) -> list[fx.Node] | str:
     if len(found) != 1:
         return f"it has {len(found)} residual sums of its input (a block has exactly one)"
     node, branch, shortcut = found[0]
-    why = _foldable(branch, modules)
-    if why:
+    if why := _unscalable(branch, shortcut, modules):
         return why
     node.args = (branch, shortcut)
     adds = [node]
     for later in gm.graph.nodes:
         chained = _chained(later, adds[-1], modules) if _is_add(later) else None
-        if chained is not None and _foldable(chained[0], modules) is None:
+        if chained is not None and _unscalable(*chained, modules) is None:
             later.args = chained
             adds.append(later)
     return adds
+
+
+def _unscalable(branch: fx.Node, shortcut: fx.Node, modules: dict[str, nn.Module]) -> str | None:
+    """Why a branch is no block's (``None``: it is). λ folds into a branch that ends in a layer
+    (:func:`_foldable`); any other branch keeps ``λ`` as a scale of its own once compact (an SE
+    module's ``y · sigmoid(...)``, PoolFormer's ``pool(y) - y``, a roll), unless it holds residual
+    sums itself: then it is a container of blocks, whose blocks are found inside it instead."""
+    if (why := _foldable(branch, modules)) is None:
+        return None
+    own = (ancestors(branch) | {branch}) - ancestors(shortcut) - {shortcut}
+    return why + " and holds residual sums of its own" if any(_is_add(n) for n in own) else None
 
 
 def gate_block(module: nn.Module, device, dtype) -> fx.GraphModule | str:
@@ -276,23 +309,32 @@ def _gated_branches(gm: fx.GraphModule) -> list[tuple[int, fx.Node, fx.Node]]:
     return out
 
 
-def compact_traced_block(gm: fx.GraphModule, threshold: float = 0.0) -> list[int]:
+def compact_traced_block(gm: fx.GraphModule, threshold: float = 0.0) -> tuple[list[int], list[int]]:
     """Makes ``gm`` gate-free, in place: each branch with ``|λ_j| <= threshold`` dropped (its sum
-    becomes its shortcut), the others with ``λ_j`` folded into their last layer. Returns the
-    indices of the dropped branches."""
+    becomes its shortcut), the others with ``λ_j`` folded into their last layer, or kept as a
+    scale (:data:`SCALES`) where the branch does not end in one. Returns the indices of the
+    dropped branches and of the scaled ones."""
     lam = gm.gate.weight.detach()
-    dropped = []
-    for j, gated, branch in _gated_branches(gm):
-        if float(lam[j].abs()) <= threshold:
+    modules = dict(gm.named_modules())
+    branches = _gated_branches(gm)
+    dropped = [j for j, _, _ in branches if float(lam[j].abs()) <= threshold]
+    scaled = [j for j, _, branch in branches if j not in dropped and not foldable(branch, modules)]
+    if scaled:
+        gm.register_buffer(SCALES, lam[: max(scaled) + 1].clone())
+    for j, gated, branch in branches:
+        if j in dropped:
             add = next(iter(gated.users))
             add.replace_all_uses_with(add.args[1] if add.args[0] is gated else add.args[0])
             gm.graph.erase_node(add)
-            dropped.append(j)
+            continue
+        kept = branch
+        if j in scaled:
+            kept = _scale_by_buffer(gm.graph, branch, j)
         else:
-            for layer in fold_targets(branch, dict(gm.named_modules())):
+            for layer in fold_targets(branch, modules):
                 fold_output_scale(layer, lam[j])
-            gated.replace_all_uses_with(branch)
-            gm.graph.erase_node(gated)
+        gated.replace_all_uses_with(kept)
+        gm.graph.erase_node(gated)
     for n in reversed(list(gm.graph.nodes)):  # the λ_j lookups of folded branches
         if not n.users and (n.op == "get_attr" or (n.op == "call_function" and n.target is operator.getitem
                                                    and n.args[0].op == "get_attr")):  # fmt: skip
@@ -301,17 +343,44 @@ def compact_traced_block(gm: fx.GraphModule, threshold: float = 0.0) -> list[int
         eliminate_dead_code(gm)  # keeps in-place ops whose write is still read (a shortcut's x.mul_())
     gm.delete_all_unused_submodules()  # with no dropped branch nothing else changes: no pass over the user's ops
     gm.recompile()
-    return sorted(dropped)
+    return dropped, scaled
 
 
-def removed_traced_block(module: nn.Module, branches: list[int] | None = None) -> fx.GraphModule:
+#: The buffer of a compact block that keeps its branches' factors where they fold into no layer.
+SCALES = "sss_branch_scales"
+
+
+def _scale_by_buffer(graph: fx.Graph, branch: fx.Node, j: int, owner: str = "") -> fx.Node:
+    """Inserts ``branch · scales[j]`` after ``branch`` (``scales``: the :data:`SCALES` buffer of the
+    module at path ``owner``) and returns it; its users still read ``branch``."""
+    with graph.inserting_after(branch):
+        scales = graph.get_attr(f"{owner}.{SCALES}" if owner else SCALES)
+    with graph.inserting_after(scales):
+        entry = graph.call_function(operator.getitem, (scales, j))
+    with graph.inserting_after(entry):
+        return graph.call_function(operator.mul, (branch, entry))
+
+
+def scale_kept(graph: fx.Graph, adds: list[fx.Node], scaled: list[int], owner: str = "") -> None:
+    """Scales the branches ``scaled`` of ``adds`` by their entries of the :data:`SCALES` buffer."""
+    for j in scaled:
+        branch = adds[j].args[0]
+        adds[j].replace_input_with(branch, _scale_by_buffer(graph, branch, j, owner))
+
+
+def removed_traced_block(module: nn.Module, branches: list[int] | None = None,
+                         scaled: Sequence[int] = ()) -> fx.GraphModule:  # fmt: skip
     """What is left of an ungated block (any module :func:`gate_block` accepts) without the
-    given branches (default: its first, the only one a block had before chained branches): the
-    form a pruned block is rebuilt to from the block itself."""
+    given branches (default: its first, the only one a block had before chained branches), the
+    ``scaled`` ones scaled by a :data:`SCALES` buffer (its values: the saved state's): the form a
+    pruned block is rebuilt to from the block itself."""
     gm = trace_module(module)
     adds = residual_adds(gm)
     if isinstance(adds, str):
         raise ValueError(f"{type(module).__name__} is not a residual block: {adds}")
+    if scaled:
+        gm.register_buffer(SCALES, torch.ones(max(scaled) + 1))
+        scale_kept(gm.graph, adds, list(scaled))
     for j in branches if branches is not None else [0]:
         add = adds[j]
         add.replace_all_uses_with(add.args[1])
