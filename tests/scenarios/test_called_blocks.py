@@ -13,7 +13,7 @@ from torch import nn
 
 import sss
 from sss.errors import UnsupportedModelError
-from sss.structures.kinds.traced_blocks import RemovedBranch
+from sss.structures.kinds.branch_ends import RemovedBranch
 
 from .helpers import Logits, assert_round_trip, random_gated
 
@@ -78,6 +78,9 @@ def test_a_layer_with_keyword_arguments_loses_branches_and_whole_layers_exactly(
     assert sss.gates(compact) == []
     assert sss.count(compact, X[:1])[1] < sss.count(build(), X[:1])[1]
     assert_round_trip(compact, X, base=build())
+    again = sss.find_structures(compact, X, "block")  # a second round: the cut layers are not gated again
+    assert again.names("block") == ["layers.2"]
+    assert "layers.0: sss.prune removed or scaled its branches; it is not gated again" in again.skipped
 
 
 def test_the_gated_layer_trains_in_both_modes_with_gradients_on_its_factors():

@@ -22,6 +22,7 @@ from sss.structures.kinds.called_blocks import (
     fixes_arguments,
     gate_called_block,
     is_called_block,
+    is_compact_called_block,
     remove_branches,
 )
 from sss.structures.kinds.traced_blocks import compact_traced_block, gate_block, is_traced_block, removed_traced_block
@@ -57,6 +58,13 @@ def replace_blocks(model: nn.Module, replacement: dict[str, nn.Module | None]) -
         else:
             for child_name, new in children.items():
                 setattr(parent, child_name, nn.Identity() if new is None else new)
+
+
+def _reads_features(args: tuple, kwargs: dict) -> bool:
+    """Whether a call's first tensor is floating point: a block adds a branch to features; token
+    ids (RoBERTa's embeddings, whose position ids read the ids' values) have none to add to."""
+    first = next((v for v in [*args, *kwargs.values()] if isinstance(v, torch.Tensor)), None)
+    return first is None or first.is_floating_point()
 
 
 #: Modules searched inside, never gated whole.
@@ -95,8 +103,15 @@ class BlockKind(StructureKind):
                 # containers: their blocks are the blocks (a stack of pre-norm layers would trace as one)
                 if isinstance(module, CONTAINERS) or not any(module.children()):
                     continue
+                if is_compact_called_block(module):  # its class's code still calls the removed branches
+                    skipped.append(f"{name}: sss.prune removed or scaled its branches; it is not gated again")
+                    done.append(name)
+                    continue
                 gated = gate_block(module, ref.device, ref.dtype)
                 call = discovery.first_calls.get(name) if example_inputs is not None else None
+                if call is not None and not _reads_features(*call):
+                    skipped.append(f"{name}: its input is token ids, not features a residual branch adds to")
+                    continue
                 # a Hugging Face layer: torch.fx cannot trace it alone, or traces its None, flags and
                 # options as inputs (a path none of its calls takes); traced as it is called instead
                 if isinstance(gated, str) and call is not None and (

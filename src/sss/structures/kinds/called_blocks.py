@@ -30,12 +30,11 @@ from torch import fx, nn
 
 from sss.errors import UnsupportedModelError
 from sss.structures.gate import Gate, fold_output_scale
+from sss.structures.kinds.branch_ends import RemovedBranch, is_attention_leaf
 from sss.structures.kinds.traced_blocks import (
     SCALES,
-    RemovedBranch,
     fold_targets,
     foldable,
-    is_attention_leaf,
     residual_adds,
     scale_branches,
     scale_kept,
@@ -180,6 +179,12 @@ def is_called_block(module: nn.Module) -> bool:
     """Whether ``module`` is a block gated by :func:`gate_called_block` (not yet compact)."""
     state = getattr(module, STATE, None)
     return state is not None and state["removed"] is None
+
+
+def is_compact_called_block(module: nn.Module) -> bool:
+    """Whether ``module`` is a called block made compact with branches removed or scaled."""
+    state = getattr(module, STATE, None)
+    return state is not None and state["removed"] is not None
 
 
 def compact_called_block(layer: nn.Module, threshold: float = 0.0) -> tuple[list[int], list[str], list[int]]:

@@ -25,54 +25,17 @@ import torch
 from torch import fx, nn
 
 from sss.structures.gate import ChannelGated, Gate, fold_output_scale
+from sss.structures.kinds.branch_ends import RemovedBranch, attention_output
 from sss.structures.tracing import (
     ADDS,
     AFFINE,
     LEAF_NORMS,
-    QKV_NAMES,
     ancestors,
     eliminate_dead_code,
-    head_count,
-    is_attention,
     is_drop_path,
     trace_and_find,
     trace_module,
 )
-
-#: The names an attention module's output projection goes by (timm's, Hugging Face's, GPT-2's,
-#: DistilBERT's; ``dense`` under Hugging Face's ``output`` submodule of ViT and Swin).
-_OUTPUT_PROJECTIONS = ("proj", "o_proj", "out_proj", "c_proj", "out_lin", "dense")
-
-
-class RemovedBranch(nn.Module):
-    """What stands, without parameters, where a module of a removed branch of a called block was
-    (:mod:`sss.structures.kinds.called_blocks`): the layer's own code still calls it when traced,
-    and the traced graph drops the call with the branch. Running it is a bug."""
-
-    def forward(self, *args: object, **kwargs: object) -> None:
-        raise RuntimeError("a module of a removed residual branch ran; its layer's traced forward should skip it")
-
-
-def is_attention_leaf(m: nn.Module | None) -> bool:
-    """Whether ``m`` is an attention module (an int head count, or query/key/value projections:
-    Hugging Face's), which a trace of a layer as it is called keeps as a leaf."""
-    return m is not None and (head_count(m) is not None
-                              or any(all(hasattr(m, n) for n in names) for names in QKV_NAMES))  # fmt: skip
-
-
-def attention_output(m: nn.Module | None) -> nn.Module | None:
-    """The output projection of attention module ``m`` (:func:`is_attention_leaf`): the layer a
-    factor on the attention's output folds into, found by name and only if there is exactly one."""
-    if m is None:
-        return None
-    if is_attention(m):
-        return m.proj
-    if not is_attention_leaf(m):
-        return None
-    found = [x for path, x in m.named_modules() if path.rpartition(".")[2] in _OUTPUT_PROJECTIONS]
-    found = [x.inner if isinstance(x, ChannelGated) else x for x in found]
-    return found[0] if len(found) == 1 and isinstance(found[0], nn.Linear) else None
-
 
 #: Products and quotients: λ (one number per branch) commutes with a scale by anything that does
 #: not depend on the model's input (NFNet's ``α · branch``, LayerScale's ``branch · γ``).
@@ -106,6 +69,17 @@ def _scaled(node: fx.Node) -> fx.Node | None:
 #: (torchvision's ConvNeXt block ends in a ``Permute`` back to channels-first).
 _LAYOUTS = (torch.permute, torch.transpose, torch.reshape, torch.flatten, torch.squeeze, torch.unsqueeze)
 _LAYOUT_METHODS = ("permute", "transpose", "reshape", "view", "flatten", "contiguous", "squeeze", "unsqueeze")
+
+
+def _layout(node: fx.Node) -> bool:
+    """Whether ``node`` is a layout op (:data:`_LAYOUTS`) of the tensor that is its first argument."""
+    moves = (node.op == "call_method" and node.target in _LAYOUT_METHODS) or (
+        node.op == "call_function" and node.target in _LAYOUTS)  # fmt: skip
+    return moves and bool(node.args) and isinstance(node.args[0], fx.Node)
+
+
+def _norm(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    return node.op == "call_module" and isinstance(modules.get(node.target), LEAF_NORMS)
 
 
 def _passed(node: fx.Node, modules: dict[str, nn.Module]) -> fx.Node | None:
@@ -178,11 +152,12 @@ def _is_add(node: fx.Node) -> bool:
 
 def _chained(add: fx.Node, previous: fx.Node, modules: dict[str, nn.Module]) -> tuple[fx.Node, fx.Node] | None:
     """(branch, shortcut) of ``add`` if it is ``s + g(s)``, where ``s`` is ``previous`` or a norm of it
-    (post-norm: BERT's ``LN(x + attn(x))`` feeds its MLP and that sum), with ``g``'s ops used only
-    by ``g`` (so dropping the branch drops nothing else), else ``None``."""
+        (post-norm: BERT's ``LN(x + attn(x))`` feeds its MLP and that sum) or a layout op of it (OPT
+    flattens the tokens between its two sums), with ``g``'s ops used only
+        by ``g`` (so dropping the branch drops nothing else), else ``None``."""
     for shortcut, branch in (add.args, reversed(add.args)):
         s = shortcut
-        while s is not previous and s.op == "call_module" and isinstance(modules.get(s.target), LEAF_NORMS):
+        while s is not previous and (_layout(s) or _norm(s, modules)):
             s = s.args[0]
         if s is not previous:
             continue
@@ -234,6 +209,8 @@ def residual_adds(gm: fx.GraphModule) -> list[fx.Node] | str:
             continue
         branch, shortcut = (a, b) if len(anc_a) >= len(anc_b) else (b, a)
         found.append((node, branch, shortcut))
+    # a sum inside another's operand is part of its branch (GPT-NeoX: x + (attn(ln1(x)) + mlp(ln2(x))))
+    found = [f for f in found if not any(f[0] in (other[1], other[2]) for other in found)]
     if len(found) != 1:
         return f"it has {len(found)} residual sums of its input (a block has exactly one)"
     node, branch, shortcut = found[0]
