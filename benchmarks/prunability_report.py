@@ -34,6 +34,7 @@ def summary(records: list[dict]) -> dict[str, float]:
         "inexact": sum(r.get("status") == "inexact" for r in records),
         "attention": len(attention),
         "heads": sum("head" in r.get("kinds", {}) for r in attention),
+        "blocks": sum(exact_with_a_kind(r) and "block" in r["kinds"] for r in records),
         "tp_pruned": sum(r.get("torch_pruning", {}).get("status") == "pruned" for r in records),
     }
 
@@ -61,6 +62,7 @@ def markdown(records: list[dict], title: str = _SWEEP[0], rerun: str = _SWEEP[1]
         f"**{s['exact']}** ({s['exact'] / n:.0%}); refused with a reason: {s['refused']}; inexact: {s['inexact']}; "
         f"crashes: **{s['crash']}**; over the time limit: {s['timeout']}",
         f"- models with attention: {s['attention']}, of which sss finds heads in **{s['heads']}**",
+        f"- models exact with residual blocks (or branches of them) removed: **{s['blocks']}**",
         f"- Torch-Pruning prunes (no exactness check): **{s['tp_pruned']}**",
         "",
         "| family | models | sss exact | sss heads / attention | Torch-Pruning pruned |",
