@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 import sss
+import timm_vit
 from h2h_report import CONTROLS, is_sss
 from sss.data import ArrayDataset
 from sss.gal import GALConfig, GALTrainer
@@ -62,11 +63,17 @@ QUICK = {"scratch": dataclasses.replace(SCRATCH, model_kwargs={"width": 8}, trai
 VIT = dataclasses.replace(TRAINED, model="vit_fmnist", channels_last=False, factor_init="one")
 QUICK["vit"] = dataclasses.replace(QUICK["trained"], model="vit_fmnist", model_kwargs={"embed_dim": 32, "depth": 2},
                                    channels_last=False)  # fmt: skip
-SCHEDULES = {"scratch": SCRATCH, "trained": TRAINED, "vit": VIT}
+#: The real timm ViT track (bench_vit_timm.py): timm's ViT-Tiny on 28×28 (timm_vit.py), the ViT schedule.
+VIT_TIMM = dataclasses.replace(VIT, model=timm_vit.MODEL)
+QUICK["vit-timm"] = dataclasses.replace(QUICK["vit"], model=timm_vit.MODEL, model_kwargs={})
+SCHEDULES = {"scratch": SCRATCH, "trained": TRAINED, "vit": VIT, "vit-timm": VIT_TIMM}
 #: The tracks that start from a trained model (shared by their seeds), and how it is trained: the
 #: demo's recipe; the ViT at lr 0.03 (SGD at 0.1 trains it slower: in a plain loop 51% against 70% after 2 epochs).
-DENSE = {"trained": DEMO_CONFIG, "vit": dataclasses.replace(DEMO_CONFIG, model="vit_fmnist", channels_last=False,
-                                                            lr=0.03)}  # fmt: skip
+DENSE = {
+    "trained": DEMO_CONFIG,
+    "vit": dataclasses.replace(DEMO_CONFIG, model="vit_fmnist", channels_last=False, lr=0.03),
+    "vit-timm": VIT_TIMM,
+}  # fmt: skip  (trained with AdamW: timm_vit.train_adamw)
 FROM_TRAINED = tuple(DENSE)
 SSS_STRUCTURES = {"sss": ["block", "channel"], "sss-blocks": ["block"], "sss-channels": ["channel"]}
 #: On a ViT, ``sss`` gates heads, MLP neurons and both residual branches of every block;
@@ -92,7 +99,10 @@ METHODS = {
         "gal",
     ],
     "vit": ["sss", "sss+kd", "sss-wide", "sss-wide+kd", "sss-rank", "sss-rank+kd", "tp-vit", "tp-vit+kd"],
+    "vit-timm": ["sss-rank", "tp-vit", "uniform", "sss-rank+kd", "tp-vit+kd"],
 }
+#: The ViT tracks (their sss variants are VIT_VARIANTS; their controls narrow heads, neurons and the stream).
+VIT_TRACKS = ("vit", "vit-timm")
 #: Distillation (``+kd``) from the trained model: temperature 4, half soft and half hard labels.
 KD_TEMPERATURE = 4.0
 
@@ -156,8 +166,9 @@ def cut_to_target(model: nn.Module, example: torch.Tensor, target: float, score:
     return apply(lo)
 
 
-def _control(cfg: TrainConfig, start: nn.Module, kind: str, example: torch.Tensor, train: ArrayDataset):
-    gated = sss.attach(copy.deepcopy(start), example, structures=["channel"])
+def _control(cfg: TrainConfig, start: nn.Module, kind: str, example: torch.Tensor, train: ArrayDataset,
+             kinds: list[str]):  # fmt: skip
+    gated = sss.attach(copy.deepcopy(start), example, structures=kinds)
     cut_to_target(gated, example, cfg.target_macs, control_scores(gated, kind, cfg.seed))
     at_cut = sss.prune(gated)
     tuned = Trainer(dataclasses.replace(cfg, sparsity="none", freeze_epoch=None, target_macs=None), train_data=train,
@@ -196,10 +207,12 @@ def run_method(track: str, cfg: TrainConfig, method: str, folder: Path, train: A
     example = torch.zeros(1, *train.shape)
 
     def start() -> nn.Module:
-        return sss.load(dense).train() if track in FROM_TRAINED else fresh_model(cfg, cfg.seed, train)
+        if track in FROM_TRAINED:
+            return sss.load(dense, trust_code=cfg.trusted_code).train()
+        return fresh_model(cfg, cfg.seed, train)
 
     if is_sss(method):
-        variant = VIT_VARIANTS[method.removesuffix("+kd")] if track == "vit" else \
+        variant = VIT_VARIANTS[method.removesuffix("+kd")] if track in VIT_TRACKS else \
             {"structures": SSS_STRUCTURES[method.removesuffix("+kd")]}  # fmt: skip
         kinds = variant["structures"]
         gamma = cfg.gamma if track in FROM_TRAINED else {k: v for k, v in DEMO_CONFIG.gamma.items() if k in kinds}
@@ -230,7 +243,8 @@ def run_method(track: str, cfg: TrainConfig, method: str, folder: Path, train: A
         result = trainer.fit(overwrite=True)
         return trainer.at_cut, result.compact, 0.0
     if method in CONTROLS:
-        return (*_control(cfg, start(), method, example, train), 0.0)
+        kinds = ["head", "channel", "embedding"] if track in VIT_TRACKS else ["channel"]
+        return (*_control(cfg, start(), method, example, train, kinds), 0.0)
     if method == "gal":
         return _gal(cfg, track, folder, train, dense)
     raise ValueError(f"unknown method {method!r}")

@@ -112,6 +112,8 @@ def one_shot_cut(method: str, model: nn.Module, example: torch.Tensor, target: f
         attention = [a for a in m.modules() if is_attention(a)]
         for a in attention:
             a.num_heads = pruner.num_heads[a.qkv]
+            if hasattr(a, "attn_dim"):  # timm >= 1.0.20 reshapes by it (Torch-Pruning's example predates it)
+                a.attn_dim = a.num_heads * a.head_dim
         if any(a.num_heads == 0 for a in attention):  # a layer lost every head: no model (too far)
             return m, None
         return m, sss.count(m, example)[0] / dense
