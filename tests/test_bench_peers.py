@@ -71,7 +71,7 @@ def test_earlier_records_are_kept_unless_rerun_or_forgotten(tmp_path):
 #: default suite's time; every method's path is one of these.
 SMOKE = {"scratch": ["sss", "tp-l1", "tp-taylor", "tp-slimming", "random"],
          "trained": ["sss", "sss+kd", "tp-taylor", "tp-group-sl", "tp-l1+kd", "uniform", "gal"],
-         "vit": ["sss+kd", "tp-vit+kd"]}  # fmt: skip
+         "vit": ["sss+kd", "tp-vit+kd"], "vit-timm": ["sss-rank+kd", "tp-vit+kd", "uniform"]}  # fmt: skip
 
 
 def _code_paths(method: str) -> set[str]:
@@ -98,7 +98,7 @@ def test_the_smoke_methods_cover_every_code_path_of_their_track():
 #: code path of every track (SMOKE: 4 more minutes) runs with ``-m slow``.
 SMOKE_DEFAULT = ["sss+kd", "tp-vit+kd"]
 _TRACKS = [("bench_peers.py", "peers", "scratch"), ("bench_pretrained.py", "pretrained", "trained"),
-           ("bench_vit.py", "vit", "vit")]  # fmt: skip
+           ("bench_vit.py", "vit", "vit"), ("bench_vit_timm.py", "vit_timm", "vit-timm")]  # fmt: skip
 
 
 def test_the_methods_run_and_the_report_is_written(tmp_path):
@@ -108,6 +108,8 @@ def test_the_methods_run_and_the_report_is_written(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize(("script", "name", "track"), _TRACKS)
 def test_every_code_path_of_a_track_runs(tmp_path, script, name, track):
+    if track == "vit-timm":
+        pytest.importorskip("timm")
     _smoke(tmp_path, script, name, track, SMOKE[track])
 
 

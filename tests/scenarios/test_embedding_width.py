@@ -66,10 +66,11 @@ def test_a_narrowed_stream_with_removed_branches_loads(tmp_path):
     assert_round_trip(compact, x, base=_timm_vit())
 
 
-def test_the_zoo_vit_stream_narrows_and_exports_to_onnx(tmp_path):
+@pytest.mark.parametrize("build", [lambda: sss.models.create("vit_fmnist"), _timm_vit], ids=["zoo", "timm"])
+def test_a_narrowed_vit_stream_exports_to_onnx(tmp_path, build):
     ort = pytest.importorskip("onnxruntime")
     x = torch.randn(2, 1, 28, 28)
-    gated = random_gated(sss.models.create("vit_fmnist"), x, ("embedding", "head", "channel"), zero_prob=0.3)
+    gated = random_gated(build(), x, ("embedding", "head", "channel"), zero_prob=0.3)
     compact = assert_exact_and_smaller(gated, x)
     path = sss.export_onnx(compact, x[:1], tmp_path / "m.onnx")
     out = ort.InferenceSession(str(path)).run(None, {"input": x.numpy()})[0]

@@ -281,27 +281,22 @@ def _run_hooked(model: nn.Module, example_inputs: torch.Tensor, hooks: list) -> 
             h.remove()
 
 
-def call_counts(model: nn.Module, example_inputs: torch.Tensor) -> dict[nn.Module, int]:
-    """How many times each conv/linear/BN runs in one forward (a shared layer's width is not free)."""
+def observe_calls(model: nn.Module, example_inputs: torch.Tensor) -> tuple[dict[nn.Module, int], dict[str, tuple]]:
+    """One forward of ``model`` on ``example_inputs`` (eval mode, no grad), recording how many
+    times each conv/linear/BN runs (a shared layer's width is not free) and the positional and
+    keyword arguments each module with submodules gets on its first call, by path."""
     counts: dict[nn.Module, int] = {}
-    hooks = [m.register_forward_hook(lambda m, i, o: counts.__setitem__(m, counts.get(m, 0) + 1))
-             for m in model.modules() if isinstance(m, AFFINE)]  # fmt: skip
-    _run_hooked(model, example_inputs, hooks)
-    return counts
-
-
-def first_calls(model: nn.Module, example_inputs: torch.Tensor) -> dict[str, tuple[tuple, dict]]:
-    """The positional and keyword arguments each module with submodules gets on its first call
-    when ``model`` runs on ``example_inputs`` (eval mode, no grad), by path."""
     calls: dict[str, tuple[tuple, dict]] = {}
 
     def keep(path: str) -> Callable[..., None]:
         return lambda m, args, kwargs: calls.setdefault(path, (tuple(args), dict(kwargs)))
 
-    hooks = [m.register_forward_pre_hook(keep(path), with_kwargs=True)
-             for path, m in model.named_modules() if path and any(m.children())]  # fmt: skip
+    hooks = [m.register_forward_hook(lambda m, i, o: counts.__setitem__(m, counts.get(m, 0) + 1))
+             for m in model.modules() if isinstance(m, AFFINE)]  # fmt: skip
+    hooks += [m.register_forward_pre_hook(keep(path), with_kwargs=True)
+              for path, m in model.named_modules() if path and any(m.children())]  # fmt: skip
     _run_hooked(model, example_inputs, hooks)
-    return calls
+    return counts, calls
 
 
 def shared_modules(model: nn.Module) -> dict[nn.Module, list[str]]:
@@ -345,9 +340,15 @@ class Discovery:
         return {m: n for n, m in self.model.named_modules()}
 
     @cached_property
-    def calls(self) -> dict[nn.Module, int]:
-        return call_counts(self.model, self.example_inputs)
+    def _observed(self) -> tuple[dict[nn.Module, int], dict[str, tuple[tuple, dict]]]:
+        return observe_calls(self.model, self.example_inputs)
 
-    @cached_property
+    @property
+    def calls(self) -> dict[nn.Module, int]:
+        """How many times each conv/linear/BN runs in one forward."""
+        return self._observed[0]
+
+    @property
     def first_calls(self) -> dict[str, tuple[tuple, dict]]:
-        return first_calls(self.model, self.example_inputs)
+        """Each module-with-submodules' arguments on its first call, by path."""
+        return self._observed[1]

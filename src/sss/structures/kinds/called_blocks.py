@@ -91,8 +91,12 @@ def _rebuild(tree: Any, leaves: Iterator[Any]) -> Any:
 def template(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
     """A call's arguments with each input (any leaf but ``None``, a number, a string or a flag)
     replaced by a marker naming its type."""
-    leaves = [v if _fixed(v) else _Input(type(v).__name__) for v in _leaves((args, kwargs))]
-    return _rebuild((tuple(args), dict(kwargs)), iter(leaves))
+    return _template(args, kwargs, _leaves((args, kwargs)))
+
+
+def _template(args: tuple, kwargs: dict, leaves: list[Any]) -> tuple[tuple, dict]:
+    markers = [v if _fixed(v) else _Input(type(v).__name__) for v in leaves]
+    return _rebuild((tuple(args), dict(kwargs)), iter(markers))
 
 
 def fixes_arguments(args: tuple, kwargs: dict) -> bool:
@@ -256,12 +260,13 @@ class _Live:
 
 def _dispatch(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
     state = getattr(self, STATE)
-    call = template(args, kwargs)
+    leaves = _leaves((args, kwargs))  # walked once: the call's pattern and its inputs
+    call = _template(args, kwargs, leaves)
     key = (self.training, repr(call))
     forward = state["forwards"].get(key)
     if forward is None:
         forward = state["forwards"][key] = _compile(self, call, state)
-    return forward(_Live(self), *[v for v in _leaves((args, kwargs)) if not _fixed(v)])
+    return forward(_Live(self), *[v for v in leaves if not _fixed(v)])
 
 
 def _compile(layer: nn.Module, call: tuple[tuple, dict], state: dict) -> Callable[..., Any]:
