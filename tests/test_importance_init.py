@@ -26,7 +26,7 @@ def test_importance_init_keeps_the_function_and_ranks_every_kind_on_one_scale():
     costs = structure_costs(gated, x[:1])
     layer_gates = [r for r in sss.gates(gated) if r.kind != "block"]
     values = torch.cat([r.weight.detach() for r in layer_gates])
-    assert float(values.min()) == pytest.approx(0.01) and float(values.max()) == pytest.approx(1.0)  # over all gates
+    assert float(values.min()) == pytest.approx(0.001) and float(values.max()) == pytest.approx(1.0)  # over all gates
     score = torch.cat([importance[r.name] / costs[r.name] for r in layer_gates])
     assert torch.equal(values.argsort(), score.argsort())  # one order: importance per MAC
     assert all(bool((r.weight == 1).all()) for r in sss.gates(gated) if r.kind == "block")

@@ -12,6 +12,11 @@ together by that score, weakest at ``floor`` and strongest at 1, and folds the i
 gated layers and tokens, so the model computes the same function: with one γ for all (no
 per-kind price) the proximal steps then remove the least important structures per MAC first,
 whatever their kind, and the data moves the rest.
+
+The floor is 0.001: on timm's ViT-Tiny (bench_vit_timm.py, 0.5 of the MACs, seeds 0 and 1) a
+floor of 0.1 ended at 78.6% and 76.9%, 0.01 at 82.3% and 81.8%, 0.001 at 82.6% and 82.9%: the
+weakest structures' weights, scaled by ``1/floor``, barely move under SGD (their relative step is
+``floor²``), so they leave without disturbing the rest, and the strong ones keep training.
 """
 
 from __future__ import annotations
@@ -49,7 +54,7 @@ def taylor_importance(
 
 @torch.no_grad()
 def init_from_importance(model: nn.Module, importance: dict[str, torch.Tensor], example: torch.Tensor,
-                         floor: float = 0.01) -> int:  # fmt: skip
+                         floor: float = 0.001) -> int:  # fmt: skip
     """Sets the factors of every layer gate (channels, groups, heads, embedding width; not blocks
     or branches, which are one structure per gate) to ``floor^((log s_max - log s) / (log s_max -
     log s_min))`` with ``s`` = importance / MACs freed, over all those gates together, and folds
