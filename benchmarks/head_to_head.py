@@ -11,6 +11,7 @@ busy machine during training does not bias one method.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import subprocess
@@ -18,12 +19,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 import sss
 import timm_vit
 from h2h_report import EARLIER, markdown, plot, summarise
 from peer_methods import DENSE, FROM_TRAINED, METHODS, QUICK, SCHEDULES, timed_run, train_dense
 from sss.data import load_dataset
+from sss.train import TrainConfig
 
 RESULTS = Path(__file__).parent / "results"
 NAMES = {"scratch": "peers", "trained": "pretrained", "vit": "vit", "vit-timm": "vit_timm"}
@@ -39,14 +42,11 @@ def commit() -> str:
 
 
 def trained_dense(track: str, folder: Path, train, quick: bool) -> Path:
-    """The trained model of a trained-model track (once, shared by its seeds): ``DENSE[track]``
-    (the demo's 8 cosine epochs on its 25k/5k split); narrow and short with ``quick``."""
+    """The trained model of a trained-model track (once, shared by its seeds), built by
+    ``DENSE[track]``; narrow and short with ``quick``."""
     path = folder / "model"
-    if track == "vit-timm" and not path.with_suffix(".json").exists():
-        return timm_vit.train_adamw(folder, train, epochs=1 if quick else 10, train_size=1_200 if quick else 25_000)
     if not path.with_suffix(".json").exists():
-        cfg = QUICK[track] if quick else DENSE[track]
-        train_dense(cfg, 0, folder, train, epochs=2 if quick else cfg.epochs)
+        DENSE[track](folder, train, quick)
     return path
 
 
@@ -103,8 +103,18 @@ def main(track: str, doc: str, *, targets: tuple[float, ...] = (0.3, 0.5, 0.7),
         metavar="METHOD",
         help="drop these methods' earlier records (kept otherwise; 'all' drops every one)",
     )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a TrainConfig field for every run (e.g. factor_floor=0.01); use with --out and --results "
+        "elsewhere, so the variant's records stay apart from the track's",
+    )
     args = p.parse_args()
-    cfg = QUICK[track] if args.quick else SCHEDULES[track]
+    overrides = dict(parse_override(item) for item in args.set)
+    cfg = dataclasses.replace(QUICK[track] if args.quick else SCHEDULES[track], **overrides)
+    cfg.validate()
     train, test = load_dataset("fashion-mnist", True), load_dataset("fashion-mnist", False)
     if args.quick:  # the smoke version scores on 1k test images
         test = test.subset(np.arange(1000))
@@ -120,11 +130,22 @@ def main(track: str, doc: str, *, targets: tuple[float, ...] = (0.3, 0.5, 0.7),
         folder = args.out / f"{method}_{target}_s{seed}"
         if not (folder / "row.json").exists():
             row = timed_run(track, cfg, method, target, seed, folder, train, test, dense_path, here)
+            row = {**row, "set": overrides} if overrides else row
             (folder / "row.json").write_text(json.dumps(row) + "\n")
             print(json.dumps(row), flush=True)
     if args.train_only:
         return
     report(track, args, cfg, dense_path, test, example)
+
+
+def parse_override(item: str) -> tuple[str, object]:
+    """``"name=value"`` as ``(name, value)``, the value read as YAML (``0.01`` a float)."""
+    name, sep, value = item.partition("=")
+    if not sep:
+        raise SystemExit(f"--set takes FIELD=VALUE, got {item!r}")
+    if name.strip() not in {f.name for f in dataclasses.fields(TrainConfig)}:
+        raise SystemExit(f"--set {item!r}: TrainConfig has no field {name.strip()!r} (docs: sss.train.TrainConfig)")
+    return name.strip(), yaml.safe_load(value)
 
 
 def report(track: str, args, cfg, dense_path: Path | None, test, example) -> None:

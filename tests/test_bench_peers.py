@@ -15,7 +15,7 @@ BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
 from h2h_report import CONTROLS, at_latency, best_against_peers, is_sss, markdown, summarise  # noqa: E402
-from head_to_head import EARLIER, earlier_records  # noqa: E402
+from head_to_head import EARLIER, earlier_records, parse_override  # noqa: E402
 from peer_methods import METHODS  # noqa: E402
 from tp_peers import TP_METHODS  # noqa: E402
 
@@ -85,6 +85,15 @@ def _code_paths(method: str) -> set[str]:
         kind = "gradients" if spec.needs_gradients else kind
         return {f"tp:{kind}", *(["kd:tp"] if kd else [])}
     return {"control" if base in CONTROLS else base}
+
+
+def test_set_reads_a_config_field_and_its_value():
+    assert parse_override("factor_floor=0.01") == ("factor_floor", 0.01)
+    assert parse_override("structures=[head, channel]") == ("structures", ["head", "channel"])
+    with pytest.raises(SystemExit, match="FIELD=VALUE"):
+        parse_override("factor_floor")
+    with pytest.raises(SystemExit, match="no field 'floor'"):
+        parse_override("floor=0.01")
 
 
 def test_the_smoke_methods_cover_every_code_path_of_their_track():

@@ -43,3 +43,23 @@ def test_from_trained_weights_transformer_kinds_start_by_importance():
     assert plan(["head", "channel"]) == plan(["embedding"]) == "importance"
     assert plan(["head"], factor_init="magnitude") == "magnitude"
     assert resolve_plan(TrainConfig(structures=["head"]), 1000).factor_init == "one"  # from scratch
+
+
+def test_factor_floor_sets_where_the_weakest_factor_starts():
+    from sss.data import ArrayDataset
+    from sss.train import TrainConfig
+    from sss.train.plan import resolve_plan
+
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (32, 1, 28, 28), dtype=torch.uint8)
+    data = ArrayDataset(images.numpy(), torch.randint(0, 10, (32,)).numpy(), mean=(0.5,), std=(0.25,))
+    x = torch.zeros(1, 1, 28, 28)
+    gated = sss.attach(sss.models.create("vit_fmnist", embed_dim=32, depth=2), x, structures=("head", "channel"))
+    cfg = TrainConfig(structures=["head", "channel"], init="dense.safetensors", factor_floor=0.05)
+    plan = resolve_plan(cfg, 32)
+    assert (plan.factor_init, plan.floor) == ("importance", 0.05)
+    plan.start_factors(gated, data, x, batch_size=16, seed=0)
+    values = torch.cat([r.weight.detach() for r in sss.gates(gated)])
+    assert float(values.min()) == pytest.approx(0.05) and float(values.max()) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="factor_floor"):
+        TrainConfig(factor_floor=1.5).validate()

@@ -80,7 +80,10 @@ class TrainConfig:
     the learning rate, by the factors' distance to zero) default to ``auto``: the second where
     ``init`` is set (docs/design.md, "from a trained model") or the selection starts late, the
     first otherwise; from trained weights the factors start by ``magnitude``, or by
-    ``importance`` when ``structures`` has ``head`` or ``embedding``.
+    ``importance`` when ``structures`` has ``head`` or ``embedding``. ``factor_floor`` is where
+    the weakest structure's factor starts (the strongest at 1): ``None`` takes the ranking's own,
+    0.01 by ``magnitude`` and 0.001 by ``importance`` (:mod:`sss.budget.importance` gives the
+    measurement).
     ``selection_start`` (epochs) trains densely first: the factors stay at 1, without penalty,
     until that epoch, where the selection starts from the weights trained so far as it would from
     a trained model (its factors from their magnitudes, steered by distance, under ``auto``).
@@ -137,6 +140,7 @@ class TrainConfig:
     distill_weight: Annotated[float, Field(ge=0, le=1)] = 0.5
     distill_teacher: str | None = None
     factor_init: Literal["auto", "one", "magnitude", "importance"] = "auto"
+    factor_floor: Annotated[float, Field(gt=0, lt=1)] | None = None
     steer: Literal["auto", "doubling", "distance"] = "auto"
     selection_start: NonNegativeInt = 0
     trust_model_code: bool = False

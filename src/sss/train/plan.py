@@ -30,12 +30,14 @@ class SelectionPlan:
         steering: How a budget steers γ: ``"distance"`` (the default from trained weights) or
             ``"doubling"``; ``None`` without a budget.
         selection_steps: Factor steps from ``selection_start`` to the freeze (or the end).
+        floor: Where the weakest structure's factor starts; ``None``: the ranking's default.
     """
 
     factor_init: Literal["one", "magnitude", "importance"]
     target: tuple[str, float | str] | None
     steering: Literal["doubling", "distance"] | None
     selection_steps: int
+    floor: float | None = None
 
     @property
     def ranks_factors(self) -> bool:
@@ -46,13 +48,15 @@ class SelectionPlan:
                       seed: int) -> None:  # fmt: skip
         """Sets ``model``'s factors where :attr:`factor_init` says, folding the inverse in (the
         same function): by magnitude, or by importance on 16 batches of ``data``."""
+        floor = {} if self.floor is None else {"floor": self.floor}
         if self.factor_init == "magnitude":
-            init_from_magnitudes(model)
+            init_from_magnitudes(model, **floor)
         elif self.factor_init == "importance":
             device = next(model.parameters()).device
             batches = iterate_batches(data, batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
             batches = ((x.to(device), y.to(device)) for x, y in islice(batches, 16))
-            init_from_importance(model, taylor_importance(model, batches, F.cross_entropy), example.to(device))
+            importance = taylor_importance(model, batches, F.cross_entropy)
+            init_from_importance(model, importance, example.to(device), **floor)
 
     @property
     def steered_by_distance(self) -> bool:
@@ -71,4 +75,4 @@ def resolve_plan(cfg: TrainConfig, train_size: int) -> SelectionPlan:
     target = chosen_target(cfg)
     steer = cfg.steer if cfg.steer != "auto" else "distance" if trained else "doubling"
     steps = ((cfg.freeze_epoch or cfg.epochs) - cfg.selection_start) * (train_size // cfg.batch_size)
-    return SelectionPlan(factor_init, target, steer if target is not None else None, steps)
+    return SelectionPlan(factor_init, target, steer if target is not None else None, steps, cfg.factor_floor)
