@@ -99,11 +99,14 @@ FROM_TRAINED = tuple(DENSE)
 SSS_STRUCTURES = {"sss": ["block", "channel"], "sss-blocks": ["block"], "sss-channels": ["channel"]}
 #: On a ViT, ``sss`` gates heads, MLP neurons and both residual branches of every block;
 #: ``sss-wide`` the embedding width too, every kind on one price per MAC (``gamma_price: macs``);
-#: ``sss-rank`` all four kinds with factors from their importance per MAC (``factor_init: importance``).
+#: ``sss-rank`` all four kinds with factors from their importance per MAC (``factor_init: importance``);
+#: ``sss-scaled`` the same with the stream given back its scale at the cut (``rescale_streams``, the
+#: default; ``sss-rank`` keeps it off, as its rows were measured).
 _ALL_VIT_KINDS = ["block", "head", "channel", "embedding"]
 VIT_VARIANTS = {"sss": {"structures": ["block", "head", "channel"]},
                 "sss-wide": {"structures": _ALL_VIT_KINDS, "gamma_price": "macs"},
-                "sss-rank": {"structures": _ALL_VIT_KINDS, "factor_init": "importance"}}  # fmt: skip
+                "sss-rank": {"structures": _ALL_VIT_KINDS, "factor_init": "importance", "rescale_streams": False},
+                "sss-scaled": {"structures": _ALL_VIT_KINDS, "factor_init": "importance"}}  # fmt: skip
 METHODS = {
     "scratch": [*SSS_STRUCTURES, *CNN_TP_METHODS, *CONTROLS],
     "trained": [
@@ -120,7 +123,7 @@ METHODS = {
         "gal",
     ],
     "vit": ["sss", "sss+kd", "sss-wide", "sss-wide+kd", "sss-rank", "sss-rank+kd", "tp-vit", "tp-vit+kd"],
-    "vit-timm": ["sss-rank", "tp-vit", "uniform", "sss-rank+kd", "tp-vit+kd"],
+    "vit-timm": ["sss-rank", "sss-scaled", "tp-vit", "uniform", "sss-rank+kd", "sss-scaled+kd", "tp-vit+kd"],
 }
 #: The ViT tracks (their sss variants are VIT_VARIANTS; their controls narrow heads, neurons and the stream).
 VIT_TRACKS = ("vit", "vit-timm")

@@ -27,7 +27,14 @@ import torch
 from torch import nn
 
 from sss.measure.structure_costs import structure_costs
-from sss.structures.gate import ChannelGated, ScaledParameter, fold_output_scale, gates
+from sss.structures.gate import ChannelGated, GateRef, ScaledParameter, fold_output_scale, gates
+
+
+def layer_gates(model: nn.Module) -> list[GateRef]:
+    """The gates whose factors a ranking sets: layer gates of more than one structure (channels,
+    groups, heads, the embedding width), not blocks or branches (one structure per gate)."""
+    owners = {w.gate for w in model.modules() if isinstance(w, ChannelGated) and w.group is not None}
+    return [r for r in gates(model) if r.module in owners and r.weight.numel() > 1]
 
 
 def taylor_importance(
@@ -60,8 +67,7 @@ def init_from_importance(model: nn.Module, importance: dict[str, torch.Tensor], 
     log s_min))`` with ``s`` = importance / MACs freed, over all those gates together, and folds
     the inverse into the gated layers and scaled tokens: the same function. Returns how many
     gates were set. Call it on a freshly gated model (factors still 1)."""
-    owners = {w.gate: w for w in model.modules() if isinstance(w, ChannelGated) and w.group is not None}
-    refs = [r for r in gates(model) if r.module in owners and r.weight.numel() > 1]
+    refs = layer_gates(model)
     if not refs:
         return 0
     costs = structure_costs(model, example)

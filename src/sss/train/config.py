@@ -84,6 +84,9 @@ class TrainConfig:
     the weakest structure's factor starts (the strongest at 1): ``None`` takes the ranking's own,
     0.01 by ``magnitude`` and 0.001 by ``importance`` (:mod:`sss.budget.importance` gives the
     measurement).
+    ``rescale_streams``: at the freeze, each transformer residual stream (the embedding kind's)
+    gets back the scale it had as the run started, the same function (the selection shrinks it,
+    and the fine-tune of a shrunken stream diverges: :mod:`sss.structures.stream_scale`).
     ``selection_start`` (epochs) trains densely first: the factors stay at 1, without penalty,
     until that epoch, where the selection starts from the weights trained so far as it would from
     a trained model (its factors from their magnitudes, steered by distance, under ``auto``).
@@ -143,6 +146,7 @@ class TrainConfig:
     factor_floor: Annotated[float, Field(gt=0, lt=1)] | None = None
     steer: Literal["auto", "doubling", "distance"] = "auto"
     selection_start: NonNegativeInt = 0
+    rescale_streams: bool = True
     trust_model_code: bool = False
     tensorboard: bool = False
 

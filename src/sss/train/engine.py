@@ -114,6 +114,7 @@ class Trainer(FreezeMixin, ResumeMixin):
         self.model = model.to(memory_format=torch.channels_last) if self.channels_last else model
         # Seeded, hence the same on resume: what `after_freeze: rewind` resets the weights to.
         self.init_state = copy.deepcopy(self.model.state_dict()) if cfg.after_freeze in ("rewind", "retrain") else None
+        self._note_streams()  # the streams' scale as the run starts: the freeze gives it back
         self.distillation = create_distillation(cfg, self.model, self.runtime.device, self.example)
         self.weights_opt, self.factors_opt = self.build_optimizers()
         self.scaler = self.runtime.grad_scaler()

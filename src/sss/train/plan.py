@@ -54,7 +54,7 @@ class SelectionPlan:
         elif self.factor_init == "importance":
             device = next(model.parameters()).device
             batches = iterate_batches(data, batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
-            batches = ((x.to(device), y.to(device)) for x, y in islice(batches, 16))
+            batches = [(x.to(device), y.to(device)) for x, y in islice(batches, 16)]
             importance = taylor_importance(model, batches, F.cross_entropy)
             init_from_importance(model, importance, example.to(device), **floor)
 

@@ -21,6 +21,7 @@ class ResumeMixin:
             "weights_opt": self.weights_opt.state_dict(),
             "factors_opt": self.factors_opt.state_dict() if self.factors_opt else None,
             "frozen_masks": self.frozen_masks,
+            "stream_scales": self.stream_scales,
             "history": self.history,
             "factor_trace": self.factor_trace,
             "extra": self.extra_state(),
@@ -43,6 +44,7 @@ class ResumeMixin:
         check_checkpoint(state, path, self.cfg.total_epochs)
         for line in resume_changes(state["config"], dataclasses.asdict(self.cfg), path):
             self.log(line)
+        self.stream_scales = dict(state.get("stream_scales") or {})  # the freeze replays them
         try:
             if state.get("frozen_masks") is not None:
                 self._freeze(state["frozen_masks"])

@@ -33,6 +33,7 @@ from sss.structures.gate import ScaledParameter
 from sss.structures.kinds.channels import ChannelGroup, LayerGateKind, LayerSlice, add_indices, is_grouped, wrap
 from sss.structures.paths import keep_along
 from sss.structures.registry import Discovery, Edit, Removal, register_kind
+from sss.structures.stream_scale import scale_norm_eps
 from sss.structures.tracing import LAYERS, NORMS
 
 #: Layers that write into (or read from) a stream: convs, linears and embedding tables.
@@ -106,7 +107,7 @@ class EmbeddingKind(LayerGateKind):
 
     name = "embedding"
     order = 12
-    ops = ("narrow_stream",)
+    ops = ("narrow_stream", "scale_stream")
     not_found = "residual streams read through LayerNorms (a transformer's embedding width)"
 
     def describe_all(self, discovery: Discovery) -> Iterator[tuple[str, ChannelGroup | str]]:
@@ -140,7 +141,11 @@ class EmbeddingKind(LayerGateKind):
         removal.steps.append(narrow)
 
     def replay(self, model: nn.Module, edit: Edit) -> None:
-        """Cuts the stream's tokens to the kept channels and makes its norms divide by the full width."""
+        """``narrow_stream``: cuts the stream's tokens to the kept channels and makes its norms
+        divide by the full width; ``scale_stream``: the norms' ``ε`` of a rescaled stream."""
+        if edit["op"] == "scale_stream":
+            scale_norm_eps(model, edit)
+            return
         for path, axis in edit["params"]:
             keep_along(model, path, int(axis), edit["kept"])
         for path in edit["norms"]:
