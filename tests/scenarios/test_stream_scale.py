@@ -55,13 +55,28 @@ def test_the_freeze_gives_the_stream_its_starting_scale_and_resume_replays_it(tm
     result = trainer.fit(overwrite=True)
     (factor,) = trainer.stream_scales.values()
     assert factor > 1.05  # the penalty shrank the stream; the freeze gave its scale back
-    selected = result.selected.eval()
-    with torch.no_grad():
-        probe = trainer._probe()
-        (stream,) = streams(selected)
-        assert stream_rms(selected, stream, probe) * factor == pytest.approx(reference, rel=1e-3)
+    selected = result.selected.eval()  # the gated model at the freeze, rescaled
+    (stream,) = streams(selected)
+    assert stream_rms(selected, stream, trainer._probe()) == pytest.approx(reference, rel=1e-3)
     resumed = Trainer(dataclasses.replace(cfg, epochs=3), train_data=data, progress=False)
     resumed.fit(resume=True)
     assert resumed.stream_scales == trainer.stream_scales
     assert [e for e in history(resumed.model) if e["op"] == "scale_stream"] == \
         [e for e in history(result.compact) if e["op"] == "scale_stream"]  # fmt: skip
+
+
+def test_a_run_without_a_freeze_saves_its_compact_model_at_the_starting_scale(tmp_path):
+    from sss.data import load_dataset
+    from sss.train import TrainConfig, Trainer
+
+    data = load_dataset("fashion-mnist", True).subset(range(640))
+    cfg = TrainConfig(model="vit_fmnist", model_kwargs={"embed_dim": 32, "depth": 2}, structures=["embedding"],
+                      gamma=0.5, epochs=1, batch_size=64, val_size=128, lr=0.05, channels_last=False,
+                      out_dir=str(tmp_path / "run"))  # fmt: skip
+    trainer = Trainer(cfg, train_data=data, progress=False)
+    result = trainer.fit(overwrite=True)
+    assert trainer.stream_scales and any(e["op"] == "scale_stream" for e in history(result.compact))
+    loaded = sss.load(tmp_path / "run" / "compact").eval()
+    probe = trainer._probe()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(probe), result.model.eval()(probe), rtol=1e-4, atol=1e-5)

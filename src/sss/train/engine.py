@@ -145,13 +145,6 @@ class Trainer(FreezeMixin, ResumeMixin):
         self.dense_macs = count(self.model, self.example)[0]
         self.is_set_up = True
 
-    def _end_selection(self) -> None:
-        """Where the selection ends (the freeze, or the end of a run without one): each callback's
-        :meth:`~sss.train.callbacks.Callback.on_selection_end` (the budget lands here)."""
-        if not self.frozen:
-            for callback in self.callbacks:
-                callback.on_selection_end(self)
-
     def _wrap(self) -> None:
         """``self.net``: the model as the training forward runs it (DDP, compiled)."""
         self.net = self.runtime.wrap(self.model)

@@ -50,11 +50,21 @@ class FreezeMixin:
             with torch.no_grad():
                 for ref in refs:
                     ref.weight.copy_(masks[ref.name])
-        self._rescale_streams()
+        if self._resuming:
+            self._replay_stream_scales()
         self.model = prune(self.model, self.cfg.prune_threshold, round_to=self.cfg.round_to)
         self.weights_opt, self.factors_opt = self.build_optimizers()
         self.frozen_masks = masks
         self._wrap()
+
+    def _end_selection(self) -> None:
+        """Where the selection ends (the freeze, or the end of a run without one): each callback's
+        :meth:`~sss.train.callbacks.Callback.on_selection_end` (the budget lands here), then each
+        stream back at its starting scale (the same function)."""
+        if not self.frozen:
+            for callback in self.callbacks:
+                callback.on_selection_end(self)
+            self._rescale_streams()
 
     def _freeze_and_log(self) -> None:
         self._end_selection()  # a target: the selection lands inside its band first
@@ -86,18 +96,14 @@ class FreezeMixin:
 
     @torch.no_grad()
     def _rescale_streams(self) -> None:
-        """Before the cut: each embedding stream back at the scale it had as the run started, the
-        same function (:mod:`sss.structures.stream_scale`: the selection shrinks the stream, and
-        the fine-tune of a shrunken stream diverges). On resume: the factors the run used."""
+        """Each embedding stream back at the scale it had as the run started, the same function
+        (:mod:`sss.structures.stream_scale`: the selection shrinks the stream, and the fine-tune of
+        a shrunken stream diverges); checked on the probe images, undone where it is not exact."""
         if not self.stream_reference:
             return
         probe, training = self._probe(), self.model.training
         self.model.eval()
         for stream in streams(self.model):
-            if self._resuming:
-                if stream.gate in self.stream_scales:
-                    record(self.model, [scale_stream(self.model, stream, self.stream_scales[stream.gate])])
-                continue
             now, reference = stream_rms(self.model, stream, probe), self.stream_reference.get(stream.gate, 0.0)
             if not (now > 0 and reference > 0) or abs(math.log(reference / now)) < 0.05:
                 continue  # within 5% of its scale: left as it is
@@ -113,3 +119,10 @@ class FreezeMixin:
                 scale_stream(self.model, stream, now / reference)
                 self.log(f"stream {stream.gate} not rescaled: a layer reads it without a LayerNorm")
         self.model.train(training)
+
+    def _replay_stream_scales(self) -> None:
+        """On resume after the freeze: the scales the run used (the norms' ε and the history; the
+        weights come with the checkpoint)."""
+        for stream in streams(self.model):
+            if stream.gate in self.stream_scales:
+                record(self.model, [scale_stream(self.model, stream, self.stream_scales[stream.gate])])
