@@ -104,9 +104,13 @@ SSS_STRUCTURES = {"sss": ["block", "channel"], "sss-blocks": ["block"], "sss-cha
 #: default; ``sss-rank`` keeps it off, as its rows were measured).
 _ALL_VIT_KINDS = ["block", "head", "channel", "embedding"]
 VIT_VARIANTS = {"sss": {"structures": ["block", "head", "channel"]},
-                "sss-wide": {"structures": _ALL_VIT_KINDS, "gamma_price": "macs"},
+                "sss-wide": {"structures": _ALL_VIT_KINDS, "gamma_price": "macs", "rescale_streams": False},
                 "sss-rank": {"structures": _ALL_VIT_KINDS, "factor_init": "importance", "rescale_streams": False},
                 "sss-scaled": {"structures": _ALL_VIT_KINDS, "factor_init": "importance"}}  # fmt: skip
+#: The config fields the methods set themselves (``--set`` may not: the method would override it).
+METHOD_FIELDS = frozenset({"structures", "gamma", "init", "distill", "distill_teacher", "sparsity", "freeze_epoch",
+                           "target_macs", "seed", "out_dir", "epochs", "after_freeze",
+                           *(k for v in VIT_VARIANTS.values() for k in v)})  # fmt: skip
 METHODS = {
     "scratch": [*SSS_STRUCTURES, *CNN_TP_METHODS, *CONTROLS],
     "trained": [

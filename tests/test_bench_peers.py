@@ -89,7 +89,7 @@ def _code_paths(method: str) -> set[str]:
 
 def test_set_reads_a_config_field_and_its_value():
     assert parse_override("factor_floor=0.01") == ("factor_floor", 0.01)
-    assert parse_override("structures=[head, channel]") == ("structures", ["head", "channel"])
+    assert parse_override("model_kwargs={width: 8}") == ("model_kwargs", {"width": 8})
     with pytest.raises(SystemExit, match="FIELD=VALUE"):
         parse_override("factor_floor")
     with pytest.raises(SystemExit, match="no field 'floor'"):

@@ -80,3 +80,16 @@ def test_a_run_without_a_freeze_saves_its_compact_model_at_the_starting_scale(tm
     probe = trainer._probe()
     with torch.no_grad():
         torch.testing.assert_close(loaded(probe), result.model.eval()(probe), rtol=1e-4, atol=1e-5)
+
+
+def test_a_rewind_keeps_the_starting_weights_and_their_scale(tmp_path):
+    from sss.data import load_dataset
+    from sss.train import TrainConfig, Trainer
+
+    data = load_dataset("fashion-mnist", True).subset(range(640))
+    cfg = TrainConfig(model="vit_fmnist", model_kwargs={"embed_dim": 32, "depth": 2}, structures=["embedding"],
+                      gamma=0.5, epochs=2, freeze_epoch=1, after_freeze="rewind", batch_size=64, val_size=128,
+                      lr=0.05, channels_last=False, out_dir=str(tmp_path / "run"))  # fmt: skip
+    trainer = Trainer(cfg, train_data=data, progress=False)
+    result = trainer.fit(overwrite=True)
+    assert trainer.stream_scales == {} and not any(e["op"] == "scale_stream" for e in history(result.compact))

@@ -14,11 +14,13 @@ uniform-width control trained). ``LN(c·x; c²·ε) = LN(x; ε)``, so multiplyin
 the stream, every norm a LayerNorm); :func:`scale_stream` rescales one, and records the norms'
 ``ε`` in the model's history (``scale_stream``, replayed by the embedding kind) so that a saved
 model loads the same. A stream that a layer reads directly (not through a norm) is not
-scale-free: the caller checks the output (:func:`sss.train.freeze`) and undoes the scaling.
+scale-free: the caller checks the output (the Trainer's ``_rescale_streams``) and puts the
+stream back as it was (:func:`keep_stream`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -108,6 +110,29 @@ def scale_stream(model: nn.Module, stream: Stream, factor: float) -> Edit:
     edit: Edit = {"op": "scale_stream", "norms": list(stream.norms), "eps_factor": factor * factor}
     scale_norm_eps(model, edit)
     return edit
+
+
+def keep_stream(model: nn.Module, stream: Stream) -> Callable[[], None]:
+    """A copy of what :func:`scale_stream` changes (the writes' weights and biases, the tokens,
+    the norms' ``ε``); calling the result puts them back exactly."""
+    tensors = [_layer(model, p).weight for p in stream.writes]
+    tensors += [b for p in stream.writes if (b := _layer(model, p).bias) is not None]
+    for path in stream.tokens:
+        owner_path, _, name = path.rpartition(".")
+        owner = model.get_submodule(owner_path)
+        tensors.append(owner.parametrizations[name].original if parametrize.is_parametrized(owner, name)
+                       else getattr(owner, name))  # fmt: skip
+    saved = [t.detach().clone() for t in tensors]
+    eps = {path: _layer(model, path).eps for path in stream.norms}
+
+    @torch.no_grad()
+    def restore() -> None:
+        for tensor, copy in zip(tensors, saved, strict=True):
+            tensor.copy_(copy)
+        for path, value in eps.items():
+            _layer(model, path).eps = value
+
+    return restore
 
 
 def scale_norm_eps(model: nn.Module, edit: Edit) -> None:

@@ -93,6 +93,11 @@ def check_checkpoint(state: Any, path: Path, epochs: int) -> None:
         if masks is not None and not (isinstance(masks, dict) and all(isinstance(v, torch.Tensor)
                                                                       for v in masks.values())):  # fmt: skip
             problems.append("frozen_masks is not a mapping of tensors")
+        for key in ("stream_scales", "stream_reference"):
+            value = state.get(key)
+            if value is not None and not (isinstance(value, dict) and all(
+                    isinstance(k, str) and isinstance(v, float | int) for k, v in value.items())):  # fmt: skip
+                problems.append(f"{key} is not a mapping of names to numbers")
         if state["epoch"] < 0 or len(state["history"]) != state["epoch"]:
             problems.append(f"epoch {state['epoch']} does not match its {len(state['history'])} history records")
     if problems:

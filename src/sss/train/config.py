@@ -26,7 +26,8 @@ NonNegativeFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 #: Keys a resume may change: they change how the model trains from here, not its shape.
 RESUMABLE_KEYS = frozenset({"epochs", "out_dir", "lr", "momentum", "weight_decay", "schedule", "milestones",
                             "lr_decay", "gamma", "eval_batch_size", "allow_collapse", "device", "amp", "compile",
-                            "workers", "trust_model_code", "channels_last", "tensorboard"})  # fmt: skip
+                            "workers", "trust_model_code", "channels_last", "tensorboard", "rescale_streams",
+                            "factor_floor"})  # fmt: skip
 
 
 @dataclass
@@ -84,9 +85,10 @@ class TrainConfig:
     the weakest structure's factor starts (the strongest at 1): ``None`` takes the ranking's own,
     0.01 by ``magnitude`` and 0.001 by ``importance`` (:mod:`sss.budget.importance` gives the
     measurement).
-    ``rescale_streams``: at the freeze, each transformer residual stream (the embedding kind's)
-    gets back the scale it had as the run started, the same function (the selection shrinks it,
-    and the fine-tune of a shrunken stream diverges: :mod:`sss.structures.stream_scale`).
+    ``rescale_streams``: where the selection ends (the freeze, or the end of the run), each
+    transformer residual stream (the embedding kind's) smaller than it was when the selection
+    started gets that scale back, the same function (the selection shrinks it, and the fine-tune
+    of a shrunken stream diverges: :mod:`sss.structures.stream_scale`).
     ``selection_start`` (epochs) trains densely first: the factors stay at 1, without penalty,
     until that epoch, where the selection starts from the weights trained so far as it would from
     a trained model (its factors from their magnitudes, steered by distance, under ``auto``).

@@ -114,7 +114,7 @@ class Trainer(FreezeMixin, ResumeMixin):
         self.model = model.to(memory_format=torch.channels_last) if self.channels_last else model
         # Seeded, hence the same on resume: what `after_freeze: rewind` resets the weights to.
         self.init_state = copy.deepcopy(self.model.state_dict()) if cfg.after_freeze in ("rewind", "retrain") else None
-        self._note_streams()  # the streams' scale as the run starts: the freeze gives it back
+        self._note_streams()  # the streams' scale where the selection starts: its end gives it back
         self.distillation = create_distillation(cfg, self.model, self.runtime.device, self.example)
         self.weights_opt, self.factors_opt = self.build_optimizers()
         self.scaler = self.runtime.grad_scaler()
@@ -316,16 +316,14 @@ class Trainer(FreezeMixin, ResumeMixin):
         self.steps_per_epoch = len(self.train_data) // cfg.batch_size
         if self.steps_per_epoch == 0:
             raise ValueError(f"batch_size {cfg.batch_size} exceeds the {len(self.train_data)} training images")
-        probe, _ = next(iterate_batches(self.val_data, min(64, len(self.val_data)), shuffle=False))
-        probe = self.runtime.to_device(probe)  # 64 validation images: does the compact model still see them?
+        probe = self._probe()  # 64 validation images: does the compact model still see them?
         if not self.factor_trace:
             self._snapshot(step=-1)  # the initial factors, before the first update
         while self.epoch < cfg.total_epochs:
             if self.epoch == cfg.freeze_epoch and not self.frozen:
                 self._freeze_and_log()
-            if self.epoch == cfg.selection_start > 0 and self.factors_opt is not None and self.plan.ranks_factors:
-                self.plan.start_factors(self.model, self.train_data, self.example, cfg.batch_size, cfg.seed)
-                self.log(f"selection starts at epoch {self.epoch + 1}: factors by {self.plan.factor_init}")
+            if self.epoch == cfg.selection_start > 0 and self.factors_opt is not None:
+                self._start_late_selection()
             start = time.perf_counter()
             lr = self._set_lr()
             self.on_epoch_start()

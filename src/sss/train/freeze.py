@@ -1,9 +1,9 @@
-"""Freezing the selection: the gated model becomes its compact form mid-run (``freeze_epoch``)."""
+"""Where the selection starts and ends: the gated model becomes its compact form mid-run
+(``freeze_epoch``), and each transformer stream gets back the scale it had at the start."""
 
 from __future__ import annotations
 
 import copy
-import math
 
 import torch
 from torch import nn
@@ -13,19 +13,19 @@ from sss.measure import evaluate
 from sss.structures import gates
 from sss.structures.history import record
 from sss.structures.prune import prune
-from sss.structures.stream_scale import scale_stream, stream_rms, streams
+from sss.structures.stream_scale import keep_stream, scale_stream, stream_rms, streams
 
 
 class FreezeMixin:
-    """The part of :class:`~sss.train.Trainer` that ends the selection early: the zero
-    structures are removed exactly, and with ``after_freeze: rewind`` the compact model
-    restarts from the run's initial weights (docs/design.md, "freezing the selection")."""
+    """The part of :class:`~sss.train.Trainer` that starts and ends the selection: the zero
+    structures are removed exactly at the freeze, with ``after_freeze: rewind`` the compact
+    model restarts from the run's initial weights (docs/design.md, "freezing the selection"),
+    and each residual stream the selection shrank gets its scale back (``rescale_streams``)."""
 
     frozen_masks: dict[str, torch.Tensor] | None
     selected: nn.Module | None
-    stream_reference: dict[str, float]  # each embedding stream's RMS as the run started
-    stream_scales: dict[str, float]  # the factor each stream was rescaled by at the freeze
-    _resuming: bool  # this freeze rebuilds a checkpoint's
+    stream_reference: dict[str, float]  # each embedding stream's RMS where the selection started
+    stream_scales: dict[str, float]  # the factor each stream was rescaled by where the selection ended
 
     @property
     def frozen(self) -> bool:
@@ -39,8 +39,7 @@ class FreezeMixin:
         ``after_freeze: rewind`` the weights return to their initial values first.
         """
         refs = gates(self.model)
-        self._resuming = masks is not None
-        restore = masks is not None
+        resuming = restore = masks is not None
         if masks is None:
             masks = {r.name: (r.weight.detach().abs() > self.cfg.prune_threshold).float() for r in refs}
             if self.init_state is not None:
@@ -50,24 +49,35 @@ class FreezeMixin:
             with torch.no_grad():
                 for ref in refs:
                     ref.weight.copy_(masks[ref.name])
-        if self._resuming:
+        if resuming:
             self._replay_stream_scales()
         self.model = prune(self.model, self.cfg.prune_threshold, round_to=self.cfg.round_to)
         self.weights_opt, self.factors_opt = self.build_optimizers()
         self.frozen_masks = masks
         self._wrap()
 
-    def _end_selection(self) -> None:
+    def _end_selection(self, rescale: bool = True) -> None:
         """Where the selection ends (the freeze, or the end of a run without one): each callback's
-        :meth:`~sss.train.callbacks.Callback.on_selection_end` (the budget lands here), then each
-        stream back at its starting scale (the same function)."""
+        :meth:`~sss.train.callbacks.Callback.on_selection_end` (the budget lands here), then, with
+        ``rescale``, each stream back at its starting scale (the same function)."""
         if not self.frozen:
             for callback in self.callbacks:
                 callback.on_selection_end(self)
-            self._rescale_streams()
+            if rescale:
+                self._rescale_streams()
+
+    def _start_late_selection(self) -> None:
+        """At ``selection_start``: the factors start ranked (under a ranking ``factor_init``) and
+        the streams' scale is measured here, where the selection starts."""
+        if self.plan.ranks_factors:
+            self.plan.start_factors(self.model, self.train_data, self.example, self.cfg.batch_size, self.cfg.seed)
+            self.log(f"selection starts at epoch {self.epoch + 1}: factors by {self.plan.factor_init}")
+        self._note_streams()
 
     def _freeze_and_log(self) -> None:
-        self._end_selection()  # a target: the selection lands inside its band first
+        # A target: the selection lands inside its band first. A rewind puts the starting weights
+        # back, at their own scale: no rescale then.
+        self._end_selection(rescale=self.init_state is None)
         self.selected = copy.deepcopy(self.model).to(memory_format=torch.contiguous_format)
         gated_acc = evaluate(self.selected, self.val_data, self.cfg.eval_batch_size)[0]
         compact = prune(self.selected, self.cfg.prune_threshold, round_to=self.cfg.round_to)
@@ -86,38 +96,42 @@ class FreezeMixin:
         return self.runtime.to_device(images)
 
     def _note_streams(self) -> None:
-        """Measures each embedding stream's scale as the run starts (seeded, hence the same on
-        resume): what :meth:`_freeze` gives back."""
+        """Measures each embedding stream's scale where the selection starts (at construction,
+        seeded and so the same on resume, or at ``selection_start``, kept in the checkpoint):
+        what :meth:`_rescale_streams` gives back."""
         self.stream_scales, training = {}, self.model.training
         found = streams(self.model) if self.cfg.rescale_streams else []
+        probe = self._probe() if found else None
         self.model.eval()  # no dropout: the run's random numbers stay as they were
-        self.stream_reference = {s.gate: stream_rms(self.model, s, self._probe()) for s in found}
+        self.stream_reference = {s.gate: stream_rms(self.model, s, probe) for s in found}
         self.model.train(training)
 
     @torch.no_grad()
     def _rescale_streams(self) -> None:
-        """Each embedding stream back at the scale it had as the run started, the same function
-        (:mod:`sss.structures.stream_scale`: the selection shrinks the stream, and the fine-tune of
-        a shrunken stream diverges); checked on the probe images, undone where it is not exact."""
+        """Each embedding stream smaller than where the selection started gets that scale back,
+        the same function (:mod:`sss.structures.stream_scale`: the penalty shrinks the stream,
+        and the fine-tune of a shrunken stream diverges). The output is checked on the probe
+        images (rank 0's verdict on every rank); where it moved, the stream is restored as it was."""
         if not self.stream_reference:
             return
         probe, training = self._probe(), self.model.training
         self.model.eval()
         for stream in streams(self.model):
             now, reference = stream_rms(self.model, stream, probe), self.stream_reference.get(stream.gate, 0.0)
-            if not (now > 0 and reference > 0) or abs(math.log(reference / now)) < 0.05:
-                continue  # within 5% of its scale: left as it is
-            before = self.model(probe)
+            if not (now > 0 and reference > now * 1.05):
+                continue  # not smaller than it was (within 5%): left as it is
+            before, restore = self.model(probe), keep_stream(self.model, stream)
             edit = scale_stream(self.model, stream, reference / now)
-            after = self.model(probe)
-            if torch.allclose(after, before, rtol=1e-4, atol=1e-5 * float(before.abs().max())):
+            moved = float((self.model(probe) - before).abs().max() / before.abs().max().clamp_min(1e-12))
+            problem = self.runtime.agree(f"the output moved by {moved:.2g} (relative)" if moved > 1e-3 else None)
+            if problem is None:
                 record(self.model, [edit])
                 self.stream_scales[stream.gate] = reference / now
-                self.log(f"stream {stream.gate} rescaled ×{reference / now:.3g} to its starting scale (RMS {now:.3g} "
-                         f"→ {reference:.3g}; the same function)")  # fmt: skip
-            else:  # a layer reads the stream without a norm: not scale-free
-                scale_stream(self.model, stream, now / reference)
-                self.log(f"stream {stream.gate} not rescaled: a layer reads it without a LayerNorm")
+                self.log(f"stream {stream.gate} rescaled ×{reference / now:.3g} to its scale where the selection "
+                         f"started (RMS {now:.3g} → {reference:.3g}; output moved {moved:.1g})")  # fmt: skip
+            else:  # e.g. a layer reads the stream without a norm: it is not scale-free
+                restore()
+                self.log(f"stream {stream.gate} not rescaled: {problem}")
         self.model.train(training)
 
     def _replay_stream_scales(self) -> None:

@@ -22,6 +22,7 @@ class ResumeMixin:
             "factors_opt": self.factors_opt.state_dict() if self.factors_opt else None,
             "frozen_masks": self.frozen_masks,
             "stream_scales": self.stream_scales,
+            "stream_reference": self.stream_reference,
             "history": self.history,
             "factor_trace": self.factor_trace,
             "extra": self.extra_state(),
@@ -45,6 +46,8 @@ class ResumeMixin:
         for line in resume_changes(state["config"], dataclasses.asdict(self.cfg), path):
             self.log(line)
         self.stream_scales = dict(state.get("stream_scales") or {})  # the freeze replays them
+        if state.get("stream_reference") is not None:  # measured where the selection started
+            self.stream_reference = dict(state["stream_reference"])
         try:
             if state.get("frozen_masks") is not None:
                 self._freeze(state["frozen_masks"])
