@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
+from sss.budget.magnitude import hold_strongest
 from sss.measure.structure_costs import structure_costs
 from sss.structures.gate import ChannelGated, GateRef, ScaledParameter, fold_output_scale, gates
 
@@ -61,10 +62,11 @@ def taylor_importance(
 
 @torch.no_grad()
 def init_from_importance(model: nn.Module, importance: dict[str, torch.Tensor], example: torch.Tensor,
-                         floor: float = 0.001) -> int:  # fmt: skip
+                         floor: float = 0.001, keep: float = 0.0) -> int:  # fmt: skip
     """Sets the factors of every layer gate (channels, groups, heads, embedding width; not blocks
     or branches, which are one structure per gate) to ``floor^((log s_max - log s) / (log s_max -
-    log s_min))`` with ``s`` = importance / MACs freed, over all those gates together, and folds
+    log s_min))`` with ``s`` = importance / MACs freed, over all those gates together (each gate's
+    ``keep`` fraction of strongest at 1: :func:`~sss.budget.magnitude.hold_strongest`), and folds
     the inverse into the gated layers and scaled tokens: the same function. Returns how many
     gates were set. Call it on a freshly gated model (factors still 1)."""
     refs = layer_gates(model)
@@ -83,7 +85,7 @@ def init_from_importance(model: nn.Module, importance: dict[str, torch.Tensor], 
     old = {id(r.module): r.weight.detach().clone() for r in refs}
     for ref, log in zip(refs, logs, strict=True):
         lam = floor ** ((high - log) / (high - low)) if high > low else torch.ones_like(log)
-        ref.weight.copy_(lam.to(ref.weight))
+        ref.weight.copy_(hold_strongest(lam, log, keep).to(ref.weight))
     for wrapper, scale in zip(wrappers, before, strict=True):
         fold_output_scale(wrapper.inner, scale / wrapper.scale().detach())
     for owner in model.modules():  # tokens scaled outside a layer (cls_token, pos_embed)

@@ -12,6 +12,8 @@ weakest structures first, and the data moves the rest.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -34,14 +36,28 @@ def _slice_norms(layer: nn.Module, role: str, index: tuple[tuple[int, ...], ...]
     return torch.stack([p.float().pow(2).sum().sqrt() for p in parts])
 
 
+def hold_strongest(lam: torch.Tensor, score: torch.Tensor, keep: float) -> torch.Tensor:
+    """``lam`` with its gate's ``ceil(keep·n)`` highest-``score`` structures at 1: they start level
+    with the gate's strongest and so go last, a bound on how much of one layer a cut takes first
+    (Torch-Pruning's ``max_pruning_ratio`` is the hard form of it). ``keep`` 0 changes nothing."""
+    count = math.ceil(keep * score.numel())
+    if count == 0:
+        return lam
+    held = lam.clone()
+    held[score.topk(count).indices] = 1.0
+    return held
+
+
 @torch.no_grad()
-def init_from_magnitudes(model: nn.Module, kinds: tuple[str, ...] = ("channel", "group"), floor: float = 0.01) -> int:
+def init_from_magnitudes(model: nn.Module, kinds: tuple[str, ...] = ("channel", "group"), floor: float = 0.01,
+                         keep: float = 0.0) -> int:  # fmt: skip
     """Sets the factors of each gate of ``kinds`` geometrically from ``floor`` (its weakest
     structure) to 1 (its strongest) by its structures' magnitudes ``m`` (the norms of their
     slices of every layer that shrinks with them, each slice normalised by its mean, then
-    averaged): ``λ = floor^((max m - m) / (max m - min m))``; and folds the inverse into the
-    gated layers, in place. The outputs are unchanged (up to float rounding). Returns how
-    many gates were set. Call it on a freshly gated model (factors still 1).
+    averaged): ``λ = floor^((max m - m) / (max m - min m))``, its ``keep`` fraction of strongest
+    at 1 (:func:`hold_strongest`); and folds the inverse into the gated layers, in place. The
+    outputs are unchanged (up to float rounding). Returns how many gates were set. Call it on a
+    freshly gated model (factors still 1).
 
     Why the spread: trained magnitudes sit within ±20% of their layer's mean, and a proximal
     step subtracts one amount from every factor, so from bunched factors the weakest reach
@@ -64,7 +80,7 @@ def init_from_magnitudes(model: nn.Module, kinds: tuple[str, ...] = ("channel", 
             m = torch.stack(relative).mean(0)
             spread = float(m.max() - m.min())
             lam = floor ** ((m.max() - m) / spread) if spread > 0 else torch.ones_like(m)
-            owner.gate.weight.copy_(lam.to(owner.gate.weight))
+            owner.gate.weight.copy_(hold_strongest(lam, m, keep).to(owner.gate.weight))
             done += 1
     for wrapper, old in zip(wrappers, before, strict=True):
         fold_output_scale(wrapper.inner, old / wrapper.scale().detach())

@@ -27,7 +27,7 @@ NonNegativeFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 RESUMABLE_KEYS = frozenset({"epochs", "out_dir", "lr", "momentum", "weight_decay", "schedule", "milestones",
                             "lr_decay", "gamma", "eval_batch_size", "allow_collapse", "device", "amp", "compile",
                             "workers", "trust_model_code", "channels_last", "tensorboard", "rescale_streams",
-                            "factor_floor"})  # fmt: skip
+                            "factor_floor", "keep_fraction"})  # fmt: skip
 
 
 @dataclass
@@ -84,7 +84,9 @@ class TrainConfig:
     ``importance`` when ``structures`` has ``head`` or ``embedding``. ``factor_floor`` is where
     the weakest structure's factor starts (the strongest at 1): ``None`` takes the ranking's own,
     0.01 by ``magnitude`` and 0.001 by ``importance`` (:mod:`sss.budget.importance` gives the
-    measurement).
+    measurement). ``keep_fraction`` starts that fraction of each layer gate's strongest structures
+    at 1, level with the strongest, so a budget takes them last: a prior that no layer is cut
+    to nearly nothing first (a deep cut's fine-tune needs width everywhere; docs/design.md).
     ``rescale_streams``: where the selection ends (the freeze, or the end of the run), each
     transformer residual stream (the embedding kind's) smaller than it was when the selection
     started gets that scale back, the same function (the selection shrinks it, and the fine-tune
@@ -146,6 +148,7 @@ class TrainConfig:
     distill_teacher: str | None = None
     factor_init: Literal["auto", "one", "magnitude", "importance"] = "auto"
     factor_floor: Annotated[float, Field(gt=0, lt=1)] | None = None
+    keep_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.0
     steer: Literal["auto", "doubling", "distance"] = "auto"
     selection_start: NonNegativeInt = 0
     rescale_streams: bool = True

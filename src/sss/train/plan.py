@@ -31,6 +31,7 @@ class SelectionPlan:
             ``"doubling"``; ``None`` without a budget.
         selection_steps: Factor steps from ``selection_start`` to the freeze (or the end).
         floor: Where the weakest structure's factor starts; ``None``: the ranking's default.
+        keep: The fraction of each layer gate's strongest structures that start at 1.
     """
 
     factor_init: Literal["one", "magnitude", "importance"]
@@ -38,6 +39,7 @@ class SelectionPlan:
     steering: Literal["doubling", "distance"] | None
     selection_steps: int
     floor: float | None = None
+    keep: float = 0.0
 
     @property
     def ranks_factors(self) -> bool:
@@ -48,15 +50,15 @@ class SelectionPlan:
                       seed: int) -> None:  # fmt: skip
         """Sets ``model``'s factors where :attr:`factor_init` says, folding the inverse in (the
         same function): by magnitude, or by importance on 16 batches of ``data``."""
-        floor = {} if self.floor is None else {"floor": self.floor}
+        spread = {"keep": self.keep} | ({} if self.floor is None else {"floor": self.floor})
         if self.factor_init == "magnitude":
-            init_from_magnitudes(model, **floor)
+            init_from_magnitudes(model, **spread)
         elif self.factor_init == "importance":
             device = next(model.parameters()).device
             batches = iterate_batches(data, batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
             batches = [(x.to(device), y.to(device)) for x, y in islice(batches, 16)]
             importance = taylor_importance(model, batches, F.cross_entropy)
-            init_from_importance(model, importance, example.to(device), **floor)
+            init_from_importance(model, importance, example.to(device), **spread)
 
     @property
     def steered_by_distance(self) -> bool:
@@ -75,4 +77,5 @@ def resolve_plan(cfg: TrainConfig, train_size: int) -> SelectionPlan:
     target = chosen_target(cfg)
     steer = cfg.steer if cfg.steer != "auto" else "distance" if trained else "doubling"
     steps = ((cfg.freeze_epoch or cfg.epochs) - cfg.selection_start) * (train_size // cfg.batch_size)
-    return SelectionPlan(factor_init, target, steer if target is not None else None, steps, cfg.factor_floor)
+    return SelectionPlan(factor_init, target, steer if target is not None else None, steps, cfg.factor_floor,
+                         cfg.keep_fraction)
