@@ -63,3 +63,29 @@ def test_factor_floor_sets_where_the_weakest_factor_starts():
     assert float(values.min()) == pytest.approx(0.05) and float(values.max()) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="factor_floor"):
         TrainConfig(factor_floor=1.5).validate()
+
+
+def test_keep_fraction_starts_each_gates_strongest_at_one_and_keeps_the_function():
+    from sss.train import TrainConfig
+    from sss.train.plan import resolve_plan
+
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))
+    gated = sss.attach(sss.models.create("vit_fmnist", embed_dim=32, depth=2), x[:1],
+                       structures=("embedding", "head", "channel")).eval()  # fmt: skip
+    with torch.no_grad():
+        before = gated(x)
+    importance = taylor_importance(gated, [(x, y)], F.cross_entropy)
+    init_from_importance(gated, importance, x[:1], keep=0.5)
+    with torch.no_grad():
+        torch.testing.assert_close(gated(x), before, rtol=1e-4, atol=1e-5)
+    costs = structure_costs(gated, x[:1])
+    for ref in sss.gates(gated):
+        n, held = ref.weight.numel(), ref.weight.detach() == 1
+        assert int(held.sum()) >= -(-n // 2)  # at least half of every gate, rounded up
+        top = (importance[ref.name] / costs[ref.name]).topk(-(-n // 2)).indices
+        assert bool(held[top].all())  # the strongest by importance per MAC
+    plan = resolve_plan(TrainConfig(structures=["head"], init="dense.safetensors", keep_fraction=0.3), 100)
+    assert plan.keep == 0.3
+    with pytest.raises(ValueError, match="keep_fraction"):
+        TrainConfig(keep_fraction=1.0).validate()
