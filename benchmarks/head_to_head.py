@@ -24,7 +24,7 @@ import yaml
 import sss
 import timm_vit
 from h2h_report import EARLIER, markdown, plot, summarise
-from peer_methods import DENSE, FROM_TRAINED, METHOD_FIELDS, METHODS, QUICK, SCHEDULES, timed_run, train_dense
+from peer_methods import DENSE, FROM_TRAINED, METHODS, QUICK, SCHEDULES, fields_set_by, timed_run, train_dense
 from sss.data import load_dataset
 from sss.train import TrainConfig
 
@@ -113,7 +113,7 @@ def main(track: str, doc: str, *, targets: tuple[float, ...] = (0.3, 0.5, 0.7),
     )
     args = p.parse_args()
     overrides = dict(parse_override(item) for item in args.set)
-    if taken := sorted(set(overrides) & METHOD_FIELDS):
+    if taken := sorted(set(overrides) & fields_set_by(args.methods)):
         p.error(f"--set {', '.join(taken)}: the methods set these fields themselves (peer_methods.py)")
     cfg = dataclasses.replace(QUICK[track] if args.quick else SCHEDULES[track], **overrides)
     cfg.validate()

@@ -111,10 +111,16 @@ VIT_VARIANTS = {"sss": {"structures": ["block", "head", "channel"]},
                 "sss-scaled": {"structures": _ALL_VIT_KINDS, "factor_init": "importance"},
                 "sss-kept": {"structures": _ALL_VIT_KINDS, "factor_init": "importance",
                              "keep_fraction": 0.5}}  # fmt: skip
-#: The config fields the methods set themselves (``--set`` may not: the method would override it).
+#: The config fields every method sets itself (``--set`` may not: the method would override it).
 METHOD_FIELDS = frozenset({"structures", "gamma", "init", "distill", "distill_teacher", "sparsity", "freeze_epoch",
-                           "target_macs", "seed", "out_dir", "epochs", "after_freeze",
-                           *(k for v in VIT_VARIANTS.values() for k in v)})  # fmt: skip
+                           "target_macs", "seed", "out_dir", "epochs", "after_freeze"})  # fmt: skip
+
+
+def fields_set_by(methods: list[str]) -> frozenset[str]:
+    """The config fields ``methods`` set themselves: :data:`METHOD_FIELDS` and their ViT variants' own."""
+    return METHOD_FIELDS | {k for m in methods for k in VIT_VARIANTS.get(m.removesuffix("+kd"), {})}
+
+
 METHODS = {
     "scratch": [*SSS_STRUCTURES, *CNN_TP_METHODS, *CONTROLS],
     "trained": [
