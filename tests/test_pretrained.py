@@ -82,6 +82,18 @@ def test_magnitude_factors_keep_the_function_and_spread_the_factors():
     assert float(sss.gates(gated)[0].weight.max()) == pytest.approx(1.0)
 
 
+def test_keep_fraction_holds_each_layers_strongest_half_at_one_under_magnitudes():
+    x = torch.randn(4, 1, 28, 28)
+    gated = sss.attach(sss.models.create("resnet20", in_channels=1), x, ("channel",)).eval()
+    randomise_batchnorm(gated, torch.Generator().manual_seed(0))
+    before = gated(x)
+    init_from_magnitudes(gated, keep=0.5)
+    assert float((gated(x) - before).abs().max() / before.abs().max()) < 1e-5
+    for ref in sss.gates(gated):
+        w = ref.weight.detach()
+        assert int((w == 1).sum()) >= -(-w.numel() // 2) and float(w.min()) == pytest.approx(0.01, rel=1e-4)
+
+
 @pytest.mark.parametrize(("kinds", "target", "lr"), [
     (["channel"], 0.3, 0.001), (["channel"], 0.7, 0.01), (["block", "channel"], 0.5, 0.01),
     (["block", "channel"], 0.3, 0.001),
