@@ -137,8 +137,17 @@ METHODS = {
         "gal",
     ],
     "vit": ["sss", "sss+kd", "sss-wide", "sss-wide+kd", "sss-rank", "sss-rank+kd", "tp-vit", "tp-vit+kd"],
-    "vit-timm": ["sss-rank", "sss-scaled", "sss-kept", "tp-vit", "uniform", "sss-rank+kd", "sss-scaled+kd",
-                 "sss-kept+kd", "tp-vit+kd"],
+    "vit-timm": [
+        "sss-rank",
+        "sss-scaled",
+        "sss-kept",
+        "tp-vit",
+        "uniform",
+        "sss-rank+kd",
+        "sss-scaled+kd",
+        "sss-kept+kd",
+        "tp-vit+kd",
+    ],
 }
 #: The ViT tracks (their sss variants are VIT_VARIANTS; their controls narrow heads, neurons and the stream).
 VIT_TRACKS = ("vit", "vit-timm")

@@ -77,5 +77,6 @@ def resolve_plan(cfg: TrainConfig, train_size: int) -> SelectionPlan:
     target = chosen_target(cfg)
     steer = cfg.steer if cfg.steer != "auto" else "distance" if trained else "doubling"
     steps = ((cfg.freeze_epoch or cfg.epochs) - cfg.selection_start) * (train_size // cfg.batch_size)
-    return SelectionPlan(factor_init, target, steer if target is not None else None, steps, cfg.factor_floor,
-                         cfg.keep_fraction)
+    return SelectionPlan(
+        factor_init, target, steer if target is not None else None, steps, cfg.factor_floor, cfg.keep_fraction
+    )
