@@ -4,6 +4,7 @@ list of records, and the table and both figures come out; a rerun trains nothing
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -16,7 +17,7 @@ sys.path.insert(0, str(BENCHMARKS))
 
 from h2h_report import CONTROLS, at_latency, best_against_peers, is_sss, markdown, summarise  # noqa: E402
 from head_to_head import EARLIER, earlier_records, parse_override  # noqa: E402
-from peer_methods import METHODS, fields_set_by  # noqa: E402
+from peer_methods import METHODS, SCHEDULES, fields_set_by  # noqa: E402
 from tp_peers import TP_METHODS  # noqa: E402
 
 
@@ -96,6 +97,7 @@ def test_set_reads_a_config_field_and_its_value():
         parse_override("floor=0.01")
     assert "keep_fraction" in fields_set_by(["sss-kept+kd"])  # the variant sets it: --set would be overridden
     assert "keep_fraction" not in fields_set_by(["sss-scaled", "uniform"])
+    dataclasses.replace(SCHEDULES["vit-timm"], keep_fraction=0.5).validate()  # the sweep's --set keep_fraction=K
 
 
 def test_the_smoke_methods_cover_every_code_path_of_their_track():

@@ -90,5 +90,6 @@ def test_keep_fraction_starts_each_gates_strongest_at_one_and_keeps_the_function
     with pytest.raises(ValueError, match="keep_fraction"):
         TrainConfig(keep_fraction=1.0).validate()
     with pytest.raises(ValueError, match="keep_fraction holds part of a ranked start"):
-        TrainConfig(keep_fraction=0.5).validate()  # from scratch: every factor starts at 1
-    TrainConfig(keep_fraction=0.5, factor_init="magnitude").validate()
+        resolve_plan(TrainConfig(keep_fraction=0.5), 100)  # from scratch: every factor starts at 1
+    TrainConfig(keep_fraction=0.5).validate()  # a template a benchmark completes per method (its init) passes
+    assert resolve_plan(TrainConfig(keep_fraction=0.5, factor_init="magnitude"), 100).keep == 0.5

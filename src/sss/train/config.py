@@ -250,12 +250,6 @@ class TrainConfig:
                 parse_target(name, getattr(self, name))
             except ValueError as e:
                 problems.append(str(e))
-        ranked = self.factor_init in ("magnitude", "importance") or (self.factor_init == "auto" and self.from_trained)
-        if self.keep_fraction and not ranked:
-            problems.append(
-                "keep_fraction holds part of a ranked start at 1, and these factors all start at 1: "
-                "set factor_init magnitude or importance (auto ranks from init or selection_start)"
-            )
         if isinstance(self.gamma, dict) and self.gamma_price == "macs":
             problems.append("gamma_price 'macs' prices every kind on one scale: give gamma as one number")
         if isinstance(self.gamma, dict) and set(self.gamma) - set(self.structures):

@@ -77,6 +77,11 @@ def resolve_plan(cfg: TrainConfig, train_size: int) -> SelectionPlan:
     target = chosen_target(cfg)
     steer = cfg.steer if cfg.steer != "auto" else "distance" if trained else "doubling"
     steps = ((cfg.freeze_epoch or cfg.epochs) - cfg.selection_start) * (train_size // cfg.batch_size)
+    if cfg.keep_fraction and factor_init == "one":  # checked here: ``auto`` resolves only with the whole config
+        raise ValueError(
+            "keep_fraction holds part of a ranked start at 1, and these factors all start at 1: set factor_init "
+            "magnitude or importance, or start from trained weights (init or selection_start), where auto ranks"
+        )
     return SelectionPlan(
         factor_init, target, steer if target is not None else None, steps, cfg.factor_floor, cfg.keep_fraction
     )
