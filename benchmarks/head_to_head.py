@@ -113,7 +113,7 @@ def main(track: str, doc: str, *, targets: tuple[float, ...] = (0.3, 0.5, 0.7),
     )
     args = p.parse_args()
     overrides = dict(parse_override(item) for item in args.set)
-    if taken := sorted(set(overrides) & fields_set_by(args.methods)):
+    if taken := sorted(set(overrides) & fields_set_by(args.methods, track)):
         p.error(f"--set {', '.join(taken)}: the methods set these fields themselves (peer_methods.py)")
     cfg = dataclasses.replace(QUICK[track] if args.quick else SCHEDULES[track], **overrides)
     cfg.validate()

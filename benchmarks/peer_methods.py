@@ -112,13 +112,17 @@ VIT_VARIANTS = {"sss": {"structures": ["block", "head", "channel"]},
                 "sss-kept": {"structures": _ALL_VIT_KINDS, "factor_init": "importance",
                              "keep_fraction": 0.5}}  # fmt: skip
 #: The config fields every method sets itself (``--set`` may not: the method would override it).
-METHOD_FIELDS = frozenset({"structures", "gamma", "init", "distill", "distill_teacher", "sparsity", "freeze_epoch",
-                           "target_macs", "seed", "out_dir", "epochs", "after_freeze"})  # fmt: skip
+METHOD_FIELDS = frozenset({"structures", "gamma", "init", "distill", "distill_teacher", "sparsity", "target_macs",
+                           "seed", "out_dir", "epochs", "after_freeze"})  # fmt: skip
 
 
-def fields_set_by(methods: list[str]) -> frozenset[str]:
-    """The config fields ``methods`` set themselves: :data:`METHOD_FIELDS` and their ViT variants' own."""
-    return METHOD_FIELDS | {k for m in methods for k in VIT_VARIANTS.get(m.removesuffix("+kd"), {})}
+def fields_set_by(methods: list[str], track: str) -> frozenset[str]:
+    """The config fields ``methods`` set themselves on ``track``: :data:`METHOD_FIELDS`, their ViT
+    variants' own, and ``freeze_epoch`` unless every method is sss from a trained model (the
+    only runs that take the schedule's: from scratch sss sets it, the others cut elsewhere)."""
+    own = {k for m in methods for k in VIT_VARIANTS.get(m.removesuffix("+kd"), {})}
+    takes_freeze = track in FROM_TRAINED and all(is_sss(m) for m in methods)
+    return METHOD_FIELDS | own | (set() if takes_freeze else {"freeze_epoch"})
 
 
 METHODS = {

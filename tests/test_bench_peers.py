@@ -95,8 +95,11 @@ def test_set_reads_a_config_field_and_its_value():
         parse_override("factor_floor")
     with pytest.raises(SystemExit, match="no field 'floor'"):
         parse_override("floor=0.01")
-    assert "keep_fraction" in fields_set_by(["sss-kept+kd"])  # the variant sets it: --set would be overridden
-    assert "keep_fraction" not in fields_set_by(["sss-scaled", "uniform"])
+    assert "keep_fraction" in fields_set_by(["sss-kept+kd"], "vit-timm")  # the variant sets it: --set is overridden
+    assert "keep_fraction" not in fields_set_by(["sss-scaled", "uniform"], "vit-timm")
+    assert "freeze_epoch" not in fields_set_by(["sss-scaled", "sss-kept+kd"], "vit-timm")  # sss takes the schedule's
+    assert "freeze_epoch" in fields_set_by(["sss-scaled", "uniform"], "vit-timm")  # the control trains without one
+    assert "freeze_epoch" in fields_set_by(["sss"], "scratch")  # from scratch sss sets its own
     dataclasses.replace(SCHEDULES["vit-timm"], keep_fraction=0.5).validate()  # the sweep's --set keep_fraction=K
 
 

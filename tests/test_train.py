@@ -177,6 +177,30 @@ def test_freeze_removes_blocks_and_resume_crosses_it(tmp_path):
         _cfg(tmp_path, epochs=3, freeze_epoch=3).validate()
 
 
+def test_a_fractional_freeze_epoch_freezes_inside_the_epoch_and_resume_crosses_it(tmp_path):
+    data = synthetic_dataset(256)  # 192 to train: 6 steps of 32 per epoch
+    lines = []
+    frozen = {"freeze_epoch": 0.5, "target_macs": 0.7, **RESUMABLE}  # the budget lands inside the epoch
+    straight = Trainer(_cfg(tmp_path / "a", epochs=3, **frozen), train_data=data, log=lines.append, progress=False)
+    straight = straight.fit()
+    frozen_line = next(line for line in lines if "selection frozen" in line)
+    assert "after step 3 of epoch 1" in frozen_line  # half of the first epoch's 6 steps
+    gated_acc, compact_acc = (part.split("%")[0].split()[-1] for part in frozen_line.split(";")[1].split(","))
+    assert gated_acc == compact_acc  # exact at the freeze, inside an epoch too
+    assert sss.gates(straight.model) == [] and len(straight.history) == 3
+    first = straight.history[0]  # the first epoch's record: the compact model the budget landed on
+    assert first["zero_factors"] > 0 and first["compact_macs"] <= 0.72 * first["dense_macs"]
+    Trainer(_cfg(tmp_path / "b", epochs=1, **frozen), train_data=data, log=_quiet, progress=False).fit()
+    resumed = Trainer(_cfg(tmp_path / "b", epochs=3, **frozen), train_data=data, log=_quiet, progress=False)
+    resumed = resumed.fit(resume=True)
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    assert a.keys() == b.keys() and all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
+    with pytest.raises(ValueError, match="whole number of epochs"):
+        _cfg(tmp_path, epochs=3, freeze_epoch=0.5, after_freeze="retrain").validate()
+    with pytest.raises(ValueError, match="the selection would take no step"):
+        Trainer(_cfg(tmp_path / "c", epochs=2, freeze_epoch=0.01, gamma=2.0), train_data=data, log=_quiet)
+
+
 def test_rewind_restarts_the_compact_model_from_initial_weights(tmp_path):
     data = synthetic_dataset(256)
     cfg = _cfg(tmp_path, epochs=2, freeze_epoch=1, after_freeze="rewind", gamma=0.5)

@@ -136,7 +136,7 @@ def test_compress_with_one_epoch_names_the_epochs_not_freeze_epoch(tmp_path, cap
     assert "epochs must be >= 2 for compress (one selection epoch, then at least one fine-tune epoch), got 1" in err
     assert "freeze_epoch" not in err
     assert main([*args, "--epochs", "3", "--set", "freeze_epoch=3"]) == 2  # the user's own freeze_epoch: its rule
-    assert "freeze_epoch must be between 1 and epochs - 1 (2), got 3" in _error(capsys)
+    assert "freeze_epoch must be above 0 and below epochs (3), got 3" in _error(capsys)
 
 
 # -- 4. a resume with another model keeps the checkpoint --------------------------------------

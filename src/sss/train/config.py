@@ -38,6 +38,8 @@ class TrainConfig:
     subgradient, pruned at ``prune_threshold``), or ``none`` (a dense model, no factors).
     ``freeze_epoch`` (optional) ends the selection after that many epochs: the zero-factor
     structures are removed there and the rest of the same schedule trains the compact model.
+    A fraction ends it inside an epoch (``0.25``: after a quarter of the first epoch's steps),
+    which leaves a short fine-tune more of its epochs (docs/design.md, "freezing the selection").
     ``after_freeze`` says what the compact model starts from: ``continue`` keeps the trained
     weights (surviving factors folded in), ``rewind`` resets them to their initial values, as
     lottery-ticket rewinding does, for the rest of the schedule; ``retrain`` rewinds too and
@@ -117,7 +119,7 @@ class TrainConfig:
     gamma_price: Literal["kind", "macs"] = "kind"
     prune_threshold: NonNegativeFloat = 0.0
     round_to: PositiveInt = 1
-    freeze_epoch: PositiveInt | None = None
+    freeze_epoch: PositiveFloat | None = None
     after_freeze: Literal["continue", "rewind", "retrain"] = "continue"
     epochs: PositiveInt = 10
     batch_size: PositiveInt = 128
@@ -170,13 +172,13 @@ class TrainConfig:
     @property
     def total_epochs(self) -> int:
         """Epochs the run lasts: ``epochs``, plus the selection's with ``after_freeze: retrain``."""
-        return self.epochs + (self.freeze_epoch or 0) * (self.after_freeze == "retrain")
+        return self.epochs + int(self.freeze_epoch or 0) * (self.after_freeze == "retrain")
 
     def lr_factor(self, epoch: int) -> float:
         """Multiplier of ``lr`` during ``epoch`` (0-based): step decays or per-epoch cosine.
         With ``after_freeze: retrain`` the schedule starts again at the freeze."""
         if self.after_freeze == "retrain" and self.freeze_epoch is not None and epoch >= self.freeze_epoch:
-            epoch -= self.freeze_epoch
+            epoch -= int(self.freeze_epoch)
         if self.schedule == "step":
             return self.lr_decay ** sum(epoch >= m for m in self.milestones)
         if self.schedule == "cosine":
@@ -232,9 +234,10 @@ class TrainConfig:
         if self.sparsity == "sgd" and self.prune_threshold <= 0:
             problems.append("sparsity 'sgd' makes no exact zeros: set prune_threshold > 0 (e.g. 0.01)")
         if self.freeze_epoch is not None and not self.freeze_epoch < self.epochs:
-            problems.append(
-                f"freeze_epoch must be between 1 and epochs - 1 ({self.epochs - 1}), got {self.freeze_epoch}"
-            )
+            problems.append(f"freeze_epoch must be above 0 and below epochs ({self.epochs}), got {self.freeze_epoch}")
+        if self.after_freeze == "retrain" and self.freeze_epoch is not None and self.freeze_epoch % 1:
+            problems.append(f"after_freeze 'retrain' restarts the schedule on an epoch: freeze_epoch must be a "
+                            f"whole number of epochs, got {self.freeze_epoch}")  # fmt: skip
         if self.selection_start and self.sparsity == "none":
             problems.append("selection_start needs factors: sparsity apg, ista or sgd")
         if self.selection_start and not self.selection_start < (self.freeze_epoch or self.epochs):

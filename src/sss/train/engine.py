@@ -269,6 +269,10 @@ class Trainer(FreezeMixin, ResumeMixin):
             if self.factors_opt is not None and self.selecting:
                 for callback in self.callbacks:
                     callback.on_factor_step(self)
+            if step + 1 < self.steps_per_epoch and self._freeze_due(step + 1):  # a fractional freeze_epoch
+                self._freeze_and_log(step + 1)
+                self._set_lr()  # the compact model's new optimizers, at this epoch's rate
+                self.model.train()
             n = len(x)  # this rank's share: the epoch figures are rank 0's
             loss_sum += values.pop("loss") * n
             for k, v in values.items():
@@ -320,7 +324,7 @@ class Trainer(FreezeMixin, ResumeMixin):
         if not self.factor_trace:
             self._snapshot(step=-1)  # the initial factors, before the first update
         while self.epoch < cfg.total_epochs:
-            if self.epoch == cfg.freeze_epoch and not self.frozen:
+            if self._freeze_due(0):
                 self._freeze_and_log()
             if self.epoch == cfg.selection_start > 0 and self.factors_opt is not None:
                 self._start_late_selection()

@@ -18,7 +18,8 @@ from sss.structures.stream_scale import keep_stream, scale_stream, stream_rms, s
 
 class FreezeMixin:
     """The part of :class:`~sss.train.Trainer` that starts and ends the selection: the zero
-    structures are removed exactly at the freeze, with ``after_freeze: rewind`` the compact
+    structures are removed exactly at the freeze (between epochs, or inside one where
+    ``freeze_epoch`` is a fraction), with ``after_freeze: rewind`` the compact
     model restarts from the run's initial weights (docs/design.md, "freezing the selection"),
     and each residual stream the selection shrank gets its scale back (``rescale_streams``)."""
 
@@ -74,7 +75,14 @@ class FreezeMixin:
             self.log(f"selection starts at epoch {self.epoch + 1}: factors by {self.plan.factor_init}")
         self._note_streams()
 
-    def _freeze_and_log(self) -> None:
+    def _freeze_due(self, steps_into_epoch: int) -> bool:
+        """Whether the selection ends after ``steps_into_epoch`` steps of this epoch: at step
+        ``round(freeze_epoch × steps_per_epoch)`` of the run, the step count the budget steers to."""
+        at = self.cfg.freeze_epoch
+        steps = self.epoch * self.steps_per_epoch + steps_into_epoch
+        return at is not None and not self.frozen and steps == round(at * self.steps_per_epoch)
+
+    def _freeze_and_log(self, steps_into_epoch: int = 0) -> None:
         # A target: the selection lands inside its band first. A rewind puts the starting weights
         # back, at their own scale: no rescale then.
         self._end_selection(rescale=self.init_state is None)
@@ -82,12 +90,13 @@ class FreezeMixin:
         gated_acc = evaluate(self.selected, self.val_data, self.cfg.eval_batch_size)[0]
         compact = prune(self.selected, self.cfg.prune_threshold, round_to=self.cfg.round_to)
         compact_acc = evaluate(compact, self.val_data, self.cfg.eval_batch_size)[0]
-        if self.history:  # the selection epoch's record: its accuracy before and after the landing
+        if self.history and not steps_into_epoch:  # the selection epoch's record: its accuracy after the landing
             self.history[-1]["val_acc_landed"] = gated_acc
         self._freeze()
         zeros = sum(int((m == 0).sum()) for m in self.frozen_masks.values())
         rewound = "; weights rewound to their initial values" if self.init_state is not None else ""
-        self.log(f"selection frozen after epoch {self.epoch}: {zeros} zero factor(s) removed; validation accuracy "
+        where = f"step {steps_into_epoch} of epoch {self.epoch + 1}" if steps_into_epoch else f"epoch {self.epoch}"
+        self.log(f"selection frozen after {where}: {zeros} zero factor(s) removed; validation accuracy "
                  f"{gated_acc:.2f}% gated, {compact_acc:.2f}% compact{rewound}")  # fmt: skip
 
     def _probe(self) -> torch.Tensor:

@@ -76,7 +76,11 @@ def resolve_plan(cfg: TrainConfig, train_size: int) -> SelectionPlan:
         ("importance" if transformer else "magnitude") if trained else "one"  # fmt: skip
     target = chosen_target(cfg)
     steer = cfg.steer if cfg.steer != "auto" else "distance" if trained else "doubling"
-    steps = ((cfg.freeze_epoch or cfg.epochs) - cfg.selection_start) * (train_size // cfg.batch_size)
+    steps = round(((cfg.freeze_epoch or cfg.epochs) - cfg.selection_start) * (train_size // cfg.batch_size))
+    if steps < 1:
+        raise ValueError(f"the selection would take no step: freeze_epoch {cfg.freeze_epoch} of "
+                         f"{train_size // cfg.batch_size} steps per epoch rounds to none after selection_start "
+                         f"{cfg.selection_start}; set a later freeze_epoch")  # fmt: skip
     if cfg.keep_fraction and factor_init == "one":  # checked here: ``auto`` resolves only with the whole config
         raise ValueError(
             "keep_fraction holds part of a ranked start at 1, and these factors all start at 1: set factor_init "
