@@ -12,12 +12,14 @@ from pathlib import Path
 
 import pytest
 
+from sss.train.plan import resolve_plan
+
 BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
 from h2h_report import CONTROLS, at_latency, best_against_peers, is_sss, markdown, summarise  # noqa: E402
 from head_to_head import EARLIER, earlier_records, parse_override  # noqa: E402
-from peer_methods import METHODS, SCHEDULES, fields_set_by  # noqa: E402
+from peer_methods import METHODS, QUICK, SCHEDULES, VIT_VARIANTS, fields_set_by  # noqa: E402
 from tp_peers import TP_METHODS  # noqa: E402
 
 
@@ -101,6 +103,15 @@ def test_set_reads_a_config_field_and_its_value():
     assert "freeze_epoch" in fields_set_by(["sss-scaled", "uniform"], "vit-timm")  # the control trains without one
     assert "freeze_epoch" in fields_set_by(["sss"], "scratch")  # from scratch sss sets its own
     dataclasses.replace(SCHEDULES["vit-timm"], keep_fraction=0.5).validate()  # the sweep's --set keep_fraction=K
+
+
+def test_every_vit_variant_is_a_valid_config_whose_selection_takes_a_step():
+    for name, variant in VIT_VARIANTS.items():
+        for schedule in (SCHEDULES["vit-timm"], QUICK["vit-timm"]):
+            cfg = dataclasses.replace(schedule, **variant, init="dense", target_macs=0.3)
+            cfg.validate()
+            train_size = cfg.train_subset - cfg.val_size
+            assert resolve_plan(cfg, train_size).selection_steps >= 1, name  # sss-kept-short: 4 of 78, 1 of 14
 
 
 def test_the_smoke_methods_cover_every_code_path_of_their_track():
