@@ -77,7 +77,7 @@ def resolve_plan(cfg: TrainConfig, train_size: int) -> SelectionPlan:
     target = chosen_target(cfg)
     steer = cfg.steer if cfg.steer != "auto" else "distance" if trained else "doubling"
     steps = round(((cfg.freeze_epoch or cfg.epochs) - cfg.selection_start) * (train_size // cfg.batch_size))
-    if steps < 1:
+    if cfg.freeze_epoch is not None and steps < 1 <= train_size // cfg.batch_size:  # (no batch: the loop says so)
         raise ValueError(f"the selection would take no step: freeze_epoch {cfg.freeze_epoch} of "
                          f"{train_size // cfg.batch_size} steps per epoch rounds to none after selection_start "
                          f"{cfg.selection_start}; set a later freeze_epoch")  # fmt: skip
