@@ -146,6 +146,8 @@ def test_a_latency_target_run_times_its_compact_model(tmp_path, relative, monkey
     measured = [float(line.split("measured ")[1].split()[0]) for line in lines if "budget: measured" in line]
     assert measured  # the landing timed the compact model
     assert any("in the same pass" in line for line in lines) == relative  # a fraction is timed against dense
-    # At or under the target within the noise, or the log says plainly that it was not reached.
-    assert measured[-1] <= target * (1 + LATENCY_NOISE) or any("NOT reached" in line for line in lines)
+    # At or under the target within the noise, or the log says plainly that it was not reached. The
+    # log rounds to 0.01 ms (1.1979 reads 1.20 against a bound of 1.198: a CI run failed on that).
+    printed = 0.005
+    assert measured[-1] <= target * (1 + LATENCY_NOISE) + printed or any("NOT reached" in line for line in lines)
     assert sss.count(result.compact, X)[0] < sss.count(sss.prune(probe.model), X)[0]
