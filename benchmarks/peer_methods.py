@@ -154,6 +154,7 @@ METHODS = {
         "sss-rank+kd",
         "sss-scaled+kd",
         "sss-kept+kd",
+        "sss-kept-short+kd",
         "tp-vit+kd",
     ],
 }
