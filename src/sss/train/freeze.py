@@ -76,11 +76,12 @@ class FreezeMixin:
         self._note_streams()
 
     def _freeze_due(self, steps_into_epoch: int) -> bool:
-        """Whether the selection ends after ``steps_into_epoch`` steps of this epoch: at step
-        ``round(freeze_epoch × steps_per_epoch)`` of the run, the step count the budget steers to."""
-        at = self.cfg.freeze_epoch
+        """Whether the selection ends after ``steps_into_epoch`` steps of this epoch: where the
+        plan's ``selection_steps`` (the steps the budget steers over) run out."""
+        if self.cfg.freeze_epoch is None or self.frozen:
+            return False
         steps = self.epoch * self.steps_per_epoch + steps_into_epoch
-        return at is not None and not self.frozen and steps == round(at * self.steps_per_epoch)
+        return steps == self.cfg.selection_start * self.steps_per_epoch + self.plan.selection_steps
 
     def _freeze_and_log(self, steps_into_epoch: int = 0) -> None:
         # A target: the selection lands inside its band first. A rewind puts the starting weights
